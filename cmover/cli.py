@@ -1,0 +1,329 @@
+"""The ``cmover`` command (and ``python cmover_control.py start|stop|status``).
+
+Exit codes: 0 all good; 1 the pass finished but some items failed (they are listed); 2 bad input,
+configuration or preflight failure (nothing was written); 3 the pass state is unknown (ledger lost);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, NoReturn
+
+from cmover.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, EXIT_OK, CmoverError, ConfigError
+from cmover.passes import PassKind
+from cmover.planner import PassOptions, create_target_root, plan, preflight_copy
+from cmover.settings import Settings, from_mapping, load_settings
+from cmover.stats import C
+
+EXIT_UNKNOWN = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line and exit 2, as for every other bad input
+        self.exit(EXIT_FATAL, f"cmover: {message}; see `{self.prog} --help`\n")
+
+
+def _filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--oldest-date", type=float, metavar="SECONDS",
+                   help="skip files whose atime is older than this many seconds (0: off; default OLDEST_DATE)")
+    p.add_argument("--newest-date", type=float, metavar="SECONDS",
+                   help="skip files modified less than this many seconds ago (0: off; default NEWEST_DATE)")
+    p.add_argument("--exclude-file", metavar="FILE", help="file of path prefixes to leave out (default EXCLUDE_FILE)")
+    p.add_argument("--batch", type=int, metavar="N", help="entries per file task (default BATCH)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="cmover", description="Clone very large filesystems: copy, then delete and dirtime passes.")
+    p.add_argument("--config", metavar="FILE", help="config.py to use (default $CMOVER_CONFIG or ./config.py)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("copy", help="copy SRC to DST (embedded on this machine when no broker is configured)")
+    c.add_argument("src", metavar="SRC")
+    c.add_argument("dst", metavar="DST")
+    c.add_argument("-j", "--jobs", type=int, default=0, help="worker threads (default LOCAL_JOBS or 2 x cores)")
+    c.add_argument("--embedded", action="store_true", help="run on this machine even when a broker is configured")
+    c.add_argument("-q", "--quiet", action="store_true", help="no live progress")
+    c.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _filters(c)
+
+    s = sub.add_parser("start", help="start a pass on the broker for the configured source_mount/target_mount")
+    s.add_argument("pass_", metavar="PASS", choices=[k.value for k in PassKind if k is PassKind.COPY],
+                   nargs="?", default="copy")
+    s.add_argument("subpath", nargs="?", default="", help="start at this directory below source_mount")
+    s.add_argument("--wait", action="store_true", help="block until the pass is complete and print its summary")
+    s.add_argument("--json", action="store_true")
+    _filters(s)
+
+    st = sub.add_parser("status", help="is the pass running or complete, with counts")
+    st.add_argument("pass_", metavar="PASS", nargs="?", default="copy")
+    st.add_argument("--run", help="a run id (default: the pass's current run)")
+    st.add_argument("--json", action="store_true")
+
+    e = sub.add_parser("errors", help="list the failures recorded by a distributed pass")
+    e.add_argument("pass_", metavar="PASS", nargs="?", default="copy")
+    e.add_argument("--run", help="a run id (default: the pass's current run)")
+
+    sub.add_parser("stop", help="shut the workers down gracefully (running tasks finish)")
+    return p
+
+
+def _load(args: argparse.Namespace, *, optional: bool = False) -> Settings:
+    from cmover import app as appmod
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError:
+        if optional and not args.config and not os.environ.get("CMOVER_CONFIG"):
+            return from_mapping({})  # embedded copy needs no config file
+        raise
+    appmod.install_settings(settings)  # the Celery app must use the same file (broker, memcached)
+    return settings
+
+
+def _options(args: argparse.Namespace) -> PassOptions:
+    return PassOptions(oldest_date=args.oldest_date, newest_date=args.newest_date,
+                       exclude_file=args.exclude_file, batch=args.batch)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def summary_lines(kind: str, state: str, totals: dict[str, int], seconds: float) -> list[str]:
+    t = {k: int(v) for k, v in totals.items()}
+    entries = t.get(C.SCANNED, 0) + t.get(C.DIRS, 0)
+    secs = max(seconds, 1e-9)
+    lines = [
+        f"cmover {kind}: {state} in {seconds:.1f} s",
+        f"  dirs      {t.get(C.DIRS, 0):,} processed, {t.get(C.DIRS_CREATED, 0):,} created",
+        f"  files     {t.get(C.SCANNED, 0):,} scanned, {t.get(C.COPIED, 0):,} copied, "
+        f"{t.get(C.META, 0):,} metadata updated, {t.get(C.LINKED, 0):,} hard-linked, {t.get(C.SKIPPED, 0):,} skipped, "
+        f"{t.get(C.FAILED, 0):,} failed",
+        f"  left out  {t.get(C.FILTERED, 0):,} by age filters, {t.get(C.EXCLUDED, 0):,} excluded, "
+        f"{t.get(C.SOCKETS, 0):,} sockets; {t.get(C.CHANGED, 0):,} changed during copy, "
+        f"{t.get(C.VANISHED, 0):,} vanished",
+        f"  bytes     {_fmt_bytes(t.get(C.BYTES, 0))} ({_fmt_bytes(t.get(C.BYTES, 0) / secs)}/s)",
+        f"  rate      {entries / secs:,.0f} entries/s",
+    ]
+    return lines
+
+
+def _print_failures(failures: list[Any], count: int) -> None:
+    if not count:
+        return
+    print(f"Failed items ({count:,}):", file=sys.stderr)
+    for f in failures:
+        print(f"  {f.line()}", file=sys.stderr)
+    if count > len(failures):
+        print(f"  ... and {count - len(failures):,} more (see the log)", file=sys.stderr)
+
+
+class _Progress:
+    """Live progress on a terminal (rich): files, bytes, dirs and rates."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.live: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(console=Console(stderr=True), refresh_per_second=4, transient=True)
+            self.live.__enter__()
+        return self
+
+    def update(self, totals: dict[str, int], seconds: float) -> None:
+        if not self.live:
+            return
+        from rich.table import Table
+
+        secs = max(seconds, 1e-9)
+        t = totals
+        tab = Table.grid(padding=(0, 2))
+        tab.add_row("elapsed", f"{seconds:,.1f} s")
+        tab.add_row("dirs", f"{t.get(C.DIRS, 0):,}", f"{t.get(C.DIRS, 0) / secs:,.0f}/s")
+        tab.add_row("files", f"{t.get(C.SCANNED, 0):,} scanned, {t.get(C.COPIED, 0):,} copied, "
+                    f"{t.get(C.SKIPPED, 0):,} skipped, {t.get(C.FAILED, 0):,} failed",
+                    f"{t.get(C.SCANNED, 0) / secs:,.0f}/s")
+        tab.add_row("bytes", _fmt_bytes(t.get(C.BYTES, 0)), f"{_fmt_bytes(t.get(C.BYTES, 0) / secs)}/s")
+        self.live.update(tab)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.live.__exit__(None, None, None)
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    settings = _load(args, optional=True)
+    if args.jobs < 0:
+        raise ConfigError(f"--jobs {args.jobs} must be >= 0")
+    if settings.broker_configured and not args.embedded:
+        return _copy_distributed(args, settings)
+    spec = plan(PassKind.COPY, settings, args.src, args.dst, options=_options(args))
+    preflight_copy(spec, create_target=True)
+    create_target_root(spec)
+    jobs = args.jobs or settings.local_jobs or 2 * (os.cpu_count() or 1)
+    from cmover.local import run_embedded
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        with _Progress(sys.stderr.isatty() and not args.quiet and not args.json) as progress:
+            result = run_embedded(spec, jobs, on_progress=progress.update, stop_event=stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    rc = _report("copy", result.state, result.totals, result.seconds, result.failures, result.failure_count,
+                 args.json, spec.run_id)
+    # The embedded worker's threads would take another second to wind down after the work is done;
+    # everything is reported and flushed, so leave now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
+def _report(kind: str, state: str, totals: dict[str, int], seconds: float, failures: list[Any], count: int,
+            as_json: bool, run_id: str) -> int:
+    if as_json:
+        print(json.dumps({"run_id": run_id, "pass": kind, "state": state, "seconds": round(seconds, 3),
+                          "totals": totals, "failures": [f.as_dict() for f in failures], "failure_count": count}))
+    else:
+        print("\n".join(summary_lines(kind, state, totals, seconds)))
+        _print_failures(failures, count)
+    if state == "interrupted":
+        return EXIT_INTERRUPTED
+    if state == "unknown":
+        return EXIT_UNKNOWN
+    return EXIT_ITEMS_FAILED if count or totals.get(C.FAILED, 0) else EXIT_OK
+
+
+def _copy_distributed(args: argparse.Namespace, settings: Settings) -> int:
+    from cmover import control
+
+    spec = plan(PassKind.COPY, settings, args.src, args.dst, options=_options(args))
+    _confine_to_mounts(spec, settings)
+    preflight_copy(spec, create_target=False)
+    control.start(settings, spec)
+    return _wait_and_report(settings, spec.kind.value, spec.run_id, args.json)
+
+
+def _confine_to_mounts(spec: Any, settings: Settings) -> None:
+    from cmover.paths import is_within
+
+    if not settings.source_mount or not settings.target_mount:
+        raise ConfigError("source_mount and target_mount must be set in config.py for a distributed pass")
+    if not is_within(spec.src_root, os.fsencode(settings.source_mount)) or \
+            not is_within(spec.dst_root, os.fsencode(settings.target_mount)):
+        raise ConfigError("SRC/DST must lie inside source_mount/target_mount of config.py for a distributed "
+                          "pass (workers refuse anything else); use --embedded to copy elsewhere")
+
+
+def _wait_and_report(settings: Settings, kind: str, run_id: str, as_json: bool) -> int:
+    from cmover import control
+
+    with _Progress(sys.stderr.isatty() and not as_json) as progress:
+        st = control.wait(settings, kind, run_id, on_progress=lambda s: progress.update(s.totals, s.seconds))
+    failures, count = control.errors(settings, run_id)
+    return _report(kind, st.state, st.totals, st.seconds, failures, count, as_json, run_id)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from cmover import control
+
+    settings = _load(args)
+    if not settings.broker_configured:
+        raise ConfigError("no broker configured (rabbitmq/rabbitmq.conf is missing); write the broker host into "
+                          "it, or copy on this machine with `cmover copy SRC DST`")
+    if not settings.source_mount or not settings.target_mount:
+        raise ConfigError("source_mount and target_mount must be set in config.py")
+    spec = plan(PassKind(args.pass_), settings, settings.source_mount, settings.target_mount, args.subpath,
+                _options(args))
+    preflight_copy(spec, create_target=False)
+    control.start(settings, spec)
+    if not args.wait:
+        print(f"started {spec.kind.value} pass {spec.run_id} at {os.fsdecode(spec.src_root)}/"
+              f"{os.fsdecode(spec.start)} -> {os.fsdecode(spec.dst_root)}")
+        return EXIT_OK
+    return _wait_and_report(settings, spec.kind.value, spec.run_id, args.json)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from cmover import control
+
+    settings = _load(args)
+    st = control.status(settings, args.pass_, args.run)
+    if args.json:
+        print(json.dumps(st.as_dict()))
+    elif st.state == "none":
+        print(f"no {args.pass_} pass has been started")
+    else:
+        print("\n".join(summary_lines(args.pass_, st.state, st.totals, st.seconds)))
+        print(f"  run       {st.run_id}; outstanding tasks: "
+              f"{'unknown' if st.outstanding is None else st.outstanding}; queued: "
+              + ", ".join(f"{q} {n:,}" for q, n in st.queues.items()))
+    return {"complete": EXIT_OK, "running": EXIT_OK, "none": EXIT_OK}.get(st.state, EXIT_UNKNOWN)
+
+
+def cmd_errors(args: argparse.Namespace) -> int:
+    from cmover import control
+
+    settings = _load(args)
+    control.check_broker(settings)
+    run_id = args.run
+    if run_id is None:
+        info = control.current_run(settings, args.pass_)
+        if info is None:
+            print(f"no {args.pass_} pass has been started")
+            return EXIT_OK
+        run_id = info["spec"]["run_id"]
+    failures, count = control.errors(settings, run_id)
+    for f in failures:
+        print(f.line())
+    print(f"{count:,} failure(s) in {run_id}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from cmover import control
+
+    settings = _load(args)
+    control.check_broker(settings)
+    control.stop()
+    print("shutdown sent: workers finish their running tasks, then exit; queued work stays on the broker")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = {"copy": cmd_copy, "start": cmd_start, "status": cmd_status, "errors": cmd_errors,
+               "stop": cmd_stop}[args.command]
+    t0 = time.monotonic()
+    try:
+        return handler(args)
+    except CmoverError as exc:
+        print(f"cmover: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        print(f"cmover: interrupted after {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

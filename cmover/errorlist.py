@@ -1,0 +1,85 @@
+"""The error list of a pass: every per-item failure, kept where the operator can read it afterwards.
+
+Embedded passes keep the list in memory (printed at the end). Distributed passes publish each task's
+failures as one persistent JSON message to the durable queue ``cmover.errors.<run_id>``; reading the
+list consumes without acknowledging, so the messages return to the queue and the list survives
+readers, worker deaths and broker restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from cmover.errors import Failure
+
+log = logging.getLogger(__name__)
+
+MEMORY_LIMIT = 100_000  # failures kept in memory by the embedded mode; beyond it only counted
+
+
+def errors_queue(run_id: str) -> Queue:
+    name = f"cmover.errors.{run_id}"
+    return Queue(name, Exchange("", type="direct"), routing_key=name, durable=True, auto_delete=False)
+
+
+class MemoryErrors:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[Failure] = []
+        self.dropped = 0
+
+    def record(self, run_id: str, failures: list[Failure]) -> None:
+        with self._lock:
+            room = MEMORY_LIMIT - len(self._items)
+            self._items.extend(failures[:room])
+            self.dropped += max(0, len(failures) - room)
+
+    def read(self, run_id: str, limit: int = 1000) -> tuple[list[Failure], int]:
+        with self._lock:
+            return list(self._items[:limit]), len(self._items) + self.dropped
+
+
+class BrokerErrors:
+    """Failures as persistent messages on the durable queue ``cmover.errors.<run_id>``."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def record(self, run_id: str, failures: list[Failure]) -> None:
+        body = {"run_id": run_id, "failures": [f.as_dict() for f in failures]}
+        q = errors_queue(run_id)
+        with self.app.producer_or_acquire() as producer:
+            producer.publish(body, exchange="", routing_key=q.name, declare=[q], serializer="json",
+                             delivery_mode=2, retry=True, retry_policy={"max_retries": 5})
+
+    def read(self, run_id: str, limit: int = 1000) -> tuple[list[Failure], int]:
+        """Up to ``limit`` failures and the total count, without removing anything from the queue."""
+        q = errors_queue(run_id)
+        out: list[Failure] = []
+        total = 0
+        with self.app.connection_for_read() as conn:
+            channel = conn.channel()
+            try:
+                try:
+                    _, messages, _ = channel.queue_declare(q.name, passive=True)
+                except Exception:
+                    return [], 0  # no queue: no failure was ever recorded
+                bound = q(channel)
+                for _ in range(messages):
+                    msg = bound.get(no_ack=False, accept=["json"])
+                    if msg is None:
+                        break
+                    body = msg.payload if isinstance(msg.payload, dict) else json.loads(msg.body)
+                    for d in body.get("failures", []):
+                        total += 1
+                        if len(out) < limit:
+                            out.append(Failure.from_dict(d))
+            finally:
+                # Closing the channel without acks returns every message to the queue.
+                channel.close()
+        return out, total

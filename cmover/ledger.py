@@ -1,0 +1,175 @@
+"""The completion ledger: exact count of a pass's outstanding tasks under redelivery and worker death.
+
+Every published task has a deterministic id (:func:`task_id`). The ledger keeps, per run:
+
+* ``out`` -- tasks published and not yet done;
+* per task an *enqueued* marker (created with ``add``: first writer wins) whose value counts the
+  deliveries that started, and a *done* marker (also ``add``).
+
+Protocol (the order matters):
+
+1. before publishing a task: ``enqueue`` -- if the enqueued marker is new, ``out += 1``. Counting
+   before publishing means a fast child can never finish (and decrement) before it was counted.
+2. when a delivery starts: ``begin`` -- returns ``None`` when the task is already done (a duplicate
+   delivery is a no-op and does not re-walk a subtree), else the delivery number (1, 2, ...).
+3. after the task's children are published and its work is done: ``done`` -- if the done marker is
+   new, ``out -= 1``.
+
+So ``out == 0`` exactly when every published task has finished once, whatever was redelivered. A
+ledger that lost its state (memcached restarted, keys evicted) answers ``None`` ("unknown"), never 0.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Protocol
+
+_NS = uuid.UUID("6f1c3a0e-2b8e-4d7a-9a51-3c0f5d2e9b47")
+
+
+def task_id(run_id: str, kind: str, rel: bytes, index: int = 0) -> str:
+    """Deterministic id of the task that handles ``rel`` (batch ``index``) in run ``run_id``."""
+    return str(uuid.uuid5(_NS, run_id + "\0" + kind + "\0" + rel.hex() + "\0" + str(index)))
+
+
+class Ledger(Protocol):
+    def open_run(self, run_id: str) -> None:
+        """Create the run's counter (idempotent)."""
+        ...
+
+    def enqueue(self, run_id: str, tid: str) -> None: ...
+
+    def begin(self, run_id: str, tid: str) -> int | None: ...
+
+    def done(self, run_id: str, tid: str) -> None: ...
+
+    def outstanding(self, run_id: str) -> int | None:
+        """Tasks published and not done, or None when the ledger cannot vouch for its count."""
+        ...
+
+    def claim(self, run_id: str, key: str, value: str) -> str:
+        """First writer wins: store ``value`` under ``key`` unless set; return the stored value.
+
+        Used to elect one name of a hard-link group (keyed by source device and inode) as the one that
+        copies the data; every other name of the group links to it.
+        """
+        ...
+
+
+class MemoryLedger:
+    """In-process ledger for the embedded mode."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._out: dict[str, int] = {}
+        self._deliveries: dict[tuple[str, str], int] = {}
+        self._done: set[tuple[str, str]] = set()
+        self._claims: dict[tuple[str, str], str] = {}
+
+    def open_run(self, run_id: str) -> None:
+        with self._lock:
+            self._out.setdefault(run_id, 0)
+
+    def enqueue(self, run_id: str, tid: str) -> None:
+        with self._lock:
+            if (run_id, tid) not in self._deliveries:
+                self._deliveries[(run_id, tid)] = 0
+                self._out[run_id] = self._out.get(run_id, 0) + 1
+
+    def begin(self, run_id: str, tid: str) -> int | None:
+        with self._lock:
+            if (run_id, tid) in self._done:
+                return None
+            n = self._deliveries.get((run_id, tid), 0) + 1
+            self._deliveries[(run_id, tid)] = n
+            return n
+
+    def done(self, run_id: str, tid: str) -> None:
+        with self._lock:
+            if (run_id, tid) not in self._done:
+                self._done.add((run_id, tid))
+                self._out[run_id] = self._out.get(run_id, 0) - 1
+
+    def outstanding(self, run_id: str) -> int | None:
+        with self._lock:
+            return self._out.get(run_id)
+
+    def claim(self, run_id: str, key: str, value: str) -> str:
+        with self._lock:
+            return self._claims.setdefault((run_id, key), value)
+
+
+class LedgerLost(Exception):
+    """The memcached ledger lost keys it must have: completion can no longer be vouched for."""
+
+
+class MemcacheLedger:
+    """Ledger in memcached (run it with ``-M`` so that keys are never evicted).
+
+    Keys: ``cm:<run>:out``, ``cm:<run>:epoch`` (written once; its absence reveals a restarted or
+    flushed memcached), ``cm:<run>:e:<tid>`` (enqueued, value = deliveries started) and
+    ``cm:<run>:d:<tid>`` (done). ``client_factory`` builds a pymemcache client once per process.
+    """
+
+    # memcached reads an expiry above 30 days as an absolute Unix time: stay below it.
+    TTL = 29 * 24 * 3600
+
+    def __init__(self, client_factory) -> None:
+        self._factory = client_factory
+        self._client = None
+
+    def _mc(self):
+        if self._client is None:
+            self._client = self._factory()
+        return self._client
+
+    def open_run(self, run_id: str) -> None:
+        mc = self._mc()
+        mc.add(f"cm:{run_id}:out", "0", expire=self.TTL, noreply=False)
+        mc.add(f"cm:{run_id}:epoch", "1", expire=self.TTL, noreply=False)
+
+    def enqueue(self, run_id: str, tid: str) -> None:
+        mc = self._mc()
+        # Count first, then publish (see module doc). A lost counter key is detected by incr -> None.
+        new = mc.add(f"cm:{run_id}:e:{tid}", "0", expire=self.TTL, noreply=False)
+        if new and mc.incr(f"cm:{run_id}:out", 1) is None:
+            raise LedgerLost(f"run {run_id}: outstanding counter missing from memcached")
+
+    def begin(self, run_id: str, tid: str) -> int | None:
+        mc = self._mc()
+        if mc.get(f"cm:{run_id}:d:{tid}") is not None:
+            return None
+        n = mc.incr(f"cm:{run_id}:e:{tid}", 1)
+        if n is None:
+            # The enqueued marker is gone (memcached restarted, or the message was not published by
+            # cmover). Re-create it so attempts are still counted; the run's epoch check reports the loss.
+            mc.add(f"cm:{run_id}:e:{tid}", "1", expire=self.TTL, noreply=False)
+            return 1
+        return int(n)
+
+    def done(self, run_id: str, tid: str) -> None:
+        mc = self._mc()
+        first = mc.add(f"cm:{run_id}:d:{tid}", "1", expire=self.TTL, noreply=False)
+        if first and mc.decr(f"cm:{run_id}:out", 1) is None:
+            raise LedgerLost(f"run {run_id}: outstanding counter missing from memcached")
+
+    def claim(self, run_id: str, key: str, value: str) -> str:
+        mc = self._mc()
+        k = f"cm:{run_id}:k:{key}"
+        if mc.add(k, value, expire=self.TTL, noreply=False):
+            return value
+        got = mc.get(k)
+        if got is None:
+            raise LedgerLost(f"run {run_id}: claim {key} vanished from memcached")
+        return got.decode() if isinstance(got, bytes) else str(got)
+
+    def outstanding(self, run_id: str) -> int | None:
+        try:
+            mc = self._mc()
+            got = mc.get_many([f"cm:{run_id}:out", f"cm:{run_id}:epoch"])
+        except Exception:
+            return None
+        if f"cm:{run_id}:epoch" not in got or f"cm:{run_id}:out" not in got:
+            return None
+        return int(got[f"cm:{run_id}:out"])

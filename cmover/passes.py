@@ -1,0 +1,165 @@
+"""What one pass does: :class:`PassSpec`, decided once when the pass starts and carried by every task.
+
+Relative paths in a pass are relative to the *mount roots* (``src_root``/``dst_root``); ``start`` is the
+sub-path the pass begins at (``b""`` for the whole tree). Age cutoffs are absolute nanosecond
+timestamps computed once at planning time, so every worker applies the same cut whatever its clock
+says when it runs.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmover.errors import ConfigError, ConfinementError
+from cmover.paths import check_rel, from_wire, to_wire
+
+
+class PassKind(enum.StrEnum):
+    COPY = "copy"
+    DELETE = "delete"
+    DIRTIME = "dirtime"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PassSpec:
+    """Immutable description of one pass; JSON-able through :meth:`as_dict` / :meth:`from_dict`.
+
+    ``oldest_atime_ns``: regular files with an atime before it are skipped (0 = no cut).
+    ``newest_mtime_ns``: regular files with an mtime after it are skipped (0 = no cut).
+    ``excludes``: relative path prefixes (whole components) that are left out.
+    """
+
+    run_id: str
+    kind: PassKind
+    src_root: bytes
+    dst_root: bytes
+    start: bytes = b""
+    oldest_atime_ns: int = 0
+    newest_mtime_ns: int = 0
+    excludes: tuple[bytes, ...] = ()
+    batch: int = 1000
+    inline_entries: int = 2000
+    inline_seconds: float = 0.5
+    mds_striped: bool = False
+    mdt_list: tuple[int, ...] = (0, 1)
+    max_deliveries: int = 5
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "kind": self.kind.value,
+            "src_root": to_wire(self.src_root),
+            "dst_root": to_wire(self.dst_root),
+            "start": to_wire(self.start),
+            "oldest_atime_ns": self.oldest_atime_ns,
+            "newest_mtime_ns": self.newest_mtime_ns,
+            "excludes": [to_wire(e) for e in self.excludes],
+            "batch": self.batch,
+            "inline_entries": self.inline_entries,
+            "inline_seconds": self.inline_seconds,
+            "mds_striped": self.mds_striped,
+            "mdt_list": list(self.mdt_list),
+            "max_deliveries": self.max_deliveries,
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> PassSpec:
+        """Rebuild a spec from a message; raise ConfinementError on any malformed field."""
+        if not isinstance(d, dict):
+            raise ConfinementError("pass spec in message is not an object")
+        try:
+            spec = cls(
+                run_id=_str(d["run_id"]),
+                kind=PassKind(d["kind"]),
+                src_root=from_wire(d["src_root"]),
+                dst_root=from_wire(d["dst_root"]),
+                start=check_rel(from_wire(d.get("start", ""))),
+                oldest_atime_ns=_int(d.get("oldest_atime_ns", 0)),
+                newest_mtime_ns=_int(d.get("newest_mtime_ns", 0)),
+                excludes=tuple(check_rel(from_wire(e)) for e in _list(d.get("excludes", []))),
+                batch=_int(d.get("batch", 1000), lo=1),
+                inline_entries=_int(d.get("inline_entries", 2000)),
+                inline_seconds=float(d.get("inline_seconds", 0.5)),
+                mds_striped=bool(d.get("mds_striped", False)),
+                mdt_list=tuple(_int(m, lo=-1) for m in _list(d.get("mdt_list", [0, 1]))) or (-1,),
+                max_deliveries=_int(d.get("max_deliveries", 5), lo=1),
+                options=dict(d.get("options") or {}),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ConfinementError(f"malformed pass spec in message: {type(exc).__name__}: {exc}") from None
+        for root in (spec.src_root, spec.dst_root):
+            if not root.startswith(b"/") or b"\0" in root or os.path.normpath(root) != root:
+                raise ConfinementError(f"pass root {root!r} is not a normalised absolute path")
+        return spec
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v or len(v) > 200:
+        raise ValueError("run_id must be a short non-empty string")
+    return v
+
+
+def _int(v: Any, lo: int = 0) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"expected an integer >= {lo}, got {v!r}")
+    return v
+
+
+def _list(v: Any) -> list[Any]:
+    if not isinstance(v, list):
+        raise ValueError("expected a list")
+    return v
+
+
+def new_run_id(kind: PassKind) -> str:
+    """A unique, sortable pass id such as ``copy-20261121T203000-1a2b3c4d``."""
+    return f"{kind.value}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+def age_cutoffs(oldest_date: float, newest_date: float, now_ns: int) -> tuple[int, int]:
+    """Turn the classic relative ages (seconds, 0 = off) into absolute ns cutoffs (0 = off)."""
+    oldest = now_ns - int(oldest_date * 1e9) if oldest_date else 0
+    newest = now_ns - int(newest_date * 1e9) if newest_date else 0
+    return oldest, newest
+
+
+def read_excludes(path: str, src_root: bytes) -> tuple[bytes, ...]:
+    """Read an exclusions file: one path prefix per line, relative or absolute under ``src_root``.
+
+    Raises ConfigError (one line, with the line number) on an unreadable file or a prefix outside the
+    source root. Blank lines and ``#`` comments are ignored. Lines are bytes: any file name works.
+    """
+    if not path:
+        return ()
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read exclusions file {path}: {exc.strerror}; fix EXCLUDE_FILE or --exclude-file"
+        ) from None
+    out: list[bytes] = []
+    root = src_root.rstrip(b"/") + b"/"
+    for no, raw in enumerate(lines, 1):
+        line = raw.rstrip(b"\r")
+        if not line.strip() or line.lstrip().startswith(b"#"):
+            continue
+        if line.startswith(b"/"):
+            if not line.startswith(root):
+                raise ConfigError(f"{path}:{no}: {line!r} is not under the source root; use a path inside it")
+            line = line[len(root):]
+        line = line.rstrip(b"/")
+        if not line:
+            raise ConfigError(f"{path}:{no}: the prefix names the whole source root; remove the line")
+        try:
+            out.append(check_rel(line))
+        except ConfinementError as exc:
+            raise ConfigError(f"{path}:{no}: {exc}; write a plain path prefix") from None
+    return tuple(out)

@@ -1,0 +1,117 @@
+"""Planning a pass: build its :class:`PassSpec` from settings and options, and check it is safe to run.
+
+Every check here runs before anything is written; a failed check raises :class:`ConfigError` or
+:class:`PreflightError` with a one-line message naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from dataclasses import dataclass
+
+from cmover.errors import ConfigError, ConfinementError, PreflightError
+from cmover.passes import PassKind, PassSpec, age_cutoffs, new_run_id, read_excludes
+from cmover.paths import check_rel, is_within
+from cmover.settings import Settings
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PassOptions:
+    """Command-line overrides of config.py for one pass (None = take the config value)."""
+
+    oldest_date: float | None = None
+    newest_date: float | None = None
+    exclude_file: str | None = None
+    batch: int | None = None
+
+
+def _abs(path: str, what: str) -> bytes:
+    if not path:
+        raise ConfigError(f"{what} is empty; give a directory path")
+    return os.fsencode(os.path.normpath(os.path.abspath(path)))
+
+
+def plan(kind: PassKind, settings: Settings, src: str, dst: str, start: str = "",
+         options: PassOptions | None = None) -> PassSpec:
+    """Build the spec of a pass copying ``src`` to ``dst`` (mount roots), starting at sub-path ``start``."""
+    o = options or PassOptions()
+    src_root = os.fsencode(os.path.realpath(_abs(src, "source")))
+    dst_root = _abs(dst, "target")
+    parent = os.path.realpath(os.path.dirname(dst_root))
+    dst_root = os.path.join(parent, os.path.basename(dst_root)) if dst_root != b"/" else dst_root
+    if os.path.islink(dst_root):
+        dst_root = os.fsencode(os.path.realpath(dst_root))
+    start_b = os.fsencode(start).strip(b"/")
+    try:
+        start_b = check_rel(os.path.normpath(start_b) if start_b else b"")
+    except ConfinementError as exc:
+        raise ConfigError(f"start path {start!r}: {exc}; give a path relative to the source root") from None
+    oldest, newest = age_cutoffs(
+        settings.oldest_date if o.oldest_date is None else o.oldest_date,
+        settings.newest_date if o.newest_date is None else o.newest_date,
+        time.time_ns(),
+    )
+    batch = settings.batch if o.batch is None else o.batch
+    if batch < 1:
+        raise ConfigError(f"--batch {batch} must be at least 1")
+    excludes = read_excludes(settings.exclude_file if o.exclude_file is None else o.exclude_file, src_root)
+    return PassSpec(
+        run_id=new_run_id(kind), kind=kind, src_root=src_root, dst_root=dst_root, start=start_b,
+        oldest_atime_ns=oldest, newest_mtime_ns=newest, excludes=excludes, batch=batch,
+        inline_entries=settings.inline_entries, inline_seconds=settings.inline_seconds,
+        mds_striped=settings.mds_is_striped, mdt_list=settings.mdt_list, max_deliveries=settings.max_deliveries,
+    )
+
+
+def preflight_copy(spec: PassSpec, *, create_target: bool) -> None:
+    """Check a copy pass can run. With ``create_target`` a missing target root may be created later
+    (its parent must exist); nothing is created here."""
+    src, dst = spec.src_root, spec.dst_root
+    try:
+        sst = os.stat(src)
+    except FileNotFoundError:
+        raise PreflightError(f"source {os.fsdecode(src)} does not exist; check the path or mount it") from None
+    except OSError as exc:
+        raise PreflightError(f"source {os.fsdecode(src)} cannot be read ({exc.strerror}); check the mount") from None
+    if not stat.S_ISDIR(sst.st_mode):
+        raise PreflightError(f"source {os.fsdecode(src)} is not a directory; give the directory to copy")
+    if src == dst:
+        raise PreflightError("source and target are the same directory; give two different directories")
+    if is_within(dst, src):
+        raise PreflightError(f"target {os.fsdecode(dst)} is inside the source; choose a target outside it")
+    if is_within(src, dst):
+        raise PreflightError(f"source {os.fsdecode(src)} is inside the target; choose a target outside it")
+    try:
+        dstst = os.stat(dst)
+    except FileNotFoundError:
+        if not create_target:
+            raise PreflightError(f"target {os.fsdecode(dst)} does not exist; create or mount it first") from None
+        if not os.path.isdir(os.path.dirname(dst)):
+            raise PreflightError(f"parent of target {os.fsdecode(dst)} does not exist; create it first") from None
+        dstst = None
+    except OSError as exc:
+        raise PreflightError(f"target {os.fsdecode(dst)} cannot be read ({exc.strerror}); check the mount") from None
+    if dstst is not None:
+        if not stat.S_ISDIR(dstst.st_mode):
+            raise PreflightError(f"target {os.fsdecode(dst)} is not a directory; give a directory")
+        if (dstst.st_dev, dstst.st_ino) == (sst.st_dev, sst.st_ino):
+            raise PreflightError("source and target are the same directory (same inode); give two different ones")
+    if spec.start:
+        start = os.path.join(src, spec.start)
+        try:
+            st = os.lstat(start)
+        except OSError as exc:
+            raise PreflightError(f"start path {os.fsdecode(start)} cannot be read ({exc.strerror}); "
+                                 "give an existing directory under the source") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise PreflightError(f"start path {os.fsdecode(start)} is not a directory; give a directory")
+
+
+def create_target_root(spec: PassSpec) -> None:
+    """Create the target root (only its last component) when missing, after preflight passed."""
+    try:
+        os.mkdir(spec.dst_root, 0o700)
+    except FileExistsError:
+        pass

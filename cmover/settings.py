@@ -1,0 +1,209 @@
+"""Load, validate and freeze the site configuration (``config.py``).
+
+``config.py`` is read as data with :func:`runpy.run_path`; every name it defines must be known here
+(a typo is a :class:`ConfigError`, not a silently ignored setting). The file is found at
+``$CMOVER_CONFIG``, else ``./config.py``, else the ``config.py`` beside the installed package's source
+tree. The broker is configured by ``rabbitmq/rabbitmq.conf`` next to the config file (its host, one
+line); the password lives in ``rabbitmq/rabbitmq_<USERNAME>.conf``. No broker file means the embedded
+mode. This module is the only one that knows where these files are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import runpy
+import types
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cmover.errors import ConfigError
+
+# name in config.py -> (Settings field, type, default)
+_SCHEMA: dict[str, tuple[str, type | tuple[type, ...], Any]] = {
+    "USERNAME": ("username", str, "cmover"),
+    "OLDEST_DATE": ("oldest_date", (int, float), 0),
+    "NEWEST_DATE": ("newest_date", (int, float), 0),
+    "REPORT_INTERVAL": ("report_interval", (int, float), 30),
+    "STATS_ENABLED": ("stats_enabled", bool, True),
+    "MDS_IS_STRIPED": ("mds_is_striped", bool, False),
+    "source_mount": ("source_mount", str, ""),
+    "target_mount": ("target_mount", str, ""),
+    "BATCH": ("batch", int, 1000),
+    "INLINE_ENTRIES": ("inline_entries", int, 2000),
+    "INLINE_SECONDS": ("inline_seconds", (int, float), 0.5),
+    "EXCLUDE_FILE": ("exclude_file", str, ""),
+    "MDT_LIST": ("mdt_list", list, [0, 1]),
+    "MEMCACHED": ("memcached", str, "127.0.0.1:11211"),
+    "MAX_DELIVERIES": ("max_deliveries", int, 5),
+    "LOCAL_JOBS": ("local_jobs", int, 0),
+    "LOG_DIR": ("log_dir", str, "var/log"),
+}
+
+_USERNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Validated site settings; built once per process and passed explicitly."""
+
+    username: str = "cmover"
+    oldest_date: float = 0
+    newest_date: float = 0
+    report_interval: float = 30
+    stats_enabled: bool = True
+    mds_is_striped: bool = False
+    source_mount: str = ""
+    target_mount: str = ""
+    batch: int = 1000
+    inline_entries: int = 2000
+    inline_seconds: float = 0.5
+    exclude_file: str = ""
+    mdt_list: tuple[int, ...] = (0, 1)
+    memcached: str = "127.0.0.1:11211"
+    max_deliveries: int = 5
+    local_jobs: int = 0
+    log_dir: str = "var/log"
+    config_path: str = ""
+    rabbitmq_dir: str = ""
+    broker_host: str | None = field(default=None)
+
+    @property
+    def broker_configured(self) -> bool:
+        return self.broker_host is not None
+
+    @property
+    def password_file(self) -> Path:
+        return Path(self.rabbitmq_dir) / f"rabbitmq_{self.username}.conf"
+
+    def broker_url(self) -> str:
+        """The AMQP URL of the configured broker; ConfigError when the broker or password is missing."""
+        if self.broker_host is None:
+            raise ConfigError(
+                f"no broker configured: {Path(self.rabbitmq_dir) / 'rabbitmq.conf'} is missing; "
+                "write the broker host into it (see rabbitmq/rabbitmq.conf.example)"
+            )
+        pw_file = self.password_file
+        try:
+            password = pw_file.read_text().strip()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"password file {pw_file} is missing; create it with rabbitmq/rabbitmq_init.sh on the broker host"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read password file {pw_file}: {exc.strerror}; check its owner and mode"
+            ) from None
+        if not password:
+            raise ConfigError(f"password file {pw_file} is empty; re-create it with rabbitmq/rabbitmq_init.sh")
+        host = self.broker_host
+        if ":" not in host.rsplit("]", 1)[-1]:
+            host += ":5672"
+        quote = urllib.parse.quote
+        user = quote(self.username, safe="")
+        return f"amqp://{user}:{quote(password, safe='')}@{host}/{user}"
+
+    def log_path(self) -> Path:
+        p = Path(self.log_dir)
+        return p if p.is_absolute() else Path(self.config_path).parent / p
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def find_config(explicit: str | None = None) -> Path:
+    """Locate config.py (see module doc); ConfigError when an explicitly named file is missing."""
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise ConfigError(f"config file {explicit} not found; pass an existing file with --config or CMOVER_CONFIG")
+        return p.resolve()
+    env = os.environ.get("CMOVER_CONFIG")
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            raise ConfigError(f"CMOVER_CONFIG={env} does not name a file; point it at your config.py")
+        return p.resolve()
+    for candidate in (Path.cwd() / "config.py", Path(__file__).resolve().parent.parent / "config.py"):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ConfigError("no config.py found; run from the cmover directory or set CMOVER_CONFIG")
+
+
+def _check(name: str, value: Any, typ: type | tuple[type, ...]) -> Any:
+    # bool is an int subclass: reject True where a number is expected and 1 where a bool is expected.
+    ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
+    if not ok:
+        want = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+        raise ConfigError(f"config setting {name} = {value!r} must be a {want}; fix it in config.py")
+    return value
+
+
+def from_mapping(values: dict[str, Any], *, config_path: str = "", rabbitmq_dir: str = "") -> Settings:
+    """Validate a mapping of config.py names and build :class:`Settings` (broker files not read)."""
+    unknown = sorted(k for k in values if not k.startswith("_") and k not in _SCHEMA)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)} in config; remove them or fix the spelling")
+    kw: dict[str, Any] = {}
+    for name, (fname, typ, default) in _SCHEMA.items():
+        kw[fname] = _check(name, values.get(name, default), typ)
+    if not _USERNAME_RE.fullmatch(kw["username"]):
+        raise ConfigError(f"USERNAME {kw['username']!r} may only hold letters, digits, '_', '.', '-'; fix config.py")
+    for name in ("OLDEST_DATE", "NEWEST_DATE"):
+        if kw[_SCHEMA[name][0]] < 0:
+            raise ConfigError(f"{name} must be >= 0 seconds (0 disables the filter); fix config.py")
+    if kw["batch"] < 1 or kw["batch"] > 100_000:
+        raise ConfigError(f"BATCH = {kw['batch']} must be between 1 and 100000; fix config.py")
+    if kw["inline_entries"] < 0 or kw["inline_seconds"] < 0:
+        raise ConfigError("INLINE_ENTRIES and INLINE_SECONDS must be >= 0; fix config.py")
+    if kw["max_deliveries"] < 1:
+        raise ConfigError("MAX_DELIVERIES must be >= 1; fix config.py")
+    if kw["local_jobs"] < 0:
+        raise ConfigError("LOCAL_JOBS must be >= 0 (0 = twice the number of cores); fix config.py")
+    if kw["report_interval"] <= 0:
+        raise ConfigError("REPORT_INTERVAL must be > 0 seconds; fix config.py")
+    mdts = kw["mdt_list"]
+    if not mdts or not all(isinstance(m, int) and not isinstance(m, bool) and m >= -1 for m in mdts):
+        raise ConfigError(f"MDT_LIST = {mdts!r} must be a non-empty list of MDT indices (or [-1]); fix config.py")
+    kw["mdt_list"] = tuple(mdts)
+    for name in ("source_mount", "target_mount"):
+        v = kw[name]
+        if v and not os.path.isabs(v):
+            raise ConfigError(f"{name} = {v!r} must be an absolute path; fix config.py")
+        kw[name] = os.path.normpath(v) if v else ""
+    return Settings(**kw, config_path=config_path, rabbitmq_dir=rabbitmq_dir)
+
+
+def read_broker_host(rabbitmq_dir: Path) -> str | None:
+    """The broker host from ``rabbitmq.conf`` (first non-comment line), or None when the file is absent."""
+    conf = rabbitmq_dir / "rabbitmq.conf"
+    try:
+        text = conf.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {conf}: {exc.strerror}; check its mode") from None
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            if any(c.isspace() for c in line) or "/" in line or "@" in line:
+                raise ConfigError(f"{conf} must hold only the broker host (host or host:port), not {line!r}")
+            return line
+    return None
+
+
+def load_settings(path: str | None = None) -> Settings:
+    """Find, read and validate config.py and the broker host file; raise ConfigError on any problem."""
+    cfg = find_config(path)
+    try:
+        values = runpy.run_path(str(cfg))
+    except Exception as exc:  # a syntax error in config.py must become a one-line message
+        raise ConfigError(f"cannot load {cfg}: {type(exc).__name__}: {exc}; fix the file") from None
+    # Imported modules (e.g. "import os" for a computed path) are not settings.
+    values = {k: v for k, v in values.items() if not k.startswith("__") and not isinstance(v, types.ModuleType)}
+    rabbitmq_dir = Path(os.environ.get("CMOVER_RABBITMQ_DIR") or cfg.parent / "rabbitmq")
+    s = from_mapping(values, config_path=str(cfg), rabbitmq_dir=str(rabbitmq_dir))
+    return s.replace(broker_host=read_broker_host(rabbitmq_dir))

@@ -1,0 +1,50 @@
+"""Copy-pass tasks: thin adapters from messages to :class:`cmover.copypass.CopyPass`.
+
+``cmover.copy.dir(spec, rel, mdt)`` handles a directory (and small subtrees inline) and publishes the
+rest; ``cmover.copy.files(spec, rel, names)`` copies one batch of a large directory. Arguments are
+JSON: the pass spec, wire-encoded relative paths (see :mod:`cmover.paths`), an MDT index or null.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cmover.app import app
+from cmover.copypass import CopyPass
+from cmover.errors import ConfinementError
+from cmover.paths import rel_from_wire
+from cmover.taskbase import PassTask, run_pass_task
+
+
+@app.task(name="cmover.copy.dir", base=PassTask, bind=True)
+def copy_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None) -> None:
+    def body(spec_, ctx, tally, fail, emit):
+        if mdt is not None and (isinstance(mdt, bool) or not isinstance(mdt, int)):
+            raise ConfinementError(f"MDT index in message is not an integer: {mdt!r}")
+        CopyPass(spec_, ctx.fs, tally, fail, emit, _claim(ctx, spec_)).run_dir(rel_from_wire(rel), mdt)
+
+    run_pass_task(self, spec, rel, body)
+
+
+@app.task(name="cmover.copy.files", base=PassTask, bind=True)
+def copy_files(self: PassTask, spec: Any, rel: Any, names: Any) -> None:
+    def body(spec_, ctx, tally, fail, emit):
+        if not isinstance(names, list):
+            raise ConfinementError("batch names in message are not a list")
+        batch = [_name(n) for n in names]
+        CopyPass(spec_, ctx.fs, tally, fail, emit, _claim(ctx, spec_)).run_files(rel_from_wire(rel), batch)
+
+    run_pass_task(self, spec, rel, body)
+
+
+def _name(wire: Any) -> bytes:
+    """A single path component from a message: no slash, not empty, not '.' or '..'."""
+    name = rel_from_wire(wire)
+    if b"/" in name or not name:
+        raise ConfinementError(f"batch entry {name!r} is not a single file name")
+    return name
+
+
+def _claim(ctx: Any, spec: Any) -> Any:
+    """The run's first-writer-wins claim, bound to its run id (hard-link leaders)."""
+    return lambda key, value: ctx.ledger.claim(spec.run_id, key, value)

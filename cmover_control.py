@@ -1,0 +1,16 @@
+"""The classic entry point: ``python cmover_control.py start|stop|status [PASS] [options]``.
+
+A shim over the ``cmover`` command so that operators of the original tool keep their habits:
+``start`` seeds the copy pass (or the pass named next) for config.py's source_mount/target_mount.
+"""
+
+import sys
+
+from cmover.cli import main
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if not args or args[0] not in ("start", "stop", "status", "errors"):
+        print("usage: python cmover_control.py start|stop|status|errors [PASS] [options]", file=sys.stderr)
+        raise SystemExit(2)
+    raise SystemExit(main(args))

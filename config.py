@@ -1,0 +1,69 @@
+# cmover site configuration.
+#
+# Plain constants only: this file is read as data by cmover/settings.py, which rejects unknown names
+# (a typo is an error, not a silently ignored setting). Point $CMOVER_CONFIG at another file to use it
+# instead of this one. Command-line options override the filter settings for one run.
+
+# ---- Settings with the classic tool's names and meanings -------------------------------------------
+
+# RabbitMQ virtual host and user name. The password is read from rabbitmq/rabbitmq_<USERNAME>.conf
+# (written by rabbitmq/rabbitmq_init.sh, mode 0400) and the broker host from rabbitmq/rabbitmq.conf.
+# Without rabbitmq/rabbitmq.conf no broker is configured and `cmover copy SRC DST` runs embedded.
+USERNAME = "cmover"
+
+# Filter files by atime: files whose atime is older than OLDEST_DATE seconds are not copied.
+# 0 disables the filter. Example: 90 * 24 * 60 * 60 leaves out files nobody read for 90 days.
+OLDEST_DATE = 0
+
+# Filter files by mtime: files modified less than NEWEST_DATE seconds ago are not copied. Useful for
+# early passes (recently changed files are likely to change again); set to 0 for the final pass.
+NEWEST_DATE = 0
+
+# Minimal time in seconds between two counter reports of one worker process to memcached.
+REPORT_INTERVAL = 30
+
+# Send counters to memcached (read by `cmover status` and send_graphite.py).
+STATS_ENABLED = True
+
+# Distribute first-level target directories over the target's MDTs (Lustre DNE). The list of MDT
+# indices is MDT_LIST below.
+MDS_IS_STRIPED = False
+
+# Copy from / to. Distributed passes work on these roots (or on a sub-path of them); every path a task
+# receives must lie inside them.
+source_mount = "/mnt/source"
+target_mount = "/mnt/target"
+
+# ---- New settings ---------------------------------------------------------------------------------
+
+# Entries per file-batch task. A directory with up to BATCH files is handled by its directory task
+# itself (one task fewer per directory); bigger directories are split into batches of BATCH.
+BATCH = 1000
+
+# Work one directory task may do inline before it hands subdirectories to other workers: small
+# subtrees are walked by the task that found them (dispatch costs more than their work), large trees
+# still spread over every worker. Counted in entries and in seconds, whichever is reached first.
+INLINE_ENTRIES = 2000
+INLINE_SECONDS = 0.5
+
+# A file of path prefixes to leave out, one per line, relative to the source root (e.g. "scratch/tmp")
+# or absolute under source_mount; "#" starts a comment. Empty string: no exclusions file.
+EXCLUDE_FILE = ""
+
+# MDT indices for first-level directories when MDS_IS_STRIPED is true, used round-robin.
+# [-1] leaves placement to the filesystem's own balancing.
+MDT_LIST = [0, 1]
+
+# memcached holding the counters and the completion ledger of distributed passes. Run it with -M
+# (return errors instead of evicting): a lost ledger makes `cmover status` answer "unknown".
+MEMCACHED = "127.0.0.1:11211"
+
+# A message that has been delivered this many times without completing (it keeps killing workers)
+# is moved to the pass's dead-letter queue and listed as a failure instead of looping forever.
+MAX_DELIVERIES = 5
+
+# Worker threads of the embedded mode (`cmover copy` with no broker). 0 = twice the number of cores.
+LOCAL_JOBS = 0
+
+# Directory for node-local logs (relative paths are relative to this file's directory).
+LOG_DIR = "var/log"

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The project's test command (also what CI runs through .ci/run):
+#     scripts/test.sh [PYTEST ARGS...]
+# Brings up what the tests need (system tools, RabbitMQ, memcached, .venv), then lint, type check
+# and pytest. Arguments go to pytest unchanged, e.g. `scripts/test.sh -x -k walk`.
+set -euo pipefail
+
+# Work from the repository root whatever the caller's cwd: every path below is relative to it.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+
+section() {
+    printf '\n=== %s ===\n' "$*"
+}
+
+section "services"
+ensure_test_tools
+ensure_rabbitmq
+ensure_memcached
+ensure_venv
+
+section "ruff check"
+# Only the paths that exist: ruff fails on a missing path, and a bare `*.py` that matches nothing
+# would be passed on literally.
+shopt -s nullglob
+lint_paths=()
+for p in cmover tests bench *.py; do
+    if [[ -e "$p" ]]; then
+        lint_paths+=("$p")
+    fi
+done
+shopt -u nullglob
+.venv/bin/ruff check "${lint_paths[@]}"
+
+section "mypy"
+.venv/bin/mypy cmover
+
+section "pytest"
+rc=0
+.venv/bin/python -m pytest "$@" || rc=$?
+if ((rc == 5)); then
+    # pytest's 5 means "no tests collected": a filter or import mistake, never a pass.
+    echo "test.sh: pytest collected no tests" >&2
+    exit 1
+fi
+exit "$rc"

@@ -1,0 +1,5 @@
+"""Minimal shim so that `python setup.py develop` and old pip versions work; metadata is in pyproject.toml."""
+
+from setuptools import setup
+
+setup()

@@ -1,0 +1,1 @@
+"""Integration tests: real RabbitMQ, memcached and `celery worker` processes (see conftest.py)."""

@@ -1,0 +1,394 @@
+"""cmover.copier.Copier.copy_entry on real files: one entry at a time, every action of the decision table.
+
+Runs as root (as CI does): ownership changes and device nodes need it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+
+from cmover import fsio
+from cmover.copier import Copier
+from cmover.errors import SourceChangedError
+from cmover.filters import Filter
+from cmover.lustre.base import PosixFs
+from cmover.stats import C
+
+T_ATIME = 1_500_000_000_123_456_789
+T_MTIME = 1_600_000_000_987_654_321
+
+
+@pytest.fixture
+def env(roots):
+    src, dst = roots
+    sfd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
+    tally: Counter = Counter()
+    ns = SimpleNamespace(src=src, dst=dst, tally=tally, filt=Filter(frozenset(), 0, 0))
+
+    def copy(name: str, filt: Filter | None = None) -> None:
+        st = os.lstat(os.path.join(src, os.fsencode(name)))
+        Copier(PosixFs(), filt or ns.filt, tally).copy_entry(sfd, dfd, name, st)
+
+    ns.copy = copy
+    ns.s = lambda name: os.path.join(src, os.fsencode(name))
+    ns.d = lambda name: os.path.join(dst, os.fsencode(name))
+    yield ns
+    os.close(sfd)
+    os.close(dfd)
+
+
+def make_file(path: bytes, data: bytes = b"hello\n", mode: int = 0o644, uid: int = 0, gid: int = 0,
+              times: tuple[int, int] = (T_ATIME, T_MTIME)) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chown(path, uid, gid)
+    os.chmod(path, mode)
+    os.utime(path, ns=times)
+
+
+def no_temp_files(d: bytes) -> bool:
+    return not [n for n in os.listdir(d) if n.startswith(b".cmover.")]
+
+
+def test_regular_file_created(env):
+    data = os.urandom(100_000)
+    make_file(env.s("f"), data, mode=0o4755, uid=1234, gid=5678)
+    env.copy("f")
+    st = os.lstat(env.d("f"))
+    with open(env.d("f"), "rb") as f:
+        assert f.read() == data
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o4755  # setuid survives the chown
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    assert (st.st_atime_ns, st.st_mtime_ns) == (T_ATIME, T_MTIME)
+    assert env.tally[C.COPIED] == 1 and env.tally[C.BYTES] == len(data)
+
+
+@pytest.mark.parametrize("mode", [0o2750, 0o1777, 0o6711, 0o000])
+def test_special_mode_bits_kept(env, mode):
+    make_file(env.s("f"), mode=mode, uid=42, gid=43)
+    env.copy("f")
+    assert stat.S_IMODE(os.lstat(env.d("f")).st_mode) == mode
+
+
+def test_empty_file(env):
+    make_file(env.s("e"), b"")
+    env.copy("e")
+    st = os.lstat(env.d("e"))
+    assert st.st_size == 0 and st.st_mtime_ns == T_MTIME and env.tally[C.COPIED] == 1
+
+
+def test_source_atime_not_moved(env):
+    # atime before mtime: a plain read would update it under relatime; O_NOATIME must keep it.
+    make_file(env.s("f"), b"x" * 10, times=(1_000_000_007, T_MTIME))
+    env.copy("f")
+    assert os.lstat(env.s("f")).st_atime_ns == 1_000_000_007
+    assert os.lstat(env.d("f")).st_atime_ns == 1_000_000_007
+
+
+def test_symlink_created(env):
+    target = b"../caf\xe9/\nweird target "
+    os.symlink(target, env.s("l"))
+    os.chown(env.s("l"), 1234, 5678, follow_symlinks=False)
+    os.utime(env.s("l"), ns=(T_ATIME, T_MTIME), follow_symlinks=False)
+    env.copy("l")
+    st = os.lstat(env.d("l"))
+    assert stat.S_ISLNK(st.st_mode)
+    assert os.readlink(env.d("l")) == target
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    assert st.st_mtime_ns == T_MTIME
+    assert env.tally[C.COPIED] == 1
+
+
+def test_symlink_to_outside_not_followed(env, tmp_path):
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"keep")
+    os.chmod(outside, 0o600)
+    os.symlink(os.fsencode(outside), env.s("l"))
+    os.chown(env.s("l"), 999, 999, follow_symlinks=False)
+    env.copy("l")
+    st = os.stat(outside)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+    assert os.lstat(env.d("l")).st_uid == 999
+
+
+def test_fifo_created(env):
+    os.mkfifo(env.s("p"), 0o600)
+    os.chown(env.s("p"), 77, 88)
+    os.chmod(env.s("p"), 0o640)
+    os.utime(env.s("p"), ns=(T_ATIME, T_MTIME))
+    env.copy("p")
+    st = os.lstat(env.d("p"))
+    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640
+    assert (st.st_uid, st.st_gid, st.st_mtime_ns) == (77, 88, T_MTIME)
+
+
+@pytest.mark.parametrize("fmt, dev", [(stat.S_IFCHR, os.makedev(1, 3)), (stat.S_IFBLK, os.makedev(7, 200))])
+def test_device_node_created(env, fmt, dev):
+    os.mknod(env.s("n"), fmt | 0o600, dev)
+    os.chown(env.s("n"), 5, 6)
+    os.chmod(env.s("n"), 0o620)
+    os.utime(env.s("n"), ns=(T_ATIME, T_MTIME))
+    env.copy("n")
+    st = os.lstat(env.d("n"))
+    assert stat.S_IFMT(st.st_mode) == fmt and stat.S_IMODE(st.st_mode) == 0o620
+    assert (st.st_rdev, st.st_uid, st.st_gid, st.st_mtime_ns) == (dev, 5, 6, T_MTIME)
+
+
+def test_device_number_change_replaces(env):
+    os.mknod(env.s("n"), stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    os.mknod(env.d("n"), stat.S_IFCHR | 0o600, os.makedev(1, 5))
+    env.copy("n")
+    assert os.lstat(env.d("n")).st_rdev == os.makedev(1, 3)
+
+
+def test_socket_skipped(env, monkeypatch):
+    monkeypatch.chdir(env.src)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind("sock")
+        env.copy("sock")
+    assert not os.path.lexists(env.d("sock"))
+    assert env.tally == Counter({C.SOCKETS: 1})
+
+
+def test_identical_skipped_untouched(env):
+    make_file(env.s("f"), mode=0o4755, uid=3, gid=4)
+    env.copy("f")
+    before = os.lstat(env.d("f"))
+    env.copy("f")
+    after = os.lstat(env.d("f"))
+    assert env.tally[C.SKIPPED] == 1 and env.tally[C.COPIED] == 1
+    assert (after.st_ino, after.st_ctime_ns, after.st_mtime_ns) == (before.st_ino, before.st_ctime_ns,
+                                                                     before.st_mtime_ns)
+
+
+@pytest.mark.parametrize("change", ["size", "mtime"])
+def test_changed_file_replaced_by_rename(env, change):
+    make_file(env.s("f"), b"old data")
+    env.copy("f")
+    os.link(env.d("f"), env.d("other-link"))
+    old_ino = os.lstat(env.d("f")).st_ino
+    if change == "size":
+        make_file(env.s("f"), b"new data, longer")
+    else:
+        make_file(env.s("f"), b"NEW DATA", times=(T_ATIME, T_MTIME + 1))
+    env.copy("f")
+    st = os.lstat(env.d("f"))
+    assert st.st_ino != old_ino
+    with open(env.d("f"), "rb") as f, open(env.s("f"), "rb") as g:
+        assert f.read() == g.read()
+    with open(env.d("other-link"), "rb") as f:
+        assert f.read() == b"old data"  # never written through
+    assert st.st_mtime_ns == os.lstat(env.s("f")).st_mtime_ns
+    assert no_temp_files(env.dst)
+    assert env.tally[C.COPIED] == 2
+
+
+@pytest.mark.parametrize("change", ["owner", "mode", "setuid-owner"])
+def test_metadata_only_change_in_place(env, change):
+    make_file(env.s("f"), b"data", mode=0o644, uid=10, gid=10)
+    env.copy("f")
+    ino = os.lstat(env.d("f")).st_ino
+    if change == "owner":
+        os.chown(env.s("f"), 20, 21)
+    elif change == "mode":
+        os.chmod(env.s("f"), 0o600)
+    else:  # chown of the target would clear set-id bits: they must be set again afterwards
+        os.chown(env.s("f"), 30, 31)
+        os.chmod(env.s("f"), 0o6755)
+        os.chmod(env.d("f"), 0o6755)
+    env.copy("f")
+    s, d = os.lstat(env.s("f")), os.lstat(env.d("f"))
+    assert d.st_ino == ino
+    assert (d.st_mode, d.st_uid, d.st_gid) == (s.st_mode, s.st_uid, s.st_gid)
+    assert (d.st_atime_ns, d.st_mtime_ns) == (T_ATIME, T_MTIME)
+    assert env.tally[C.META] == 1
+
+
+def test_symlink_owner_change_in_place(env):
+    os.symlink(b"t", env.s("l"))
+    env.copy("l")
+    ino = os.lstat(env.d("l")).st_ino
+    os.chown(env.s("l"), 55, 66, follow_symlinks=False)
+    env.copy("l")
+    d = os.lstat(env.d("l"))
+    assert (d.st_ino, d.st_uid, d.st_gid) == (ino, 55, 66) and env.tally[C.META] == 1
+
+
+def test_fifo_mtime_change_updates_meta(env):
+    os.mkfifo(env.s("p"), 0o600)
+    env.copy("p")
+    ino = os.lstat(env.d("p")).st_ino
+    os.utime(env.s("p"), ns=(T_ATIME, T_MTIME))
+    env.copy("p")
+    d = os.lstat(env.d("p"))
+    assert (d.st_ino, d.st_mtime_ns) == (ino, T_MTIME) and env.tally[C.META] == 1
+
+
+def test_directory_on_target_replaced_by_file(env):
+    os.makedirs(env.d("x/deep/er"))
+    make_file(env.d("x/deep/er/f"))
+    os.symlink(b"/", env.d("x/root-link"))
+    make_file(env.s("x"), b"now a file")
+    env.copy("x")
+    assert stat.S_ISREG(os.lstat(env.d("x")).st_mode)
+    with open(env.d("x"), "rb") as f:
+        assert f.read() == b"now a file"
+    assert os.path.isdir("/etc")  # the symlink inside the removed tree was not followed
+
+
+def test_symlink_on_target_replaced_not_followed(env, tmp_path):
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious")
+    os.symlink(os.fsencode(outside), env.d("f"))
+    make_file(env.s("f"), b"source data")
+    env.copy("f")
+    assert outside.read_bytes() == b"precious"
+    assert stat.S_ISREG(os.lstat(env.d("f")).st_mode)
+    with open(env.d("f"), "rb") as f:
+        assert f.read() == b"source data"
+
+
+def test_age_filter(env):
+    make_file(env.s("old"), times=(1_000, T_MTIME))
+    env.copy("old", Filter(frozenset(), oldest_atime_ns=2_000, newest_mtime_ns=0))
+    make_file(env.s("new"), times=(T_ATIME, T_MTIME))
+    env.copy("new", Filter(frozenset(), oldest_atime_ns=0, newest_mtime_ns=T_MTIME - 1))
+    assert not os.path.lexists(env.d("old")) and not os.path.lexists(env.d("new"))
+    assert env.tally == Counter({C.FILTERED: 2})
+
+
+def test_source_changed_during_copy_not_committed(env, monkeypatch):
+    make_file(env.s("f"), b"a" * 1000)
+    real = fsio.copy_data
+
+    def copy_then_grow(src_fd, dst_fd, size, **kw):
+        n = real(src_fd, dst_fd, size, **kw)
+        with open(env.s("f"), "ab") as f:
+            f.write(b"more")
+        return n
+
+    monkeypatch.setattr(fsio, "copy_data", copy_then_grow)
+    with pytest.raises(SourceChangedError):
+        env.copy("f")
+    # The target never got the source's mtime, so the next compare recopies it.
+    assert os.lstat(env.d("f")).st_mtime_ns != T_MTIME
+    assert env.tally[C.COPIED] == 0
+    monkeypatch.setattr(fsio, "copy_data", real)
+    env.copy("f")
+    with open(env.d("f"), "rb") as f:
+        assert f.read() == b"a" * 1000 + b"more"
+
+
+def test_source_replaced_after_listing(env):
+    make_file(env.s("f"), b"first")
+    st = os.lstat(env.s("f"))
+    os.link(env.s("f"), env.s("keep"))  # keeps the old inode alive, so the new file gets another number
+    make_file(env.s("f.new"), b"second")
+    os.rename(env.s("f.new"), env.s("f"))
+    sfd = os.open(env.src, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = os.open(env.dst, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(SourceChangedError):
+            Copier(PosixFs(), env.filt, env.tally).copy_entry(sfd, dfd, "f", st)
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+    assert not os.path.lexists(env.d("f"))
+
+
+def test_failed_replace_keeps_old_version(env, monkeypatch):
+    make_file(env.s("f"), b"v1")
+    env.copy("f")
+    old = os.lstat(env.d("f"))
+    make_file(env.s("f"), b"version 2")
+
+    def no_space(*_a, **_kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsio, "copy_data", no_space)
+    with pytest.raises(OSError) as ei:
+        env.copy("f")
+    assert ei.value.errno == errno.ENOSPC
+    now = os.lstat(env.d("f"))
+    assert (now.st_ino, now.st_mtime_ns) == (old.st_ino, old.st_mtime_ns)
+    with open(env.d("f"), "rb") as f:
+        assert f.read() == b"v1"
+    assert no_temp_files(env.dst)
+
+
+def test_failed_create_never_carries_source_mtime(env, monkeypatch):
+    make_file(env.s("f"), b"x" * 100)
+
+    def partial(src_fd, dst_fd, size, **kw):
+        os.write(dst_fd, b"x" * 10)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fsio, "copy_data", partial)
+    with pytest.raises(OSError):
+        env.copy("f")
+    if os.path.lexists(env.d("f")):
+        assert os.lstat(env.d("f")).st_mtime_ns != T_MTIME
+
+
+def test_create_race_falls_back_to_replace(env, monkeypatch, tmp_path):
+    # The target name appears between the lstat and the create (another delivery, or a planted symlink):
+    # the exclusive create fails and the entry is rebuilt under a temporary name, never through the link.
+    outside = tmp_path / "outside"
+    os.symlink(os.fsencode(outside), env.d("f"))
+    make_file(env.s("f"), b"payload")
+    monkeypatch.setattr(fsio, "lstat_at", lambda dir_fd, name: None)
+    env.copy("f")
+    assert not outside.exists()
+    assert stat.S_ISREG(os.lstat(env.d("f")).st_mode)
+    with open(env.d("f"), "rb") as f:
+        assert f.read() == b"payload"
+    assert no_temp_files(env.dst)
+
+
+def test_posixfs_contract(env, tmp_path):
+    fs = PosixFs()
+    dfd = os.open(env.dst, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = fs.create_file(dfd, "new", dfd, "unused")
+        os.close(fd)
+        assert stat.S_IMODE(os.lstat(env.d("new")).st_mode) & 0o077 == 0
+        with pytest.raises(FileExistsError):
+            fs.create_file(dfd, "new", dfd, "unused")
+        os.symlink(os.fsencode(tmp_path / "outside"), env.d("link"))
+        with pytest.raises(FileExistsError):
+            fs.create_file(dfd, "link", dfd, "unused")
+        assert not (tmp_path / "outside").exists()
+        fs.mkdir(dfd, "d", None)
+        assert stat.S_IMODE(os.lstat(env.d("d")).st_mode) & 0o077 == 0
+        with pytest.raises(FileExistsError):
+            fs.mkdir(dfd, "d", -1)
+    finally:
+        os.close(dfd)
+
+
+# -- fidelity (design §5) --------------------------------------------------------------------------------
+
+def test_sparse_holes_kept(env):
+    with open(env.s("sparse"), "wb") as f:
+        f.truncate(8 << 20)
+        f.seek(4 << 20)
+        f.write(b"x" * 4096)
+    env.copy("sparse")
+    src_blocks = os.lstat(env.s("sparse")).st_blocks
+    assert os.lstat(env.d("sparse")).st_size == 8 << 20
+    assert os.lstat(env.d("sparse")).st_blocks <= src_blocks + 64
+
+
+def test_xattrs_copied(env):
+    make_file(env.s("f"))
+    os.setxattr(env.s("f"), b"user.cmover", b"\x00value\xff")
+    env.copy("f")
+    assert os.getxattr(env.d("f"), b"user.cmover") == b"\x00value\xff"

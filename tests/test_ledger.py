@@ -1,0 +1,153 @@
+"""cmover.ledger: exact outstanding count under duplicate enqueue/begin/done, in memory and in memcached.
+
+The memcached tests use the real server on 127.0.0.1:11211 (started by scripts/test.sh): they fail,
+never skip, when it is unreachable.
+"""
+
+import uuid
+
+import pytest
+from pymemcache.client.base import Client
+
+from cmover.ledger import LedgerLost, MemcacheLedger, MemoryLedger, task_id
+
+MEMCACHED = ("127.0.0.1", 11211)
+
+
+def mc_client() -> Client:
+    return Client(MEMCACHED, connect_timeout=2, timeout=5, default_noreply=False)
+
+
+@pytest.fixture
+def run_id():
+    return f"test-ledger-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(params=["memory", "memcache"])
+def ledger(request):
+    if request.param == "memory":
+        return MemoryLedger()
+    mc_client().version()  # unreachable memcached: the test errors out instead of skipping
+    return MemcacheLedger(mc_client)
+
+
+def test_task_id_deterministic():
+    a = task_id("run", "dir", b"a/caf\xe9")
+    assert a == task_id("run", "dir", b"a/caf\xe9")
+    assert len({a, task_id("run", "files", b"a/caf\xe9"), task_id("run", "dir", b"a/caf\xe9", 1),
+                task_id("run2", "dir", b"a/caf\xe9"), task_id("run", "dir", b"a/cafe")}) == 5
+
+
+def test_enqueue_twice_counts_once(ledger, run_id):
+    ledger.open_run(run_id)
+    assert ledger.outstanding(run_id) == 0
+    ledger.enqueue(run_id, "t1")
+    ledger.enqueue(run_id, "t1")
+    assert ledger.outstanding(run_id) == 1
+    ledger.enqueue(run_id, "t2")
+    assert ledger.outstanding(run_id) == 2
+
+
+def test_begin_counts_deliveries_and_none_after_done(ledger, run_id):
+    ledger.open_run(run_id)
+    ledger.enqueue(run_id, "t1")
+    assert ledger.begin(run_id, "t1") == 1
+    assert ledger.begin(run_id, "t1") == 2
+    assert ledger.begin(run_id, "t1") == 3
+    ledger.done(run_id, "t1")
+    assert ledger.begin(run_id, "t1") is None
+
+
+def test_done_twice_decrements_once(ledger, run_id):
+    ledger.open_run(run_id)
+    for t in ("t1", "t2", "t3"):
+        ledger.enqueue(run_id, t)
+    ledger.done(run_id, "t1")
+    ledger.done(run_id, "t1")
+    assert ledger.outstanding(run_id) == 2
+
+
+def test_outstanding_zero_only_when_all_done(ledger, run_id):
+    ledger.open_run(run_id)
+    tids = [task_id(run_id, "dir", f"d{i}".encode()) for i in range(5)]
+    ledger.enqueue(run_id, tids[0])
+    seen = []
+    # A parent enqueues its children before it is done; redeliveries and duplicate dones in between.
+    for i, tid in enumerate(tids):
+        ledger.begin(run_id, tid)
+        if i + 1 < len(tids):
+            ledger.enqueue(run_id, tids[i + 1])
+            ledger.enqueue(run_id, tids[i + 1])
+        ledger.done(run_id, tid)
+        ledger.done(run_id, tid)
+        seen.append(ledger.outstanding(run_id))
+    assert seen == [1, 1, 1, 1, 0]
+
+
+def test_runs_are_separate(ledger, run_id):
+    other = run_id + "-b"
+    ledger.open_run(run_id)
+    ledger.open_run(other)
+    ledger.enqueue(run_id, "t")
+    assert (ledger.outstanding(run_id), ledger.outstanding(other)) == (1, 0)
+
+
+def test_open_run_idempotent(ledger, run_id):
+    ledger.open_run(run_id)
+    ledger.enqueue(run_id, "t")
+    ledger.open_run(run_id)
+    assert ledger.outstanding(run_id) == 1
+
+
+def test_memory_unknown_run_is_none(run_id):
+    assert MemoryLedger().outstanding(run_id) is None
+
+
+def test_memcache_unknown_run_is_none(run_id):
+    assert MemcacheLedger(mc_client).outstanding(run_id) is None
+
+
+def test_memcache_lost_epoch_means_unknown(run_id):
+    led = MemcacheLedger(mc_client)
+    led.open_run(run_id)
+    led.enqueue(run_id, "t1")
+    led.done(run_id, "t1")
+    assert led.outstanding(run_id) == 0
+    assert mc_client().delete(f"cm:{run_id}:epoch", noreply=False)
+    assert led.outstanding(run_id) is None  # never 0 after a loss
+
+
+def test_memcache_lost_counter(run_id):
+    led = MemcacheLedger(mc_client)
+    led.open_run(run_id)
+    led.enqueue(run_id, "t1")
+    mc_client().delete(f"cm:{run_id}:out", noreply=False)
+    assert led.outstanding(run_id) is None
+    with pytest.raises(LedgerLost):
+        led.enqueue(run_id, "t2")
+    with pytest.raises(LedgerLost):
+        led.done(run_id, "t1")
+
+
+def test_memcache_begin_recreates_lost_marker(run_id):
+    led = MemcacheLedger(mc_client)
+    led.open_run(run_id)
+    led.enqueue(run_id, "t1")
+    mc_client().delete(f"cm:{run_id}:e:t1", noreply=False)
+    assert led.begin(run_id, "t1") == 1
+    assert led.begin(run_id, "t1") == 2
+
+
+def test_memcache_keys_have_expiry_below_30_days(run_id):
+    led = MemcacheLedger(mc_client)
+    assert 0 < led.TTL < 30 * 24 * 3600
+    led.open_run(run_id)
+    led.enqueue(run_id, "t1")
+    # A TTL above 30 days would be read as an absolute (past) time: the keys would vanish at once.
+    assert led.outstanding(run_id) == 1
+    assert mc_client().get(f"cm:{run_id}:e:t1") is not None
+
+
+def test_memcache_unreachable_outstanding_is_none(run_id):
+    led = MemcacheLedger(lambda: Client(("127.0.0.1", 1), connect_timeout=1, timeout=1))
+    assert led.outstanding(run_id) is None
