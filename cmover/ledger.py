@@ -21,6 +21,7 @@ ledger that lost its state (memcached restarted, keys evicted) answers ``None`` 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from typing import Protocol
@@ -28,9 +29,16 @@ from typing import Protocol
 _NS = uuid.UUID("6f1c3a0e-2b8e-4d7a-9a51-3c0f5d2e9b47")
 
 
-def task_id(run_id: str, kind: str, rel: bytes, index: int = 0) -> str:
-    """Deterministic id of the task that handles ``rel`` (batch ``index``) in run ``run_id``."""
-    return str(uuid.uuid5(_NS, run_id + "\0" + kind + "\0" + rel.hex() + "\0" + str(index)))
+def task_id(run_id: str, kind: str, rel: bytes, index: int = 0, names: tuple[bytes, ...] = ()) -> str:
+    """Deterministic id of the task that handles ``rel`` (batch ``index`` of ``names``) in run ``run_id``.
+
+    A batch's id covers its names, not only its position: a redelivered directory task may split its
+    listing differently (the inline budget is partly time-based, the directory may have changed), and a
+    position-only id would then mark names as done that no finished task ever handled. With the names in
+    the id a different split only costs duplicate work, which finds the files already identical.
+    """
+    h = hashlib.sha1(b"\0".join(names)).hexdigest() if names else ""
+    return str(uuid.uuid5(_NS, run_id + "\0" + kind + "\0" + rel.hex() + "\0" + str(index) + "\0" + h))
 
 
 class Ledger(Protocol):

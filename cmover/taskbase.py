@@ -72,7 +72,7 @@ class Emitter:
 
     def __call__(self, job: Job) -> None:
         name = TASK_NAMES[(self.spec.kind.value, job.kind)]
-        tid = task_id(self.spec.run_id, job.kind, job.rel, job.index)
+        tid = task_id(self.spec.run_id, job.kind, job.rel, job.index, job.names)
         _LedgerGuard.call(self.ctx.ledger.enqueue, self.spec.run_id, tid)
         args: list[Any] = [self.spec_d, to_wire(job.rel)]
         if job.kind == "files":

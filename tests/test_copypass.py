@@ -487,3 +487,32 @@ def test_hard_link_waiters_stop_when_the_leader_copy_failed(roots):
     finally:
         os.close(dfd)
     assert time.monotonic() - t0 < 5
+
+
+def test_redelivered_dir_with_a_different_split_loses_nothing(roots, make_spec, run_copy):
+    """A dir task killed after its batches ran is redelivered; the directory changed meanwhile, so the new
+    listing splits into different batches. Batches already done are skipped by id: every name must still
+    be handled by a batch that really ran or by the redelivery itself."""
+    from cmover.ledger import task_id
+
+    src, dst = roots
+    for i in range(35):
+        put(src, b"big/f%02d" % i, b"%d" % i)
+    spec = make_spec(batch=10)
+    first = run_copy(spec)
+    done = set()
+    for j in first.jobs:
+        run_copy(spec, rel=j.rel, names=list(j.names))
+        done.add(task_id(spec.run_id, j.kind, j.rel, j.index, j.names))
+    batched = {n for j in first.jobs for n in j.names}
+    for name in os.listdir(os.path.join(dst, b"big")):  # the killed delivery's inline work was lost
+        if name not in batched:
+            os.unlink(os.path.join(dst, b"big", name))
+    for i in range(3):  # the source directory changes before the redelivery
+        os.unlink(os.path.join(src, b"big/f%02d" % (i * 7)))
+        put(src, b"big/g%02d" % i)
+    second = run_copy(spec)
+    for j in second.jobs:
+        if task_id(spec.run_id, j.kind, j.rel, j.index, j.names) not in done:
+            run_copy(spec, rel=j.rel, names=list(j.names))
+    assert set(os.listdir(os.path.join(src, b"big"))) <= set(os.listdir(os.path.join(dst, b"big")))

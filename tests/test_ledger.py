@@ -38,6 +38,15 @@ def test_task_id_deterministic():
                 task_id("run2", "dir", b"a/caf\xe9"), task_id("run", "dir", b"a/cafe")}) == 5
 
 
+def test_batch_id_covers_its_names():
+    """Same directory and position, different names (a redelivered dir task split its listing
+    differently): different ids, so a done batch never stands for names it did not handle."""
+    a = task_id("run", "files", b"d", 0, (b"x", b"y"))
+    assert a == task_id("run", "files", b"d", 0, (b"x", b"y"))
+    assert a != task_id("run", "files", b"d", 0, (b"x", b"z"))
+    assert a != task_id("run", "files", b"d", 0, (b"xy",))
+
+
 def test_enqueue_twice_counts_once(ledger, run_id):
     ledger.open_run(run_id)
     assert ledger.outstanding(run_id) == 0
