@@ -46,6 +46,16 @@ BATCH = 1000
 INLINE_ENTRIES = 2000
 INLINE_SECONDS = 0.5
 
+# A file-batch task that has worked this long hands the rest of its batch to a new task, so that no
+# task comes near RabbitMQ's consumer timeout (30 minutes by default) on a directory of big files.
+BATCH_SECONDS = 120
+
+# Files of CHUNK_THRESHOLD bytes or more are copied in chunks of CHUNK_SIZE bytes by several workers
+# at once (rounded up to a multiple of the target's stripe size on Lustre). The file appears under its
+# name, with its metadata and mtime, only when every chunk is written. 0 disables chunked copies.
+CHUNK_THRESHOLD = 1024**3
+CHUNK_SIZE = 256 * 1024**2
+
 # A file of path prefixes to leave out, one per line, relative to the source root (e.g. "scratch/tmp")
 # or absolute under source_mount; "#" starts a comment. Empty string: no exclusions file.
 EXCLUDE_FILE = ""

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 TASK_NAMES: dict[tuple[str, str], str] = {
     ("copy", "dir"): "cmover.copy.dir",
     ("copy", "files"): "cmover.copy.files",
+    ("copy", "chunk"): "cmover.copy.chunk",
 }
 
 

@@ -38,6 +38,23 @@ def _filters(p: argparse.ArgumentParser) -> None:
                    help="skip files modified less than this many seconds ago (0: off; default NEWEST_DATE)")
     p.add_argument("--exclude-file", metavar="FILE", help="file of path prefixes to leave out (default EXCLUDE_FILE)")
     p.add_argument("--batch", type=int, metavar="N", help="entries per file task (default BATCH)")
+    p.add_argument("--chunk-threshold", type=_size, metavar="SIZE",
+                   help="copy files of this size or more in chunks, e.g. 1G (0: never; default CHUNK_THRESHOLD)")
+    p.add_argument("--chunk-size", type=_size, metavar="SIZE", help="bytes per chunk, e.g. 256M (default CHUNK_SIZE)")
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """A byte count with an optional binary suffix: 4096, 64K, 256M, 1G, 2T (KiB, MiB... also accepted)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in _UNITS else ""
+    try:
+        value = int(t[: len(t) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 0, 4096, 64K, 256M, 1G)") from None
+    return value * _UNITS[unit]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +108,8 @@ def _load(args: argparse.Namespace, *, optional: bool = False) -> Settings:
 
 def _options(args: argparse.Namespace) -> PassOptions:
     return PassOptions(oldest_date=args.oldest_date, newest_date=args.newest_date,
-                       exclude_file=args.exclude_file, batch=args.batch)
+                       exclude_file=args.exclude_file, batch=args.batch,
+                       chunk_threshold=args.chunk_threshold, chunk_size=args.chunk_size)
 
 
 def _fmt_bytes(n: float) -> str:

@@ -10,7 +10,9 @@ and nothing here can leave the roots. It decides with :func:`cmover.compare.deci
   renamed over, so other hard links to the old inode are never written through and the old version
   stays whole until the new one is complete;
 * after copying data the source is re-checked; a file that changed meanwhile is not given the
-  source's mtime (the next pass copies it again) and is reported as "changed during copy".
+  source's mtime (the next pass copies it again) and is reported as "changed during copy";
+* a file with ``chunk_threshold`` bytes or more of data is handed to the :class:`~cmover.chunks.Chunker`,
+  which has other tasks copy it in chunks into a part file renamed over the name when complete.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from cmover import fsio, metadata, xattrs
+from cmover.chunks import Chunker
 from cmover.compare import Action, decide_copy, unchanged
 from cmover.errors import SourceChangedError
 from cmover.filters import Filter
@@ -42,6 +45,8 @@ class Copier:
     filt: Filter
     tally: Counter[str]
     links: HardLinker | None = None
+    chunker: Chunker | None = None
+    chunk_threshold: int = 0  # regular files of this size or more go to the chunker (0: never)
 
     def copy_entry(self, src_dir_fd: int, dst_dir_fd: int, name: str, st: os.stat_result,
                    rel: bytes | None = None) -> None:
@@ -64,14 +69,15 @@ class Copier:
                     self.tally[C.SKIPPED] += 1
                 return
             try:
-                self._copy_entry(src_dir_fd, dst_dir_fd, name, st)
+                self._copy_entry(src_dir_fd, dst_dir_fd, name, st, rel)
             except BaseException:
                 self.links.leader_failed(st)
                 raise
             return
-        self._copy_entry(src_dir_fd, dst_dir_fd, name, st)
+        self._copy_entry(src_dir_fd, dst_dir_fd, name, st, rel)
 
-    def _copy_entry(self, src_dir_fd: int, dst_dir_fd: int, name: str, st: os.stat_result) -> None:
+    def _copy_entry(self, src_dir_fd: int, dst_dir_fd: int, name: str, st: os.stat_result,
+                    rel: bytes | None) -> None:
         dst_st = fsio.lstat_at(dst_dir_fd, name)
         if dst_st is not None and not self.filt.has_age_window and unchanged(st, dst_st):
             # The common case of a re-run: no record, no decision object; only the xattrs to compare.
@@ -90,6 +96,15 @@ class Copier:
             return
         decision = decide_copy(src, Record.from_stat(dst_st) if dst_st is not None else None)
         action = decision.action
+        # Allocated bytes, not the size, decide: a sparse file with little data is one quick task.
+        if rel is not None and self.chunker is not None and src.kind is Kind.REG and self.chunk_threshold \
+                and min(src.size, src.blocks * 512) >= self.chunk_threshold \
+                and action in (Action.CREATE, Action.REPLACE, Action.CLEAR_DIR):
+            if action is Action.CLEAR_DIR:
+                shutil.rmtree(name, dir_fd=dst_dir_fd)
+            # The target name keeps its old version (or stays absent) until the last chunk renames over it.
+            self.chunker.split(src_dir_fd, dst_dir_fd, name, rel, src)
+            return
         if action is Action.SKIP and not self._same_xattrs(src_dir_fd, dst_dir_fd, name):
             action = Action.UPDATE_META
         if action is Action.SKIP:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cmover import fsio, metadata, xattrs
+from cmover.chunks import Chunker, ChunkJob, ChunkSpec, RunClaims
 from cmover.copier import Copier
 from cmover.errors import ConfinementError, Failure, ItemError, SourceChangedError, item_failure
 from cmover.filters import Filter
@@ -41,13 +42,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """Work handed to another task: a directory (``names`` empty) or a batch of entries of ``rel``."""
+    """Work handed to another task: a directory, a batch of entries of ``rel``, or chunk ``index`` of file ``rel``."""
 
-    kind: str  # "dir" or "files"
+    kind: str  # "dir", "files" or "chunk"
     rel: bytes
     names: tuple[bytes, ...] = ()
     index: int = 0
     mdt: int | None = None
+    chunk: ChunkSpec | None = None
 
 
 class CopyPass:
@@ -55,15 +57,19 @@ class CopyPass:
 
     def __init__(self, spec: PassSpec, fs: FsApi, tally: Counter[str],
                  on_failure: Callable[[Failure], None], emit: Callable[[Job], None],
-                 claim: Callable[[str, str], str] | None = None) -> None:
+                 claims: RunClaims | None = None) -> None:
+        """``claims`` (the run's ledger claims) enables hard-link groups and chunked copies of huge files."""
         self.spec = spec
         self.fs = fs
         self.tally = tally
         self.on_failure = on_failure
         self.emit = emit
         self.filt = Filter.from_spec(spec)
-        links = HardLinker(claim, spec.dst_root) if claim is not None else None
-        self.copier = Copier(fs, self.filt, tally, links)
+        links = HardLinker(claims.claim, spec.dst_root) if claims is not None else None
+        self.chunker = None
+        if claims is not None:
+            self.chunker = Chunker(spec.run_id, fs, tally, self._emit_chunk, claims, spec.chunk_size)
+        self.copier = Copier(fs, self.filt, tally, links, self.chunker, spec.chunk_threshold)
         self._budget = 0
         self._deadline = 0.0
 
@@ -100,7 +106,13 @@ class CopyPass:
             if dst_fd is None:
                 return
             try:
-                for bname in names:
+                todo = list(names)
+                deadline = time.monotonic() + self.spec.batch_seconds
+                for pos, bname in enumerate(todo):
+                    if pos and time.monotonic() > deadline:
+                        # Long enough for one task (consumer timeout): the rest becomes a batch of its own.
+                        self.emit(Job("files", rel, tuple(todo[pos:])))
+                        break
                     name = os.fsdecode(bname)
                     try:
                         st = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
@@ -117,6 +129,33 @@ class CopyPass:
                 os.close(dst_fd)
         finally:
             os.close(src_fd)
+
+    def run_chunk(self, rel: bytes, index: int, cs: ChunkSpec, task_id: str) -> None:
+        """Copy chunk ``index`` of file ``rel`` split as ``cs`` (see :mod:`cmover.chunks`)."""
+        chunker = self.chunker
+        if chunker is None:
+            raise AssertionError("run_chunk needs the run's claims")
+        parts = components(rel)
+        if not parts or index < 0 or index >= cs.count:
+            raise ConfinementError(f"chunk {index} of {display(rel)} is outside the file's {cs.count} chunks")
+        parent, name = b"/".join(parts[:-1]), os.fsdecode(parts[-1])
+        src_fd = self._open_or_fail(parent, source=True)
+        if src_fd is None:
+            return
+        try:
+            dst_fd = self._open_or_fail(parent, source=False)
+            if dst_fd is None:
+                return
+            try:
+                job = ChunkJob(rel, index, cs)
+                self._guarded(rel, src_fd, name, lambda: chunker.run_chunk(src_fd, dst_fd, name, job, task_id))
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+
+    def _emit_chunk(self, job: ChunkJob) -> None:
+        self.emit(Job("chunk", job.rel, index=job.index, chunk=job.cs))
 
     def _open_or_fail(self, rel: bytes, *, source: bool) -> int | None:
         """Open directory ``rel`` on the source or target side; report a failure and return None if it can't."""
@@ -216,19 +255,23 @@ class CopyPass:
 
     def _entry(self, rel: bytes, src_fd: int, dst_fd: int, name: str, st: os.stat_result) -> None:
         self.tally[C.SCANNED] += 1
+        path = join(rel, os.fsencode(name))
+        self._guarded(path, src_fd, name, lambda: self.copier.copy_entry(src_fd, dst_fd, name, st, path))
+
+    def _guarded(self, path: bytes, src_fd: int, name: str, work: Callable[[], None]) -> None:
+        """Run the work on one entry; turn its per-item errors into counters and failures."""
         try:
-            self.copier.copy_entry(src_fd, dst_fd, name, st, join(rel, os.fsencode(name)))
+            work()
         except SourceChangedError as exc:
             self.tally[C.CHANGED] += 1
-            log.info("%s: %s; left for the next pass", display(join(rel, os.fsencode(name))), exc)
+            log.info("%s: %s; left for the next pass", display(path), exc)
         except FileNotFoundError as exc:
             if fsio.lstat_at(src_fd, name) is None:
                 self.tally[C.VANISHED] += 1  # deleted on the source while we worked on it
             else:
-                self._fail(join(rel, os.fsencode(name)), "copy", exc, side="target")
+                self._fail(path, "copy", exc, side="target")
         except (OSError, ItemError) as exc:
-            self._fail(join(rel, os.fsencode(name)), "copy", exc,
-                       side=_side_of(exc) if isinstance(exc, OSError) else "target")
+            self._fail(path, "copy", exc, side=_side_of(exc) if isinstance(exc, OSError) else "target")
 
     # -- target directories -------------------------------------------------------------------------
 

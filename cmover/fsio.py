@@ -87,23 +87,37 @@ def copy_data(src_fd: int, dst_fd: int, size: int, *, sparse: bool = False) -> i
 
 
 def _copy_sparse(src_fd: int, dst_fd: int, size: int) -> int:
-    pos = 0
-    while pos < size:
+    got = copy_extent(src_fd, dst_fd, 0, size, sparse=True)
+    if got == size:
+        os.ftruncate(dst_fd, size)
+    return got
+
+
+def copy_extent(src_fd: int, dst_fd: int, offset: int, length: int, *, sparse: bool) -> int:
+    """Copy bytes ``[offset, offset + length)`` to the same offsets of ``dst_fd``; return the bytes covered.
+
+    With ``sparse``, holes inside the range are skipped (not written), so the caller must make the target
+    long enough itself (``ftruncate``). A return value below ``length`` means the source ended early.
+    """
+    if not sparse:
+        return _copy_range(src_fd, dst_fd, offset, length)
+    end_all = offset + length
+    pos = offset
+    while pos < end_all:
         try:
             start = os.lseek(src_fd, pos, os.SEEK_DATA)
         except OSError as exc:
             if exc.errno != errno.ENXIO:  # ENXIO: no data after pos, the rest is a hole
                 raise
             break
-        if start >= size:
+        if start >= end_all:
             break
-        end = min(os.lseek(src_fd, start, os.SEEK_HOLE), size)
+        end = min(os.lseek(src_fd, start, os.SEEK_HOLE), end_all)
         got = _copy_range(src_fd, dst_fd, start, end - start)
         if got != end - start:
-            return start + got  # shrank meanwhile: the caller's re-stat reports it
+            return start + got - offset  # shrank meanwhile: the caller's re-stat reports it
         pos = end
-    os.ftruncate(dst_fd, size)
-    return size
+    return length
 
 
 def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> int:

@@ -60,8 +60,12 @@ class Ledger(Protocol):
         """First writer wins: store ``value`` under ``key`` unless set; return the stored value.
 
         Used to elect one name of a hard-link group (keyed by source device and inode) as the one that
-        copies the data; every other name of the group links to it.
+        copies the data; every other name of the group links to it, and to mark chunks of a file done.
         """
+        ...
+
+    def claimed(self, run_id: str, keys: list[str]) -> int:
+        """How many of ``keys`` hold a claim (how many chunks of a file are done)."""
         ...
 
 
@@ -106,6 +110,10 @@ class MemoryLedger:
     def claim(self, run_id: str, key: str, value: str) -> str:
         with self._lock:
             return self._claims.setdefault((run_id, key), value)
+
+    def claimed(self, run_id: str, keys: list[str]) -> int:
+        with self._lock:
+            return sum((run_id, k) in self._claims for k in keys)
 
 
 class LedgerLost(Exception):
@@ -171,6 +179,13 @@ class MemcacheLedger:
         if got is None:
             raise LedgerLost(f"run {run_id}: claim {key} vanished from memcached")
         return got.decode() if isinstance(got, bytes) else str(got)
+
+    def claimed(self, run_id: str, keys: list[str]) -> int:
+        mc = self._mc()
+        n = 0
+        for i in range(0, len(keys), 500):  # bounded requests for files of thousands of chunks
+            n += len(mc.get_many([f"cm:{run_id}:k:{k}" for k in keys[i:i + 500]]))
+        return n
 
     def outstanding(self, run_id: str) -> int | None:
         try:

@@ -100,6 +100,9 @@ class Hub:
     def claim(self, run_id: str, key: str, value: str) -> str:
         return self._ledger.claim(run_id, key, value)
 
+    def claimed(self, run_id: str, keys: list[str]) -> int:
+        return self._ledger.claimed(run_id, keys)
+
     # counters and errors, as JSON text (XML-RPC integers stop at 2**31)
     def stats_add(self, run_id: str, tally_json: str) -> None:
         self._stats.add(run_id, Counter(json.loads(tally_json)))
@@ -228,6 +231,9 @@ class HubLedger:
 
     def claim(self, run_id: str, key: str, value: str) -> str:
         return str(hub().claim(run_id, key, value))
+
+    def claimed(self, run_id: str, keys: list[str]) -> int:
+        return int(hub().claimed(run_id, keys))
 
 
 class Channel(virtual.Channel):

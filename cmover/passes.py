@@ -45,6 +45,9 @@ class PassSpec:
     batch: int = 1000
     inline_entries: int = 2000
     inline_seconds: float = 0.5
+    batch_seconds: float = 120.0
+    chunk_threshold: int = 0
+    chunk_size: int = 256 << 20
     mds_striped: bool = False
     mdt_list: tuple[int, ...] = (0, 1)
     max_deliveries: int = 5
@@ -63,6 +66,9 @@ class PassSpec:
             "batch": self.batch,
             "inline_entries": self.inline_entries,
             "inline_seconds": self.inline_seconds,
+            "batch_seconds": self.batch_seconds,
+            "chunk_threshold": self.chunk_threshold,
+            "chunk_size": self.chunk_size,
             "mds_striped": self.mds_striped,
             "mdt_list": list(self.mdt_list),
             "max_deliveries": self.max_deliveries,
@@ -87,6 +93,9 @@ class PassSpec:
                 batch=_int(d.get("batch", 1000), lo=1),
                 inline_entries=_int(d.get("inline_entries", 2000)),
                 inline_seconds=float(d.get("inline_seconds", 0.5)),
+                batch_seconds=float(d.get("batch_seconds", 120.0)),
+                chunk_threshold=_int(d.get("chunk_threshold", 0)),
+                chunk_size=_int(d.get("chunk_size", 256 << 20), lo=1 << 20),
                 mds_striped=bool(d.get("mds_striped", False)),
                 mdt_list=tuple(_int(m, lo=-1) for m in _list(d.get("mdt_list", [0, 1]))) or (-1,),
                 max_deliveries=_int(d.get("max_deliveries", 5), lo=1),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from cmover.errors import ConfigError, ConfinementError, PreflightError
 from cmover.passes import PassKind, PassSpec, age_cutoffs, new_run_id, read_excludes
 from cmover.paths import check_rel, is_within
-from cmover.settings import Settings
+from cmover.settings import Settings, check_chunking
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -25,6 +25,8 @@ class PassOptions:
     newest_date: float | None = None
     exclude_file: str | None = None
     batch: int | None = None
+    chunk_threshold: int | None = None
+    chunk_size: int | None = None
 
 
 def _abs(path: str, what: str) -> bytes:
@@ -56,11 +58,15 @@ def plan(kind: PassKind, settings: Settings, src: str, dst: str, start: str = ""
     batch = settings.batch if o.batch is None else o.batch
     if batch < 1:
         raise ConfigError(f"--batch {batch} must be at least 1")
+    threshold = settings.chunk_threshold if o.chunk_threshold is None else o.chunk_threshold
+    chunk = settings.chunk_size if o.chunk_size is None else o.chunk_size
+    check_chunking(threshold, chunk, "--chunk-threshold", "--chunk-size", "give other sizes")
     excludes = read_excludes(settings.exclude_file if o.exclude_file is None else o.exclude_file, src_root)
     return PassSpec(
         run_id=new_run_id(kind), kind=kind, src_root=src_root, dst_root=dst_root, start=start_b,
         oldest_atime_ns=oldest, newest_mtime_ns=newest, excludes=excludes, batch=batch,
         inline_entries=settings.inline_entries, inline_seconds=settings.inline_seconds,
+        batch_seconds=float(settings.batch_seconds), chunk_threshold=threshold, chunk_size=chunk,
         mds_striped=settings.mds_is_striped, mdt_list=settings.mdt_list, max_deliveries=settings.max_deliveries,
     )
 

@@ -35,6 +35,9 @@ _SCHEMA: dict[str, tuple[str, type | tuple[type, ...], Any]] = {
     "BATCH": ("batch", int, 1000),
     "INLINE_ENTRIES": ("inline_entries", int, 2000),
     "INLINE_SECONDS": ("inline_seconds", (int, float), 0.5),
+    "BATCH_SECONDS": ("batch_seconds", (int, float), 120),
+    "CHUNK_THRESHOLD": ("chunk_threshold", int, 1 << 30),
+    "CHUNK_SIZE": ("chunk_size", int, 256 << 20),
     "EXCLUDE_FILE": ("exclude_file", str, ""),
     "MDT_LIST": ("mdt_list", list, [0, 1]),
     "MEMCACHED": ("memcached", str, "127.0.0.1:11211"),
@@ -61,6 +64,9 @@ class Settings:
     batch: int = 1000
     inline_entries: int = 2000
     inline_seconds: float = 0.5
+    batch_seconds: float = 120
+    chunk_threshold: int = 1 << 30
+    chunk_size: int = 256 << 20
     exclude_file: str = ""
     mdt_list: tuple[int, ...] = (0, 1)
     memcached: str = "127.0.0.1:11211"
@@ -159,6 +165,9 @@ def from_mapping(values: dict[str, Any], *, config_path: str = "", rabbitmq_dir:
         raise ConfigError(f"BATCH = {kw['batch']} must be between 1 and 100000; fix config.py")
     if kw["inline_entries"] < 0 or kw["inline_seconds"] < 0:
         raise ConfigError("INLINE_ENTRIES and INLINE_SECONDS must be >= 0; fix config.py")
+    if kw["batch_seconds"] <= 0:
+        raise ConfigError("BATCH_SECONDS must be > 0 seconds; fix config.py")
+    check_chunking(kw["chunk_threshold"], kw["chunk_size"], "CHUNK_THRESHOLD", "CHUNK_SIZE", "fix config.py")
     if kw["max_deliveries"] < 1:
         raise ConfigError("MAX_DELIVERIES must be >= 1; fix config.py")
     if kw["local_jobs"] < 0:
@@ -175,6 +184,20 @@ def from_mapping(values: dict[str, Any], *, config_path: str = "", rabbitmq_dir:
             raise ConfigError(f"{name} = {v!r} must be an absolute path; fix config.py")
         kw[name] = os.path.normpath(v) if v else ""
     return Settings(**kw, config_path=config_path, rabbitmq_dir=rabbitmq_dir)
+
+
+MIN_CHUNK = 1 << 20
+
+
+def check_chunking(threshold: int, size: int, t_name: str, s_name: str, fix: str) -> None:
+    """Raise ConfigError unless ``threshold`` (0 = never chunk) and chunk ``size`` make sense together."""
+    if threshold < 0:
+        raise ConfigError(f"{t_name} = {threshold} must be >= 0 bytes (0 disables chunked copies); {fix}")
+    if size < MIN_CHUNK:
+        raise ConfigError(f"{s_name} = {size} must be at least {MIN_CHUNK} bytes (1 MiB); {fix}")
+    if threshold and threshold < size:
+        raise ConfigError(f"{t_name} = {threshold} is below {s_name} = {size}: a chunked file must have more "
+                          f"than one chunk; {fix}")
 
 
 def read_broker_host(rabbitmq_dir: Path) -> str | None:

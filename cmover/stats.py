@@ -37,6 +37,8 @@ class C:
     SOCKETS = "sockets_skipped"
     LINKED = "hardlinks_made"  # names linked to their group's first copied name
     BYTES = "bytes_copied"
+    CHUNKED = "files_chunked"  # huge files split into chunk tasks (each also counts as copied when finished)
+    CHUNKS = "chunks_copied"
     TASKS = "tasks"
     DEAD = "dead_lettered"
 

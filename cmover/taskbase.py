@@ -72,11 +72,14 @@ class Emitter:
 
     def __call__(self, job: Job) -> None:
         name = TASK_NAMES[(self.spec.kind.value, job.kind)]
-        tid = task_id(self.spec.run_id, job.kind, job.rel, job.index, job.names)
+        ident = (job.chunk.key(),) if job.chunk is not None else job.names
+        tid = task_id(self.spec.run_id, job.kind, job.rel, job.index, ident)
         _LedgerGuard.call(self.ctx.ledger.enqueue, self.spec.run_id, tid)
         args: list[Any] = [self.spec_d, to_wire(job.rel)]
         if job.kind == "files":
             args.append([to_wire(n) for n in job.names])
+        elif job.kind == "chunk" and job.chunk is not None:
+            args += [job.index, job.chunk.as_wire()]
         else:
             args.append(job.mdt)
         app.send_task(name, args=args, task_id=tid)

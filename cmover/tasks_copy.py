@@ -1,8 +1,10 @@
 """Copy-pass tasks: thin adapters from messages to :class:`cmover.copypass.CopyPass`.
 
 ``cmover.copy.dir(spec, rel, mdt)`` handles a directory (and small subtrees inline) and publishes the
-rest; ``cmover.copy.files(spec, rel, names)`` copies one batch of a large directory. Arguments are
-JSON: the pass spec, wire-encoded relative paths (see :mod:`cmover.paths`), an MDT index or null.
+rest; ``cmover.copy.files(spec, rel, names)`` copies one batch of a large directory;
+``cmover.copy.chunk(spec, rel, index, chunk)`` writes one chunk of a huge file (see :mod:`cmover.chunks`).
+Arguments are JSON: the pass spec, wire-encoded relative paths (see :mod:`cmover.paths`), an MDT index
+or null, a chunk index and the file's chunk description.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from cmover.app import app
+from cmover.chunks import ChunkSpec, RunClaims
 from cmover.copypass import CopyPass
 from cmover.errors import ConfinementError
 from cmover.paths import rel_from_wire
@@ -21,7 +24,7 @@ def copy_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None) -> None:
     def body(spec_, ctx, tally, fail, emit):
         if mdt is not None and (isinstance(mdt, bool) or not isinstance(mdt, int)):
             raise ConfinementError(f"MDT index in message is not an integer: {mdt!r}")
-        CopyPass(spec_, ctx.fs, tally, fail, emit, _claim(ctx, spec_)).run_dir(rel_from_wire(rel), mdt)
+        CopyPass(spec_, ctx.fs, tally, fail, emit, _claims(ctx, spec_)).run_dir(rel_from_wire(rel), mdt)
 
     run_pass_task(self, spec, rel, body)
 
@@ -32,7 +35,19 @@ def copy_files(self: PassTask, spec: Any, rel: Any, names: Any) -> None:
         if not isinstance(names, list):
             raise ConfinementError("batch names in message are not a list")
         batch = [_name(n) for n in names]
-        CopyPass(spec_, ctx.fs, tally, fail, emit, _claim(ctx, spec_)).run_files(rel_from_wire(rel), batch)
+        CopyPass(spec_, ctx.fs, tally, fail, emit, _claims(ctx, spec_)).run_files(rel_from_wire(rel), batch)
+
+    run_pass_task(self, spec, rel, body)
+
+
+@app.task(name="cmover.copy.chunk", base=PassTask, bind=True)
+def copy_chunk(self: PassTask, spec: Any, rel: Any, index: Any, chunk: Any) -> None:
+    def body(spec_, ctx, tally, fail, emit):
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ConfinementError(f"chunk index in message is not an integer: {index!r}")
+        cs = ChunkSpec.from_wire(chunk)
+        CopyPass(spec_, ctx.fs, tally, fail, emit, _claims(ctx, spec_)).run_chunk(
+            rel_from_wire(rel), index, cs, self.request.id)
 
     run_pass_task(self, spec, rel, body)
 
@@ -45,6 +60,6 @@ def _name(wire: Any) -> bytes:
     return name
 
 
-def _claim(ctx: Any, spec: Any) -> Any:
-    """The run's first-writer-wins claim, bound to its run id (hard-link leaders)."""
-    return lambda key, value: ctx.ledger.claim(spec.run_id, key, value)
+def _claims(ctx: Any, spec: Any) -> RunClaims:
+    """The run's first-writer-wins claims (hard-link leaders, chunks done), bound to its run id."""
+    return RunClaims(ctx.ledger, spec.run_id)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from cmover.chunks import RunClaims
 from cmover.copypass import CopyPass, Job
 from cmover.errors import Failure
 from cmover.ledger import MemoryLedger
@@ -53,7 +54,7 @@ def run_copy():
         res = CopyResult()
         ledger = MemoryLedger()  # a fresh run each call, as every pass has its own run id
         cp = CopyPass(spec, PosixFs(), res.tally, res.failures.append, res.jobs.append,
-                      lambda key, value: ledger.claim(spec.run_id, key, value))
+                      RunClaims(ledger, spec.run_id))
         if names is None:
             cp.run_dir(rel)
         else:

@@ -38,6 +38,13 @@ class FsApi(Protocol):
         """
         ...
 
+    def stripe_size(self, fd: int) -> int:
+        """Stripe size in bytes of the open target file ``fd``, or 0 when it has none.
+
+        Chunks of a file copied in parallel are aligned to it, so that no two writers share a stripe.
+        """
+        ...
+
 
 class PosixFs:
     """Plain POSIX creation: no layouts, no MDT placement."""
@@ -49,3 +56,6 @@ class PosixFs:
 
     def mkdir(self, dir_fd: int, name: str, mdt: int | None) -> None:
         os.mkdir(name, 0o700, dir_fd=dir_fd)
+
+    def stripe_size(self, fd: int) -> int:
+        return 0
