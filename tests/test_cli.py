@@ -105,6 +105,22 @@ def test_copy_with_exclude_file(site):
     assert "1 excluded" in res.stdout
 
 
+def test_copy_chunked_huge_file(site):
+    tmp, work, cfg, src = site
+    data = os.urandom((5 << 20) + 7)
+    (src / "a" / "huge").write_bytes(data)
+    os.utime(src / "a" / "huge", ns=(1_500_000_000_000_000_001, 1_600_000_000_000_000_003))
+    dst = tmp / "dst"
+    res = run(["copy", "--json", "--chunk-threshold", "2M", "--chunk-size", "1MiB", str(src), str(dst)], work,
+              config=cfg)
+    assert res.returncode == 0, res.stderr
+    t = json.loads(res.stdout)["totals"]
+    assert t["files_chunked"] == 1 and t["chunks_copied"] == 6 and t["files_copied"] == 7
+    assert (dst / "a" / "huge").read_bytes() == data
+    assert os.stat(dst / "a" / "huge").st_mtime_ns == 1_600_000_000_000_000_003
+    assert [n for n in os.listdir(dst / "a") if n.endswith(".part")] == []
+
+
 # -- fatal input: exit 2, one line, nothing written ----------------------------------------------------
 
 def _fatal_case(site, args_fn, *words, config="default", **env):
@@ -171,6 +187,15 @@ def test_bad_options(site, args):
 
 def test_batch_zero(site):
     _fatal_case(site, lambda t, s: ["copy", "--batch", "0", str(s), str(t / "dst")], "batch")
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--chunk-size", "1000"], "chunk-size"),
+    (["--chunk-size", "lots"], "not a size"),
+    (["--chunk-threshold", "1M", "--chunk-size", "4M"], "below"),
+])
+def test_bad_chunk_options(site, args, word):
+    _fatal_case(site, lambda t, s: ["copy", *args, str(s), str(t / "dst")], word)
 
 
 def test_negative_jobs(site):
