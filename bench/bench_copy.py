@@ -47,14 +47,14 @@ def _sync() -> None:
     subprocess.run(["sync"], check=True)
 
 
-def prepare_source(workdir: str, params: dict) -> dict:
-    """Make sure WORKDIR/src holds the tree for params and return its counts.
+def prepare_source(workdir: str, params: dict, name: str = "src") -> dict:
+    """Make sure WORKDIR/<name> holds the tree for params and return its counts.
 
-    The tree is reused when WORKDIR/src.json records the same params; otherwise it is rebuilt. The marker
+    The tree is reused when WORKDIR/<name>.json records the same params; otherwise it is rebuilt. The marker
     is written only after the tree is complete, so an interrupted generation is never reused.
     """
-    src = os.path.join(workdir, "src")
-    marker = os.path.join(workdir, "src.json")
+    src = os.path.join(workdir, name)
+    marker = os.path.join(workdir, name + ".json")
     try:
         with open(marker) as f:
             recorded = json.load(f)
@@ -139,12 +139,15 @@ def print_check(check: dict, label: str) -> None:
         print(f"  ... {check['differences_with_dir_times'] - len(check['first'])} more")
 
 
-def summarize(runs: list[dict], entries: int) -> list[dict]:
+def summarize(runs: list[dict], entries: float, references: dict[str, str] | None = None) -> list[dict]:
     """One row per (tool, phase), in first-run order, from the median of its successful runs.
 
     entries_per_s and ratio (reference tool's median seconds / this median; above 1 is faster) are None
-    when every run of the row, or of its reference, failed.
+    when every run of the row, or of its reference, failed. references maps each phase to its reference
+    tool (default: the tools of GOALS).
     """
+    if references is None:
+        references = {phase: tool for phase, (tool, _goal) in GOALS.items()}
     rows: dict[tuple[str, str], dict] = {}
     for run in runs:
         row = rows.setdefault(
@@ -159,7 +162,7 @@ def summarize(runs: list[dict], entries: int) -> list[dict]:
         row["seconds"] = statistics.median(row["all_seconds"]) if row["all_seconds"] else None
         row["entries_per_s"] = entries / row["seconds"] if row["seconds"] else None
     for row in rows.values():
-        ref_tool = GOALS[row["phase"]][0]
+        ref_tool = references[row["phase"]]
         reference = rows.get((ref_tool, row["phase"]))
         ref_seconds = reference["seconds"] if reference else None
         row["ratio_vs"] = ref_tool
