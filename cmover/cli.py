@@ -136,6 +136,10 @@ def summary_lines(kind: str, state: str, totals: dict[str, int], seconds: float)
         f"  bytes     {_fmt_bytes(t.get(C.BYTES, 0))} ({_fmt_bytes(t.get(C.BYTES, 0) / secs)}/s)",
         f"  rate      {entries / secs:,.0f} entries/s",
     ]
+    if t.get(C.CHUNKED, 0):
+        lines.insert(3, f"  huge      {t[C.CHUNKED]:,} files copied in {t.get(C.CHUNKS, 0):,} chunks")
+    if t.get(C.LINK_DEFERRED, 0):
+        lines.append(f"  note      {t[C.LINK_DEFERRED]:,} hard links to chunked files are made by the next copy pass")
     return lines
 
 

@@ -29,7 +29,7 @@ from cmover.chunks import Chunker
 from cmover.compare import Action, decide_copy, unchanged
 from cmover.errors import SourceChangedError
 from cmover.filters import Filter
-from cmover.hardlinks import HardLinker
+from cmover.hardlinks import HardLinker, LinkDeferred
 from cmover.lustre.base import FsApi
 from cmover.record import Kind, Record
 from cmover.stats import C
@@ -63,11 +63,15 @@ class Copier:
                 return
             leader = self.links.leader(st, rel)
             if leader != rel:
-                if self.links.link(dst_dir_fd, name, leader, src):
-                    self.tally[C.LINKED] += 1
-                else:
-                    self.tally[C.SKIPPED] += 1
+                try:
+                    linked = self.links.link(dst_dir_fd, name, leader, src)
+                except LinkDeferred:
+                    self.tally[C.LINK_DEFERRED] += 1
+                    return
+                self.tally[C.LINKED if linked else C.SKIPPED] += 1
                 return
+            if self._chunked(src):
+                self.links.leader_chunked(st)
             try:
                 self._copy_entry(src_dir_fd, dst_dir_fd, name, st, rel)
             except BaseException:
@@ -96,13 +100,11 @@ class Copier:
             return
         decision = decide_copy(src, Record.from_stat(dst_st) if dst_st is not None else None)
         action = decision.action
-        # Allocated bytes, not the size, decide: a sparse file with little data is one quick task.
-        if rel is not None and self.chunker is not None and src.kind is Kind.REG and self.chunk_threshold \
-                and min(src.size, src.blocks * 512) >= self.chunk_threshold \
-                and action in (Action.CREATE, Action.REPLACE, Action.CLEAR_DIR):
+        if rel is not None and self._chunked(src) and action in (Action.CREATE, Action.REPLACE, Action.CLEAR_DIR):
             if action is Action.CLEAR_DIR:
                 shutil.rmtree(name, dir_fd=dst_dir_fd)
             # The target name keeps its old version (or stays absent) until the last chunk renames over it.
+            assert self.chunker is not None
             self.chunker.split(src_dir_fd, dst_dir_fd, name, rel, src)
             return
         if action is Action.SKIP and not self._same_xattrs(src_dir_fd, dst_dir_fd, name):
@@ -190,6 +192,12 @@ class Copier:
             os.close(fin)
         self.tally[C.COPIED] += 1
         self.tally[C.BYTES] += copied
+
+    def _chunked(self, src: Record) -> bool:
+        """Whether the copy of ``src`` goes to the chunker. Allocated bytes decide, not the size: a
+        sparse file with little data is one quick task."""
+        return self.chunker is not None and self.chunk_threshold > 0 and src.kind is Kind.REG \
+            and min(src.size, src.blocks * 512) >= self.chunk_threshold
 
     def _update_meta(self, src_dir_fd: int, dst_dir_fd: int, name: str, src: Record) -> None:
         src_x = xattrs.read_all(xattrs.at(src_dir_fd, name))

@@ -7,6 +7,9 @@ leader's target is complete -- its mtime equals the source's, the copy's commit 
 links to it under a temporary name that is renamed over its own, so an existing target file is never
 written through. A name whose target is already the leader's inode is left alone, which is what keeps
 the links on later passes; a name added to a group on the source is linked by the next copy pass.
+
+A leader big enough to be copied in chunks (:mod:`cmover.chunks`) takes longer than a task should
+wait: its other names are *deferred* (counted, not failed) and linked by the next copy pass.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from cmover.paths import components, from_wire, to_wire
 from cmover.record import Record
 
 
+class LinkDeferred(Exception):
+    """The group's leader is copied in chunks: this name is linked by the next copy pass."""
+
+
 class HardLinker:
     """Leader election and linking for one task. ``claim(key, value)`` is the ledger's first-writer-wins."""
 
@@ -41,6 +48,13 @@ class HardLinker:
     def leader_failed(self, st: os.stat_result) -> None:
         """Tell the group's other names that the leader's copy failed, so they stop waiting for it."""
         self.claim(f"hlfail:{st.st_dev}:{st.st_ino}", "1")
+
+    def leader_chunked(self, st: os.stat_result) -> None:
+        """Tell the group's other names not to wait: the leader is copied in chunks by other tasks."""
+        self.claim(f"hlchunk:{st.st_dev}:{st.st_ino}", "1")
+
+    def _chunked(self, src: Record) -> bool:
+        return self.claim(f"hlchunk:{src.dev}:{src.ino}", "0") == "1"
 
     def _failed(self, src: Record) -> bool:
         return self.claim(f"hlfail:{src.dev}:{src.ino}", "0") == "1"
@@ -81,6 +95,8 @@ class HardLinker:
             if lst is not None and stat.S_ISREG(lst.st_mode) and lst.st_mtime_ns == src.mtime_ns \
                     and lst.st_size == src.size:
                 return lst
+            if self._chunked(src):
+                raise LinkDeferred(f"hard link: the group's first name {leader_rel!r} is copied in chunks")
             if self._failed(src):
                 raise ItemError(f"hard link: copying the group's first name {leader_rel!r} failed; "
                                 "the next pass links it", op="link")

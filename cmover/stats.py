@@ -36,6 +36,7 @@ class C:
     VANISHED = "vanished"  # listed, then gone before it was handled
     SOCKETS = "sockets_skipped"
     LINKED = "hardlinks_made"  # names linked to their group's first copied name
+    LINK_DEFERRED = "hardlinks_deferred"  # names of a chunked group's file: linked by the next copy pass
     BYTES = "bytes_copied"
     CHUNKED = "files_chunked"  # huge files split into chunk tasks (each also counts as copied when finished)
     CHUNKS = "chunks_copied"

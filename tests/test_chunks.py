@@ -302,3 +302,20 @@ def test_long_batch_hands_on_its_remainder(roots, make_spec):
     run.task(jobs).run_files(b"d", names)
     assert run.tally[C.COPIED] == 1  # the first entry is always done: progress is guaranteed
     assert jobs == [Job("files", b"d", tuple(names[1:]))]
+
+
+def test_hard_linked_chunked_file_links_on_the_next_pass(roots, chunk_spec):
+    src, dst = roots
+    path = big(src, b"a/f", 3 * MiB)
+    os.makedirs(os.path.join(src, b"b"))
+    os.link(path, os.path.join(src, b"b/g"))
+    run = Run(chunk_spec())
+    chunks = [j for j in run.walk() if j.kind == "chunk"]
+    assert run.tally[C.LINK_DEFERRED] == 1 and run.failures == []  # did not wait for the chunks
+    for j in chunks:
+        run.chunk(j)
+    # Whichever name led the group exists now; the other one waits for the next pass.
+    assert os.path.lexists(os.path.join(dst, b"a/f")) != os.path.lexists(os.path.join(dst, b"b/g"))
+    nxt = Run(chunk_spec(run_id="copy-next"))
+    assert nxt.walk() == [] and nxt.tally[C.LINKED] == 1
+    assert os.stat(os.path.join(dst, b"a/f")).st_ino == os.stat(os.path.join(dst, b"b/g")).st_ino
