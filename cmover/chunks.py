@@ -36,6 +36,7 @@ from typing import Any
 
 from cmover import fsio, metadata, xattrs
 from cmover.errors import ConfinementError, SourceChangedError
+from cmover.ledger import RunClaims
 from cmover.lustre.base import FsApi
 from cmover.record import Record
 from cmover.stats import C
@@ -117,22 +118,6 @@ def chunk_geometry(size: int, chunk: int, stripe: int) -> int:
     """Chunk size for a file of ``size`` bytes: stripe-aligned, and large enough for at most MAX_CHUNKS."""
     c = max(aligned(chunk, stripe), -(-size // MAX_CHUNKS))
     return aligned(c, stripe)
-
-
-class RunClaims:
-    """The run's first-writer-wins claims, bound to its id: what the engine needs from the ledger."""
-
-    __slots__ = ("ledger", "run_id")
-
-    def __init__(self, ledger: Any, run_id: str) -> None:
-        self.ledger = ledger
-        self.run_id = run_id
-
-    def claim(self, key: str, value: str) -> str:
-        return str(self.ledger.claim(self.run_id, key, value))
-
-    def claimed(self, keys: list[str]) -> int:
-        return int(self.ledger.claimed(self.run_id, keys))
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,11 +26,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cmover import fsio, metadata, xattrs
-from cmover.chunks import Chunker, ChunkJob, ChunkSpec, RunClaims
+from cmover.chunks import Chunker, ChunkJob, ChunkSpec
 from cmover.copier import Copier
 from cmover.errors import ConfinementError, Failure, ItemError, SourceChangedError, item_failure
 from cmover.filters import Filter
 from cmover.hardlinks import HardLinker
+from cmover.ledger import RunClaims
 from cmover.lustre.base import FsApi
 from cmover.passes import PassSpec
 from cmover.paths import components, display, join

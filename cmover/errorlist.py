@@ -28,20 +28,24 @@ def errors_queue(run_id: str) -> Queue:
 
 
 class MemoryErrors:
+    """Lists kept in memory, per run id (a pass's failures; ``<run>.deleted``: what a delete pass removed)."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: list[Failure] = []
-        self.dropped = 0
+        self._items: dict[str, list[Failure]] = {}
+        self._dropped: dict[str, int] = {}
 
     def record(self, run_id: str, failures: list[Failure]) -> None:
         with self._lock:
-            room = MEMORY_LIMIT - len(self._items)
-            self._items.extend(failures[:room])
-            self.dropped += max(0, len(failures) - room)
+            items = self._items.setdefault(run_id, [])
+            room = MEMORY_LIMIT - len(items)
+            items.extend(failures[:room])
+            self._dropped[run_id] = self._dropped.get(run_id, 0) + max(0, len(failures) - room)
 
     def read(self, run_id: str, limit: int = 1000) -> tuple[list[Failure], int]:
         with self._lock:
-            return list(self._items[:limit]), len(self._items) + self.dropped
+            items = self._items.get(run_id, [])
+            return list(items[:limit]), len(items) + self._dropped.get(run_id, 0)
 
 
 class BrokerErrors:

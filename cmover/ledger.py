@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
-from typing import Protocol
+from typing import Any, Protocol
 
 _NS = uuid.UUID("6f1c3a0e-2b8e-4d7a-9a51-3c0f5d2e9b47")
 
@@ -68,6 +68,10 @@ class Ledger(Protocol):
         """How many of ``keys`` hold a claim (how many chunks of a file are done)."""
         ...
 
+    def incr(self, run_id: str, key: str, n: int) -> int:
+        """Add ``n`` to the run's counter ``key`` (created at 0) and return the new value (--max-delete)."""
+        ...
+
 
 class MemoryLedger:
     """In-process ledger for the embedded mode."""
@@ -78,6 +82,7 @@ class MemoryLedger:
         self._deliveries: dict[tuple[str, str], int] = {}
         self._done: set[tuple[str, str]] = set()
         self._claims: dict[tuple[str, str], str] = {}
+        self._counters: dict[tuple[str, str], int] = {}
 
     def open_run(self, run_id: str) -> None:
         with self._lock:
@@ -114,6 +119,12 @@ class MemoryLedger:
     def claimed(self, run_id: str, keys: list[str]) -> int:
         with self._lock:
             return sum((run_id, k) in self._claims for k in keys)
+
+    def incr(self, run_id: str, key: str, n: int) -> int:
+        with self._lock:
+            v = self._counters.get((run_id, key), 0) + n
+            self._counters[(run_id, key)] = v
+            return v
 
 
 class LedgerLost(Exception):
@@ -187,6 +198,18 @@ class MemcacheLedger:
             n += len(mc.get_many([f"cm:{run_id}:k:{k}" for k in keys[i:i + 500]]))
         return n
 
+    def incr(self, run_id: str, key: str, n: int) -> int:
+        mc = self._mc()
+        k = f"cm:{run_id}:n:{key}"
+        v = mc.incr(k, n)
+        if v is None:
+            if mc.add(k, str(n), expire=self.TTL, noreply=False):
+                return n
+            v = mc.incr(k, n)
+            if v is None:
+                raise LedgerLost(f"run {run_id}: counter {key} vanished from memcached")
+        return int(v)
+
     def outstanding(self, run_id: str) -> int | None:
         try:
             mc = self._mc()
@@ -196,3 +219,22 @@ class MemcacheLedger:
         if f"cm:{run_id}:epoch" not in got or f"cm:{run_id}:out" not in got:
             return None
         return int(got[f"cm:{run_id}:out"])
+
+
+class RunClaims:
+    """The run's first-writer-wins claims, bound to its id: what the engine needs from the ledger."""
+
+    __slots__ = ("ledger", "run_id")
+
+    def __init__(self, ledger: Any, run_id: str) -> None:
+        self.ledger = ledger
+        self.run_id = run_id
+
+    def claim(self, key: str, value: str) -> str:
+        return str(self.ledger.claim(self.run_id, key, value))
+
+    def claimed(self, keys: list[str]) -> int:
+        return int(self.ledger.claimed(self.run_id, keys))
+
+    def incr(self, key: str, n: int = 1) -> int:
+        return int(self.ledger.incr(self.run_id, key, n))

@@ -103,6 +103,9 @@ class Hub:
     def claimed(self, run_id: str, keys: list[str]) -> int:
         return self._ledger.claimed(run_id, keys)
 
+    def incr(self, run_id: str, key: str, n: int) -> int:
+        return self._ledger.incr(run_id, key, n)
+
     # counters and errors, as JSON text (XML-RPC integers stop at 2**31)
     def stats_add(self, run_id: str, tally_json: str) -> None:
         self._stats.add(run_id, Counter(json.loads(tally_json)))
@@ -234,6 +237,9 @@ class HubLedger:
 
     def claimed(self, run_id: str, keys: list[str]) -> int:
         return int(hub().claimed(run_id, keys))
+
+    def incr(self, run_id: str, key: str, n: int) -> int:
+        return int(hub().incr(run_id, key, n))
 
 
 class Channel(virtual.Channel):

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from cmover.app import app
-from cmover.chunks import ChunkSpec, RunClaims
+from cmover.chunks import ChunkSpec
 from cmover.copypass import CopyPass
 from cmover.errors import ConfinementError
+from cmover.ledger import RunClaims
 from cmover.paths import rel_from_wire
 from cmover.taskbase import PassTask, run_pass_task
 

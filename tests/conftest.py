@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from cmover.chunks import RunClaims
 from cmover.copypass import CopyPass, Job
 from cmover.errors import Failure
-from cmover.ledger import MemoryLedger
+from cmover.ledger import MemoryLedger, RunClaims
 from cmover.lustre.base import PosixFs
 from cmover.passes import PassKind, PassSpec
 

@@ -12,10 +12,10 @@ from collections import Counter
 
 import pytest
 
-from cmover.chunks import MAX_CHUNKS, ChunkSpec, RunClaims, aligned, chunk_geometry, part_name
+from cmover.chunks import MAX_CHUNKS, ChunkSpec, aligned, chunk_geometry, part_name
 from cmover.copypass import CopyPass, Job
 from cmover.errors import ConfigError, ConfinementError
-from cmover.ledger import MemoryLedger, task_id
+from cmover.ledger import MemoryLedger, RunClaims, task_id
 from cmover.lustre.base import PosixFs
 from cmover.settings import from_mapping
 from cmover.stats import C
