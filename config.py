@@ -29,6 +29,10 @@ STATS_ENABLED = True
 # indices is MDT_LIST below.
 MDS_IS_STRIPED = False
 
+# The delete pass refuses to run (and every delete task deletes nothing) unless the source root is a
+# mount point: an unmounted source would otherwise look like "everything was deleted".
+SOURCE_IS_MOUNT = False
+
 # Copy from / to. Distributed passes work on these roots (or on a sub-path of them); every path a task
 # receives must lie inside them.
 source_mount = "/mnt/source"

@@ -37,6 +37,10 @@ TASK_NAMES: dict[tuple[str, str], str] = {
     ("copy", "dir"): "cmover.copy.dir",
     ("copy", "files"): "cmover.copy.files",
     ("copy", "chunk"): "cmover.copy.chunk",
+    ("delete", "dir"): "cmover.delete.dir",
+    ("delete", "files"): "cmover.delete.files",
+    ("delete", "purge"): "cmover.delete.purge",
+    ("dirtime", "dir"): "cmover.dirtime.dir",
 }
 
 
@@ -53,7 +57,7 @@ def _queue(name: str) -> Queue:
     return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
 
 
-app = Celery("cmover", include=["cmover.tasks_copy"])
+app = Celery("cmover", include=["cmover.tasks_copy", "cmover.tasks_delete", "cmover.tasks_dirtime"])
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],
@@ -67,7 +71,7 @@ app.conf.update(
     worker_prefetch_multiplier=1,  # nothing waits unacked behind a long copy
     worker_cancel_long_running_tasks_on_connection_loss=True,  # no second concurrent copy after reconnect
     task_default_delivery_mode="persistent",
-    task_queues=[_queue(q) for kind in ("copy",) for q in pass_queues(kind)],
+    task_queues=[_queue(q) for kind in ("copy", "delete", "dirtime") for q in pass_queues(kind)],
     task_routes={name: {"queue": queue_name(kind, "dirs" if what == "dir" else "files")}
                  for (kind, what), name in TASK_NAMES.items()},
     task_default_queue="cmover.default",

@@ -12,14 +12,25 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 from typing import Any, NoReturn
 
-from cmover.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, EXIT_OK, CmoverError, ConfigError
+from cmover.errorlist import deleted_list
+from cmover.errors import (
+    EXIT_FATAL,
+    EXIT_INTERRUPTED,
+    EXIT_ITEMS_FAILED,
+    EXIT_OK,
+    CmoverError,
+    ConfigError,
+    Failure,
+)
 from cmover.passes import PassKind
-from cmover.planner import PassOptions, create_target_root, plan, preflight_copy
+from cmover.paths import display
+from cmover.planner import PassOptions, create_target_root, plan, preflight
 from cmover.settings import Settings, from_mapping, load_settings
 from cmover.stats import C
 
@@ -63,22 +74,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    c = sub.add_parser("copy", help="copy SRC to DST (embedded on this machine when no broker is configured)")
-    c.add_argument("src", metavar="SRC")
-    c.add_argument("dst", metavar="DST")
-    c.add_argument("-j", "--jobs", type=int, default=0, help="worker threads (default LOCAL_JOBS or 2 x cores)")
-    c.add_argument("--embedded", action="store_true", help="run on this machine even when a broker is configured")
-    c.add_argument("-q", "--quiet", action="store_true", help="no live progress")
-    c.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _filters(c)
+    helps = {
+        "copy": "copy SRC to DST: what differs is copied, directories created",
+        "delete": "delete pass: remove DST entries whose SRC counterpart is gone (final pass)",
+        "dirtime": "dirtime pass: set DST directory atime/mtime from SRC (last of all)",
+        "sync": "copy, delete and dirtime in that order: DST becomes identical to SRC",
+    }
+    for name, text in helps.items():
+        c = sub.add_parser(name, help=text + " (embedded on this machine when no broker is configured)")
+        c.add_argument("src", metavar="SRC")
+        c.add_argument("dst", metavar="DST")
+        c.add_argument("-j", "--jobs", type=int, default=0, help="pool processes (default LOCAL_JOBS or 2 x cores)")
+        c.add_argument("--embedded", action="store_true", help="run on this machine even when a broker is configured")
+        c.add_argument("-q", "--quiet", action="store_true", help="no live progress")
+        c.add_argument("--json", action="store_true", help="print the summary as JSON")
+        _filters(c)
+        if name in ("delete", "sync"):
+            _delete_options(c)
 
     s = sub.add_parser("start", help="start a pass on the broker for the configured source_mount/target_mount")
-    s.add_argument("pass_", metavar="PASS", choices=[k.value for k in PassKind if k is PassKind.COPY],
-                   nargs="?", default="copy")
+    s.add_argument("pass_", metavar="PASS", choices=[k.value for k in PassKind], nargs="?", default="copy",
+                   help="copy (default), delete or dirtime")
     s.add_argument("subpath", nargs="?", default="", help="start at this directory below source_mount")
     s.add_argument("--wait", action="store_true", help="block until the pass is complete and print its summary")
     s.add_argument("--json", action="store_true")
     _filters(s)
+    _delete_options(s)
 
     st = sub.add_parser("status", help="is the pass running or complete, with counts")
     st.add_argument("pass_", metavar="PASS", nargs="?", default="copy")
@@ -88,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("errors", help="list the failures recorded by a distributed pass")
     e.add_argument("pass_", metavar="PASS", nargs="?", default="copy")
     e.add_argument("--run", help="a run id (default: the pass's current run)")
+
+    d = sub.add_parser("deleted", help="list what a distributed delete pass deleted (or would delete: --dry-run)")
+    d.add_argument("--run", help="a run id (default: the current delete run)")
 
     sub.add_parser("stop", help="shut the workers down gracefully (running tasks finish)")
     return p
@@ -106,10 +130,18 @@ def _load(args: argparse.Namespace, *, optional: bool = False) -> Settings:
     return settings
 
 
+def _delete_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true", help="delete pass: list and count what would be deleted, "
+                   "delete nothing")
+    p.add_argument("--max-delete", type=int, default=0, metavar="N",
+                   help="delete pass: stop deleting after N entries and report it (default: no limit)")
+
+
 def _options(args: argparse.Namespace) -> PassOptions:
     return PassOptions(oldest_date=args.oldest_date, newest_date=args.newest_date,
                        exclude_file=args.exclude_file, batch=args.batch,
-                       chunk_threshold=args.chunk_threshold, chunk_size=args.chunk_size)
+                       chunk_threshold=args.chunk_threshold, chunk_size=args.chunk_size,
+                       dry_run=getattr(args, "dry_run", False), max_delete=getattr(args, "max_delete", 0))
 
 
 def _fmt_bytes(n: float) -> str:
@@ -124,6 +156,24 @@ def summary_lines(kind: str, state: str, totals: dict[str, int], seconds: float)
     t = {k: int(v) for k, v in totals.items()}
     entries = t.get(C.SCANNED, 0) + t.get(C.DIRS, 0)
     secs = max(seconds, 1e-9)
+    if kind == PassKind.DELETE.value:
+        return [
+            f"cmover delete: {state} in {seconds:.1f} s",
+            f"  scanned   {t.get(C.DIRS, 0):,} target dirs, {t.get(C.SCANNED, 0):,} other entries; "
+            f"{t.get(C.KEPT, 0):,} present on the source",
+            f"  deleted   {t.get(C.DELETED, 0):,} entries ({t.get(C.DIRS_DELETED, 0):,} directories)"
+            + (f"; would delete {t.get(C.WOULD_DELETE, 0):,} entries ({t.get(C.DIRS_WOULD_DELETE, 0):,} "
+               "directories) -- dry run" if t.get(C.WOULD_DELETE) else "")
+            + (f"; {t.get(C.DEL_LIMITED, 0):,} left because --max-delete was reached" if t.get(C.DEL_LIMITED) else ""),
+            f"  failed    {t.get(C.FAILED, 0):,} (nothing is deleted under a failed directory); "
+            f"{t.get(C.VANISHED, 0):,} vanished",
+        ]
+    if kind == PassKind.DIRTIME.value:
+        return [
+            f"cmover dirtime: {state} in {seconds:.1f} s",
+            f"  dirs      {t.get(C.DIRS, 0):,} visited, {t.get(C.DIRTIMES, 0):,} times set, "
+            f"{t.get(C.DIRS_MISSING, 0):,} missing on one side, {t.get(C.FAILED, 0):,} failed",
+        ]
     lines = [
         f"cmover {kind}: {state} in {seconds:.1f} s",
         f"  dirs      {t.get(C.DIRS, 0):,} processed, {t.get(C.DIRS_CREATED, 0):,} created",
@@ -190,15 +240,18 @@ class _Progress:
             self.live.__exit__(None, None, None)
 
 
-def cmd_copy(args: argparse.Namespace) -> int:
+def cmd_pass(args: argparse.Namespace) -> int:
+    """``cmover copy|delete|dirtime SRC DST``: embedded, or on the broker when one is configured."""
+    kind = PassKind(args.command)
     settings = _load(args, optional=True)
     if args.jobs < 0:
         raise ConfigError(f"--jobs {args.jobs} must be >= 0")
     if settings.broker_configured and not args.embedded:
-        return _copy_distributed(args, settings)
-    spec = plan(PassKind.COPY, settings, args.src, args.dst, options=_options(args))
-    preflight_copy(spec, create_target=True)
-    create_target_root(spec)
+        return _pass_distributed(kind, args, settings)
+    spec = plan(kind, settings, args.src, args.dst, options=_options(args))
+    preflight(spec, create_target=True)
+    if kind is PassKind.COPY:
+        create_target_root(spec)
     jobs = args.jobs or settings.local_jobs or 2 * (os.cpu_count() or 1)
     from cmover.local import run_embedded
 
@@ -209,8 +262,9 @@ def cmd_copy(args: argparse.Namespace) -> int:
             result = run_embedded(spec, jobs, on_progress=progress.update, stop_event=stop)
     finally:
         signal.signal(signal.SIGINT, previous)
-    rc = _report("copy", result.state, result.totals, result.seconds, result.failures, result.failure_count,
-                 args.json, spec.run_id)
+    deleted = result.extra.get("deleted")
+    rc = _report(kind.value, result.state, result.totals, result.seconds, result.failures, result.failure_count,
+                 args.json, spec.run_id, deleted=deleted if isinstance(deleted, tuple) else None)
     # The embedded worker's threads would take another second to wind down after the work is done;
     # everything is reported and flushed, so leave now.
     logging.shutdown()
@@ -219,12 +273,73 @@ def cmd_copy(args: argparse.Namespace) -> int:
     os._exit(rc)
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    """copy, delete, dirtime in order, each as its own ``cmover`` run; stops at the first pass that fails.
+
+    A second copy pass runs when the first one left work for "the next pass" (hard links to chunked
+    files, files that changed while copied), so that the trees compare identical at the end.
+    """
+    common = [*(["--config", args.config] if args.config else []), *(["-v"] * args.verbose)]
+    opts: list[str] = []
+    if args.jobs:
+        opts += ["-j", str(args.jobs)]
+    for flag in ("embedded", "quiet", "json"):
+        if getattr(args, flag):
+            opts.append("--" + flag)
+    for name in ("oldest_date", "newest_date", "exclude_file", "batch", "chunk_threshold", "chunk_size"):
+        v = getattr(args, name)
+        if v is not None:
+            opts += ["--" + name.replace("_", "-"), str(v)]
+    del_opts = (["--dry-run"] if args.dry_run else []) + (["--max-delete", str(args.max_delete)]
+                                                           if args.max_delete else [])
+    steps = [("copy", []), ("delete", del_opts), ("dirtime", [])]
+    if args.dry_run:
+        steps = [("delete", del_opts)]  # a dry run only shows what the delete pass would remove
+    copies = 0
+    while steps:
+        name, extra = steps.pop(0)
+        cmd = [sys.executable, "-m", "cmover", *common, name, *opts, *extra, args.src, args.dst]
+        if name == "copy" and not args.json:
+            cmd.append("--json")  # read its totals; printed as a summary below
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        out = proc.stdout
+        if name == "copy" and not args.json:
+            try:
+                data = json.loads(out)
+                print("\n".join(summary_lines("copy", data["state"], data["totals"], data["seconds"])))
+                _print_failures([Failure.from_dict(d) for d in data["failures"]], data["failure_count"])
+            except (ValueError, KeyError):
+                print(out, end="")
+        else:
+            print(out, end="")
+        sys.stdout.flush()
+        if proc.returncode != EXIT_OK:
+            print(f"cmover sync: the {name} pass exited with {proc.returncode}; later passes not run",
+                  file=sys.stderr)
+            return proc.returncode
+        if name == "copy":
+            copies += 1
+            try:
+                totals = json.loads(out)["totals"]
+            except (ValueError, KeyError):
+                totals = {}
+            if copies == 1 and (totals.get(C.LINK_DEFERRED) or totals.get(C.CHANGED)):
+                steps.insert(0, ("copy", []))
+    return EXIT_OK
+
+
 def _report(kind: str, state: str, totals: dict[str, int], seconds: float, failures: list[Any], count: int,
-            as_json: bool, run_id: str) -> int:
+            as_json: bool, run_id: str, deleted: tuple[list[Any], int] | None = None) -> int:
     if as_json:
-        print(json.dumps({"run_id": run_id, "pass": kind, "state": state, "seconds": round(seconds, 3),
-                          "totals": totals, "failures": [f.as_dict() for f in failures], "failure_count": count}))
+        doc: dict[str, Any] = {"run_id": run_id, "pass": kind, "state": state, "seconds": round(seconds, 3),
+                               "totals": totals, "failures": [f.as_dict() for f in failures], "failure_count": count}
+        if deleted is not None:
+            doc["deleted"] = [display(d.path) for d in deleted[0]]
+            doc["deleted_count"] = deleted[1]
+        print(json.dumps(doc))
     else:
+        if deleted is not None:
+            _print_deleted(*deleted, dry_run=bool(totals.get(C.WOULD_DELETE)) or not totals.get(C.DELETED))
         print("\n".join(summary_lines(kind, state, totals, seconds)))
         _print_failures(failures, count)
     if state == "interrupted":
@@ -234,14 +349,39 @@ def _report(kind: str, state: str, totals: dict[str, int], seconds: float, failu
     return EXIT_ITEMS_FAILED if count or totals.get(C.FAILED, 0) else EXIT_OK
 
 
-def _copy_distributed(args: argparse.Namespace, settings: Settings) -> int:
+def _print_deleted(items: list[Any], count: int, *, dry_run: bool) -> None:
+    verb = "would delete" if dry_run else "deleted"
+    for d in items:
+        print(f"{verb}: {display(d.path)}")
+    if count > len(items):
+        print(f"... and {count - len(items):,} more (see `cmover deleted`)")
+
+
+def _pass_distributed(kind: PassKind, args: argparse.Namespace, settings: Settings) -> int:
     from cmover import control
 
-    spec = plan(PassKind.COPY, settings, args.src, args.dst, options=_options(args))
+    spec = plan(kind, settings, args.src, args.dst, options=_options(args))
     _confine_to_mounts(spec, settings)
-    preflight_copy(spec, create_target=False)
+    preflight(spec)
+    _warn_if_busy(settings, kind)
     control.start(settings, spec)
     return _wait_and_report(settings, spec.kind.value, spec.run_id, args.json)
+
+
+def _warn_if_busy(settings: Settings, kind: PassKind) -> None:
+    """The dirtime pass must run last: warn when copy or delete work is still queued or running."""
+    if kind is not PassKind.DIRTIME:
+        return
+    from cmover import control
+
+    for other in ("copy", "delete"):
+        try:
+            st = control.status(settings, other)
+        except CmoverError:
+            continue
+        if st.state == "running" or any(st.queues.values()):
+            print(f"cmover: warning: the {other} pass still has work queued or running ({st.run_id or 'no run'}); "
+                  "directory times set now may be changed again by it", file=sys.stderr)
 
 
 def _confine_to_mounts(spec: Any, settings: Settings) -> None:
@@ -261,7 +401,8 @@ def _wait_and_report(settings: Settings, kind: str, run_id: str, as_json: bool) 
     with _Progress(sys.stderr.isatty() and not as_json) as progress:
         st = control.wait(settings, kind, run_id, on_progress=lambda s: progress.update(s.totals, s.seconds))
     failures, count = control.errors(settings, run_id)
-    return _report(kind, st.state, st.totals, st.seconds, failures, count, as_json, run_id)
+    deleted = control.errors(settings, deleted_list(run_id)) if kind == PassKind.DELETE.value else None
+    return _report(kind, st.state, st.totals, st.seconds, failures, count, as_json, run_id, deleted=deleted)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -275,7 +416,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         raise ConfigError("source_mount and target_mount must be set in config.py")
     spec = plan(PassKind(args.pass_), settings, settings.source_mount, settings.target_mount, args.subpath,
                 _options(args))
-    preflight_copy(spec, create_target=False)
+    preflight(spec)
+    _warn_if_busy(settings, spec.kind)
     control.start(settings, spec)
     if not args.wait:
         print(f"started {spec.kind.value} pass {spec.run_id} at {os.fsdecode(spec.src_root)}/"
@@ -320,6 +462,25 @@ def cmd_errors(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_deleted(args: argparse.Namespace) -> int:
+    from cmover import control
+
+    settings = _load(args)
+    control.check_broker(settings)
+    run_id = args.run
+    if run_id is None:
+        info = control.current_run(settings, PassKind.DELETE.value)
+        if info is None:
+            print("no delete pass has been started")
+            return EXIT_OK
+        run_id = info["spec"]["run_id"]
+    items, count = control.errors(settings, deleted_list(run_id))
+    for d in items:
+        print(display(d.path))
+    print(f"{count:,} entries in the deletion list of {run_id}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     from cmover import control
 
@@ -334,8 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handler = {"copy": cmd_copy, "start": cmd_start, "status": cmd_status, "errors": cmd_errors,
-               "stop": cmd_stop}[args.command]
+    handler = {"copy": cmd_pass, "delete": cmd_pass, "dirtime": cmd_pass, "sync": cmd_sync, "start": cmd_start,
+               "status": cmd_status, "errors": cmd_errors, "deleted": cmd_deleted, "stop": cmd_stop}[args.command]
     t0 = time.monotonic()
     try:
         return handler(args)

@@ -45,12 +45,13 @@ log = logging.getLogger(__name__)
 class Job:
     """Work handed to another task: a directory, a batch of entries of ``rel``, or chunk ``index`` of file ``rel``."""
 
-    kind: str  # "dir", "files" or "chunk"
+    kind: str  # "dir", "files", "chunk" or "purge"
     rel: bytes
     names: tuple[bytes, ...] = ()
     index: int = 0
     mdt: int | None = None
     chunk: ChunkSpec | None = None
+    root: bytes = b""  # kind "purge": the deleted tree ``rel`` belongs to
 
 
 class CopyPass:

@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 MEMORY_LIMIT = 100_000  # failures kept in memory by the embedded mode; beyond it only counted
 
 
+def deleted_list(run_id: str) -> str:
+    """Name of the list of what a delete pass removed (or would remove), kept like an error list."""
+    return run_id + ".deleted"
+
+
 def errors_queue(run_id: str) -> Queue:
     name = f"cmover.errors.{run_id}"
     return Queue(name, Exchange("", type="direct"), routing_key=name, durable=True, auto_delete=False)

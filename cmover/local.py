@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cmover.errorlist import MEMORY_LIMIT, deleted_list
 from cmover.errors import Failure, FatalError
-from cmover.passes import PassSpec
+from cmover.passes import PassKind, PassSpec
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,12 @@ def run_embedded(spec: PassSpec, jobs: int,
         for child in active_children():
             child.terminate()
     seconds = time.monotonic() - t0
+    extra: dict[str, object] = {}
     try:
         failures, count = ctx.errors.read(spec.run_id, limit=10_000)
         totals = ctx.stats.totals(spec.run_id) or {}
+        if spec.kind is PassKind.DELETE:
+            extra["deleted"] = ctx.errors.read(deleted_list(spec.run_id), limit=MEMORY_LIMIT)
     finally:
         stop_hub(manager)
-    return RunResult(spec, totals, failures, count, seconds, state)
+    return RunResult(spec, totals, failures, count, seconds, state, extra)

@@ -27,6 +27,8 @@ class PassOptions:
     batch: int | None = None
     chunk_threshold: int | None = None
     chunk_size: int | None = None
+    dry_run: bool = False  # delete pass: list and count, delete nothing
+    max_delete: int = 0  # delete pass: stop deleting after this many entries (0: no limit)
 
 
 def _abs(path: str, what: str) -> bytes:
@@ -62,13 +64,47 @@ def plan(kind: PassKind, settings: Settings, src: str, dst: str, start: str = ""
     chunk = settings.chunk_size if o.chunk_size is None else o.chunk_size
     check_chunking(threshold, chunk, "--chunk-threshold", "--chunk-size", "give other sizes")
     excludes = read_excludes(settings.exclude_file if o.exclude_file is None else o.exclude_file, src_root)
+    if o.max_delete < 0:
+        raise ConfigError(f"--max-delete {o.max_delete} must be >= 0 (0: no limit)")
+    extra: dict[str, object] = {}
+    if kind is PassKind.DELETE:
+        extra = {"dry_run": o.dry_run, "max_delete": o.max_delete,
+                   "src_must_be_mount": settings.source_is_mount}
+        try:
+            st = os.stat(src_root)
+            # The identity every delete task re-checks: an unmount or another mount over it changes it.
+            extra["src_id"] = [st.st_dev, st.st_ino]
+        except OSError:
+            pass  # the preflight reports it
     return PassSpec(
+        options=extra,
         run_id=new_run_id(kind), kind=kind, src_root=src_root, dst_root=dst_root, start=start_b,
         oldest_atime_ns=oldest, newest_mtime_ns=newest, excludes=excludes, batch=batch,
         inline_entries=settings.inline_entries, inline_seconds=settings.inline_seconds,
         batch_seconds=float(settings.batch_seconds), chunk_threshold=threshold, chunk_size=chunk,
         mds_striped=settings.mds_is_striped, mdt_list=settings.mdt_list, max_deliveries=settings.max_deliveries,
     )
+
+
+def preflight(spec: PassSpec, *, create_target: bool = False) -> None:
+    """Check pass ``spec`` can run safely; PreflightError with the reason and the fix otherwise.
+
+    Nothing is written. Copy: see :func:`preflight_copy`. Delete: also refuses a source root that is not
+    a mount point while config says it must be, or that is empty while the target is not (an unmounted
+    or failed source would otherwise look like "everything was deleted"). Dirtime: the target must exist.
+    """
+    if spec.kind is PassKind.COPY:
+        preflight_copy(spec, create_target=create_target)
+        return
+    preflight_copy(spec, create_target=False)
+    if spec.kind is PassKind.DELETE:
+        from cmover.deletepass import source_root_problem
+
+        problem = source_root_problem(spec)
+        if problem is not None:
+            raise PreflightError(problem)
+        if os.path.samestat(os.stat(spec.src_root), os.stat(spec.dst_root)):
+            raise PreflightError("source and target are the same filesystem object; refusing to delete")
 
 
 def preflight_copy(spec: PassSpec, *, create_target: bool) -> None:

@@ -30,6 +30,7 @@ _SCHEMA: dict[str, tuple[str, type | tuple[type, ...], Any]] = {
     "REPORT_INTERVAL": ("report_interval", (int, float), 30),
     "STATS_ENABLED": ("stats_enabled", bool, True),
     "MDS_IS_STRIPED": ("mds_is_striped", bool, False),
+    "SOURCE_IS_MOUNT": ("source_is_mount", bool, False),
     "source_mount": ("source_mount", str, ""),
     "target_mount": ("target_mount", str, ""),
     "BATCH": ("batch", int, 1000),
@@ -59,6 +60,7 @@ class Settings:
     report_interval: float = 30
     stats_enabled: bool = True
     mds_is_striped: bool = False
+    source_is_mount: bool = False
     source_mount: str = ""
     target_mount: str = ""
     batch: int = 1000

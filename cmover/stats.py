@@ -40,6 +40,16 @@ class C:
     BYTES = "bytes_copied"
     CHUNKED = "files_chunked"  # huge files split into chunk tasks (each also counts as copied when finished)
     CHUNKS = "chunks_copied"
+    # delete pass
+    DELETED = "entries_deleted"  # files, symlinks, specials and directories removed
+    DIRS_DELETED = "dirs_deleted"
+    WOULD_DELETE = "entries_would_delete"  # --dry-run
+    DIRS_WOULD_DELETE = "dirs_would_delete"
+    DEL_LIMITED = "deletes_over_limit"  # not deleted because --max-delete was reached
+    KEPT = "entries_kept"  # present on the source
+    # dirtime pass
+    DIRTIMES = "dir_times_set"
+    DIRS_MISSING = "dirs_missing"  # on the source or on the target (listed)
     TASKS = "tasks"
     DEAD = "dead_lettered"
 

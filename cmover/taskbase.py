@@ -26,7 +26,7 @@ from kombu.exceptions import OperationalError
 
 from cmover.app import TASK_NAMES, WorkerContext, app, get_context, queue_name
 from cmover.copypass import Job
-from cmover.errors import ConfigError, ConfinementError, Failure
+from cmover.errors import ConfigError, ConfinementError, Failure, PreflightError
 from cmover.ledger import task_id
 from cmover.passes import PassSpec
 from cmover.paths import display, to_wire
@@ -72,7 +72,7 @@ class Emitter:
 
     def __call__(self, job: Job) -> None:
         name = TASK_NAMES[(self.spec.kind.value, job.kind)]
-        ident = (job.chunk.key(),) if job.chunk is not None else job.names
+        ident = (job.chunk.key(),) if job.chunk is not None else (job.root,) if job.kind == "purge" else job.names
         tid = task_id(self.spec.run_id, job.kind, job.rel, job.index, ident)
         _LedgerGuard.call(self.ctx.ledger.enqueue, self.spec.run_id, tid)
         args: list[Any] = [self.spec_d, to_wire(job.rel)]
@@ -80,6 +80,8 @@ class Emitter:
             args.append([to_wire(n) for n in job.names])
         elif job.kind == "chunk" and job.chunk is not None:
             args += [job.index, job.chunk.as_wire()]
+        elif job.kind == "purge":
+            args.append(to_wire(job.root))
         else:
             args.append(job.mdt)
         app.send_task(name, args=args, task_id=tid)
@@ -127,6 +129,11 @@ def run_pass_task(task: Task, spec_d: Any, rel_wire: Any, body: Body) -> None:
             # Children may be unpublished: do not mark done; the broker hands the message out again.
             log.warning("broker trouble in %s (%s); requeued", tid, exc)
             raise Reject(str(exc), requeue=True) from None
+        except PreflightError as exc:
+            # A safety check inside the task failed (e.g. the source root vanished): loud, no traceback.
+            log.error("%s (%s): %s", task.name, display(where), exc)
+            tally[C.FAILED] += 1
+            failures.append(Failure(where, task.name, 0, str(exc)))
         except ConfinementError as exc:
             log.error("rejected message %s of %s: %s", tid, task.name, exc)
             tally[C.FAILED] += 1
