@@ -10,7 +10,7 @@ from cmover.cli import main
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if not args or args[0] not in ("start", "stop", "status", "errors"):
-        print("usage: python cmover_control.py start|stop|status|errors [PASS] [options]", file=sys.stderr)
+    if not args or args[0] not in ("start", "stop", "status", "errors", "deleted"):
+        print("usage: python cmover_control.py start|stop|status|errors|deleted [PASS] [options]", file=sys.stderr)
         raise SystemExit(2)
     raise SystemExit(main(args))
