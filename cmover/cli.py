@@ -346,7 +346,8 @@ def _report(kind: str, state: str, totals: dict[str, int], seconds: float, failu
         return EXIT_INTERRUPTED
     if state == "unknown":
         return EXIT_UNKNOWN
-    return EXIT_ITEMS_FAILED if count or totals.get(C.FAILED, 0) else EXIT_OK
+    # Entries left by --max-delete are work not done: a script must notice, as for failed items.
+    return EXIT_ITEMS_FAILED if count or totals.get(C.FAILED, 0) or totals.get(C.DEL_LIMITED, 0) else EXIT_OK
 
 
 def _print_deleted(items: list[Any], count: int, *, dry_run: bool) -> None:

@@ -199,6 +199,9 @@ class DeletePass:
                 self.tally[C.KEPT] += 1
             return
         if is_dir:
+            if self._limit_reached():
+                self.tally[C.DEL_LIMITED] += 1
+                return
             self.deleted(Failure(path + b"/", "delete tree", 0, "directory tree", "target"))
             self._purge(path, path)
         elif self._may_delete(path):
@@ -360,6 +363,9 @@ class DeletePass:
             return True
         self.tally[C.DEL_LIMITED] += 1
         return False
+
+    def _limit_reached(self) -> bool:
+        return bool(self.max_delete and self.claims is not None and self.claims.incr("deletes", 0) >= self.max_delete)
 
     def _count_deleted(self, is_dir: bool) -> None:
         key = C.WOULD_DELETE if self.dry_run else C.DELETED
