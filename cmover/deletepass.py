@@ -37,7 +37,7 @@ from cmover.copypass import Job
 from cmover.errors import ConfinementError, Failure, ItemError, PreflightError, item_failure
 from cmover.ledger import RunClaims
 from cmover.passes import PassSpec
-from cmover.paths import components, display, join
+from cmover.paths import check_rel, components, display, join
 from cmover.stats import C
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,10 @@ class DeletePass:
 
     def run_purge(self, rel: bytes, root: bytes) -> None:
         """Remove target directory ``rel``, inside the purge root ``root`` whose source is gone."""
+        check_rel(rel)
+        check_rel(root)
+        if not root:
+            raise ConfinementError("a purge of the whole target root is never done")
         if rel != root and not rel.startswith(root + b"/"):
             raise ConfinementError(f"purge of {display(rel)} is outside its purge root {display(root)}")
         self._guard()
@@ -209,8 +213,10 @@ class DeletePass:
                 try:
                     os.unlink(name, dir_fd=dst_fd)
                 except FileNotFoundError:
+                    self._release()
                     return  # another delivery of this task removed it
                 except OSError as exc:
+                    self._release()
                     self._fail(path, "unlink", exc, side="target")
                     return
             self._count_deleted(False)
@@ -250,8 +256,10 @@ class DeletePass:
                     try:
                         os.unlink(name, dir_fd=fd)
                     except FileNotFoundError:
+                        self._release()
                         continue
                     except OSError as exc:
+                        self._release()
                         self._fail(join(rel, name), "unlink", exc, side="target")
                         continue
                 self._count_deleted(False)
@@ -264,7 +272,8 @@ class DeletePass:
             else:
                 self.emit(Job("purge", child, root=root))
         if self.dry_run:
-            self._count_deleted(True)
+            if self._may_delete(rel):
+                self._count_deleted(True)
             return
         self._remove_upwards(rel, root)
 
@@ -281,9 +290,16 @@ class DeletePass:
             except OSError:
                 return
             try:
-                if not self._may_delete(rel):
+                if not self._reserve():
+                    # Over the limit: only a directory that still exists and is empty was left undeleted.
+                    if _is_empty_dir(pfd, parts[-1]):
+                        self.tally[C.DEL_LIMITED] += 1
                     return
-                os.rmdir(parts[-1], dir_fd=pfd)
+                try:
+                    os.rmdir(parts[-1], dir_fd=pfd)
+                except BaseException:
+                    self._release()  # only a directory really removed counts against --max-delete
+                    raise
                 self._count_deleted(True)
             except FileNotFoundError:
                 return
@@ -342,6 +358,8 @@ class DeletePass:
             return False
         try:
             if os.fstat(pfd).st_dev != self._root_dev:
+                self._fail(root, "check source", ItemError(
+                    "another filesystem is mounted here on the source; nothing under it is deleted", op="check"))
                 return False
             os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:
@@ -356,13 +374,25 @@ class DeletePass:
         return False
 
     def _may_delete(self, path: bytes) -> bool:
-        """Reserve one deletion against --max-delete (shared by every task of the run)."""
+        """Reserve one deletion against --max-delete; count it as left undeleted when over the limit."""
+        if self._reserve():
+            return True
+        self.tally[C.DEL_LIMITED] += 1
+        return False
+
+    def _reserve(self) -> bool:
+        """Reserve one deletion against --max-delete (a counter shared by every task of the run)."""
         if not self.max_delete or self.claims is None:
             return True
         if self.claims.incr("deletes", 1) <= self.max_delete:
             return True
-        self.tally[C.DEL_LIMITED] += 1
+        self._release()
         return False
+
+    def _release(self) -> None:
+        """Give back a reservation whose deletion did not happen (already gone, not empty, error)."""
+        if self.max_delete and self.claims is not None:
+            self.claims.incr("deletes", -1)
 
     def _limit_reached(self) -> bool:
         return bool(self.max_delete and self.claims is not None and self.claims.incr("deletes", 0) >= self.max_delete)
@@ -378,6 +408,18 @@ class DeletePass:
         failure = item_failure(rel, op, exc, side)
         log.warning("%s", failure.line())
         self.on_failure(failure)
+
+
+def _is_empty_dir(dir_fd: int, name: bytes) -> bool:
+    try:
+        fd = fsio.open_subdir(dir_fd, name, source=False)
+    except OSError:
+        return False
+    try:
+        with os.scandir(fd) as it:
+            return next(it, None) is None
+    finally:
+        os.close(fd)
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:

@@ -45,6 +45,9 @@ class DirtimePass:
     def _dir(self, rel: bytes) -> None:
         try:
             src_fd = fsio.open_dir(self.spec.src_root, rel, source=True)
+        except FileNotFoundError:
+            self._missing(rel, "source", "run the delete pass first")
+            return
         except OSError as exc:
             self._fail(rel, "open directory", exc)
             return

@@ -201,6 +201,9 @@ class MemcacheLedger:
     def incr(self, run_id: str, key: str, n: int) -> int:
         mc = self._mc()
         k = f"cm:{run_id}:n:{key}"
+        if n < 0:  # memcached counters are unsigned: decr, which stops at 0
+            got = mc.decr(k, -n)
+            return int(got) if got is not None else 0
         v = mc.incr(k, n)
         if v is None:
             if mc.add(k, str(n), expire=self.TTL, noreply=False):

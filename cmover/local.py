@@ -68,8 +68,10 @@ def run_embedded(spec: PassSpec, jobs: int,
     )
     thread = threading.Thread(target=worker.start, name="cmover-worker", daemon=True)
     t0 = time.monotonic()
-    thread.start()
+    # Seed before the worker thread forks its pool: a fork while this thread holds one of Celery's
+    # internal locks (send_task takes a class-wide one) would leave that lock held forever in the child.
     seed(app, spec, ctx)
+    thread.start()
     state = "complete"
     try:
         while True:

@@ -1,0 +1,275 @@
+"""``cmover delete``, ``cmover dirtime`` and ``cmover sync`` run as subprocesses (embedded mode, no broker).
+
+Exit codes 0 (all good), 1 (items failed, listed), 2 (preflight refused: one ``cmover:`` line on stderr and
+nothing touched). Runs as root (as CI does): make_tree gives entries other owners; a tmpfs is mounted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import treeutil
+from test_cli import assert_fatal, run, tree_state
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """tmp_path/work (cwd), tmp_path/site/config.py (no broker), tmp_path/src and tmp_path/dst holding more."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "site").mkdir()
+    cfg = tmp_path / "site" / "config.py"
+    cfg.write_text("BATCH = 3\nINLINE_ENTRIES = 2\n")
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for root in (src, dst):
+        for rel in ("keep", "a/keep", "a/b/keep", "x/keep", "\xe9t\xe9/keep"):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(b"k")
+    for rel in ("gone", "a/gone", "a/b/gone1", "a/b/gone2", "a/b/gone3", "a/b/gone4", "tree/f", "tree/s/f",
+                "tree/s/t/f", "tree/s2/f", "a/tree/f", "x/sub/deeper/f"):
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dst / rel).write_bytes(b"g")
+    os.symlink("/etc", dst / "a" / "link-out")
+    (dst / os.fsdecode(b"caf\xe9")).write_bytes(b"latin-1")
+    return tmp_path, work, cfg, src, dst
+
+
+EXPECTED = {"gone", "a/gone", "a/b/gone1", "a/b/gone2", "a/b/gone3", "a/b/gone4", "tree/", "a/tree/", "x/sub/",
+            "a/link-out", "b'caf\\xe9'"}
+
+
+def names(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def listed(stdout: str, verb: str) -> set[str]:
+    prefix = verb + ": "
+    return {line[len(prefix):] for line in stdout.splitlines() if line.startswith(prefix)}
+
+
+def test_delete_dry_run_then_real_run(pair):
+    tmp, work, cfg, src, dst = pair
+    before = tree_state(tmp)
+    dry = run(["delete", "--dry-run", str(src), str(dst)], work, config=cfg)
+    assert dry.returncode == 0, dry.stderr
+    assert listed(dry.stdout, "would delete") == EXPECTED
+    assert listed(dry.stdout, "deleted") == set()
+    assert "would delete 21 entries (7 directories) -- dry run" in dry.stdout
+    assert tree_state(tmp) == before
+
+    js = run(["delete", "--dry-run", "--json", str(src), str(dst)], work, config=cfg)
+    assert js.returncode == 0, js.stderr
+    doc = json.loads(js.stdout)
+    assert doc["pass"] == "delete" and doc["state"] == "complete" and doc["failure_count"] == 0
+    assert set(doc["deleted"]) == EXPECTED and doc["deleted_count"] == len(EXPECTED)
+    assert doc["totals"]["entries_would_delete"] == 21 and doc["totals"].get("entries_deleted", 0) == 0
+    assert tree_state(tmp) == before
+
+    real = run(["delete", str(src), str(dst)], work, config=cfg)
+    assert real.returncode == 0, real.stderr
+    assert listed(real.stdout, "deleted") == EXPECTED
+    assert listed(real.stdout, "would delete") == set()
+    assert "deleted   21 entries (7 directories)" in real.stdout
+    assert names(dst) == names(src)
+    assert os.path.isdir("/etc")
+
+    again = run(["delete", "--json", str(src), str(dst)], work, config=cfg)
+    doc = json.loads(again.stdout)
+    assert again.returncode == 0 and doc["deleted"] == [] and doc["totals"].get("entries_deleted", 0) == 0
+
+
+def test_delete_json_lists_deleted(pair):
+    tmp, work, cfg, src, dst = pair
+    res = run(["delete", "--json", str(src), str(dst)], work, config=cfg)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert set(doc["deleted"]) == EXPECTED and doc["deleted_count"] == len(EXPECTED)
+    assert doc["totals"]["entries_deleted"] == 21 and doc["totals"]["dirs_deleted"] == 7
+    assert names(dst) == names(src)
+
+
+def test_delete_max_delete_exits_1(pair):
+    tmp, work, cfg, src, dst = pair
+    res = run(["delete", "--json", "--max-delete", "3", str(src), str(dst)], work, config=cfg)
+    assert res.returncode == 1, (res.stdout, res.stderr)  # entries left by the limit: work not done
+    doc = json.loads(res.stdout)
+    assert doc["totals"]["entries_deleted"] == 3 and doc["totals"]["deletes_over_limit"] > 0
+    assert doc["failure_count"] == 0
+    text = run(["delete", "--max-delete", "2", str(src), str(dst)], work, config=cfg)
+    assert text.returncode == 1
+    assert "left because --max-delete was reached" in text.stdout
+    assert len(listed(text.stdout, "deleted")) <= 2
+
+
+# -- preflight refusals: exit 2, one line, nothing touched ------------------------------------------------
+
+def _refused(pair, args, *words, config_text=None):
+    tmp, work, cfg, src, dst = pair
+    if config_text is not None:
+        cfg.write_text(config_text)
+    before = tree_state(tmp)
+    res = run(args, work, config=cfg)
+    line = assert_fatal(res, *words)
+    assert res.stdout == ""
+    assert tree_state(tmp) == before
+    return line
+
+
+@pytest.mark.parametrize("command", ["delete", "dirtime", "sync"])
+def test_missing_source(pair, command):
+    tmp, work, cfg, src, dst = pair
+    if command == "sync":  # sync stops at its first pass (copy), which prints the refusal
+        res = run([command, str(tmp / "nope"), str(dst)], work, config=cfg)
+        assert res.returncode == 2 and "does not exist" in res.stderr
+        return
+    _refused(pair, [command, str(tmp / "nope"), str(dst)], "does not exist")
+
+
+def test_source_empty_while_target_is_not(pair):
+    tmp, work, cfg, src, dst = pair
+    shutil.rmtree(src)
+    src.mkdir()
+    line = _refused(pair, ["delete", str(src), str(dst)], "empty while the target is not")
+    assert "mounted" in line
+    _refused(pair, ["delete", "--dry-run", str(src), str(dst)], "empty")
+
+
+@pytest.mark.parametrize("spelling", ["same", "slash", "symlink"])
+def test_source_is_target(pair, spelling):
+    tmp, work, cfg, src, dst = pair
+    other = {"same": str(src), "slash": str(src) + "/", "symlink": str(tmp / "alias")}[spelling]
+    os.symlink("src", tmp / "alias")
+    _refused(pair, ["delete", str(src), other], "same")
+
+
+def test_source_must_be_a_mount_point(pair):
+    tmp, work, cfg, src, dst = pair
+    line = _refused(pair, ["delete", str(src), str(dst)], "not a mount point", config_text="SOURCE_IS_MOUNT = True\n")
+    assert "SOURCE_IS_MOUNT" in line
+
+
+def test_source_is_a_mount_point(pair):
+    tmp, work, cfg, src, dst = pair
+    cfg.write_text("SOURCE_IS_MOUNT = True\n")
+    mnt = tmp / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "none", str(mnt)], check=True)
+    try:
+        (mnt / "keep").write_bytes(b"k")
+        res = run(["delete", "--json", str(mnt), str(dst)], work, config=cfg)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    assert res.returncode == 0, res.stderr
+    assert sorted(os.listdir(dst)) == ["keep"]
+
+
+# -- dirtime -------------------------------------------------------------------------------------------------
+
+def test_dirtime_with_a_target_directory_missing(pair):
+    tmp, work, cfg, src, dst = pair
+    (src / "a" / "b" / "c").mkdir()
+    copy = tmp / "copy"
+    shutil.copytree(src, copy, symlinks=True)
+    shutil.rmtree(copy / "a" / "b")
+    res = run(["dirtime", str(src), str(copy)], work, config=cfg)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "1 missing on one side, 1 failed" in res.stdout
+    failures = [ln.strip() for ln in res.stderr.splitlines() if ln.startswith("  ")]
+    assert failures == ["a/b: dirtime failed on target (-): directory missing on the target; run the copy pass first"]
+    assert not (copy / "a" / "b").exists()
+    assert os.stat(copy / "x").st_mtime_ns == os.stat(src / "x").st_mtime_ns
+
+
+def test_dirtime_lists_every_one_sided_directory(pair):
+    tmp, work, cfg, src, dst = pair
+    (src / "only-src").mkdir()
+    res = run(["dirtime", "--json", str(src), str(dst)], work, config=cfg)
+    assert res.returncode == 1
+    doc = json.loads(res.stdout)
+    got = {(f["path"], f["side"]) for f in doc["failures"]}
+    assert got == {("only-src", "target"), ("tree", "source"), ("a/tree", "source"), ("x/sub", "source")}
+    assert doc["totals"]["dirs_missing"] == 4 and doc["failure_count"] == 4
+    assert not (dst / "only-src").exists() and (dst / "tree" / "s" / "f").exists()
+
+
+# -- sync -----------------------------------------------------------------------------------------------------
+
+def _real_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())
+
+
+def _real_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def mutate(src: Path) -> None:
+    """Every kind of change between two passes: added, changed, removed, renamed, moved, type changes."""
+    files = _real_files(src)
+    dirs = [d for d in _real_dirs(src) if d.name.startswith("d")]
+    (src / "new-file").write_bytes(b"new")
+    (dirs[0] / "new-in-dir").write_bytes(os.urandom(3000))
+    (src / "new-dir" / "sub").mkdir(parents=True)
+    (src / "new-dir" / "sub" / "f").write_bytes(b"f")
+    files[0].write_bytes(files[0].read_bytes() + b"grown")  # changed: size and mtime
+    data = files[1].read_bytes()
+    files[1].write_bytes(bytes(reversed(data)) if data else b"z")  # changed: content and mtime
+    files[2].chmod(0o600)  # metadata only
+    os.utime(files[3], ns=(1_000_000_000_123_456_789, 1_100_000_000_987_654_321))  # mtime only
+    files[4].unlink()  # removed
+    files[5].rename(files[5].with_name(files[5].name + "-renamed"))  # renamed in place
+    files[6].rename(dirs[1] / ("moved-" + files[6].name))  # moved to another directory
+    # a file replaced by a directory, a directory (with its subtree) replaced by a file
+    files[7].unlink()
+    (files[7] / "now-a-dir").mkdir(parents=True)
+    (files[7] / "now-a-dir" / "f").write_bytes(b"d")
+    leaf = next(d for d in reversed(dirs) if d != dirs[0] and d != dirs[1] and not dirs[1].is_relative_to(d))
+    shutil.rmtree(leaf)
+    leaf.write_bytes(b"was a directory")
+    # a directory moved elsewhere (with its subtree), and one renamed
+    top = sorted(p for p in src.iterdir() if p.is_dir() and p.name.startswith("d0") and p.exists())
+    top[-1].rename(top[0] / "moved-dir")
+    top[-2].rename(src / (top[-2].name + "-renamed"))
+    # a directory whose times the dirtime pass must bring over although nothing in it changed
+    if dirs[2].exists():
+        os.utime(dirs[2], ns=(1_200_000_000_000_000_001, 1_300_000_000_000_000_003))
+
+
+def test_sync_after_every_kind_of_change(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = tmp_path / "config.py"
+    cfg.write_text("BATCH = 7\nINLINE_ENTRIES = 5\n")
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    treeutil.make_tree(src, seed=5, n_files=150, n_dirs=20)
+    first = run(["copy", str(src), str(dst)], work, config=cfg)
+    assert first.returncode == 0, first.stderr
+    mutate(src)
+    diffs = "\n".join(treeutil.compare_trees(src, dst))
+    for what in ("missing on target", "extra on target", "type differs: source=dir target=file",
+                 "type differs: source=file target=dir", "size differs", "digest differs", "mode differs",
+                 "mtime_ns differs"):
+        assert what in diffs, what
+    res = run(["sync", str(src), str(dst)], work, config=cfg)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    for name in ("copy", "delete", "dirtime"):
+        assert f"cmover {name}: complete" in res.stdout, res.stdout
+    assert "deleted: " in res.stdout
+    assert treeutil.compare_trees(src, dst, dir_times=True) == []
+    again = run(["sync", "--json", str(src), str(dst)], work, config=cfg)
+    assert again.returncode == 0, again.stderr
+    assert treeutil.compare_trees(src, dst, dir_times=True) == []
+
+
+def test_sync_dry_run_only_lists(pair):
+    tmp, work, cfg, src, dst = pair
+    before = tree_state(tmp)
+    res = run(["sync", "--dry-run", str(src), str(dst)], work, config=cfg)
+    assert res.returncode == 0, res.stderr
+    assert listed(res.stdout, "would delete") == EXPECTED
+    assert "cmover copy" not in res.stdout and "cmover dirtime" not in res.stdout
+    assert tree_state(tmp) == before
