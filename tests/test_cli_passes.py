@@ -103,7 +103,8 @@ def test_delete_max_delete_exits_1(pair):
     text = run(["delete", "--max-delete", "2", str(src), str(dst)], work, config=cfg)
     assert text.returncode == 1
     assert "left because --max-delete was reached" in text.stdout
-    assert len(listed(text.stdout, "deleted")) <= 2
+    # A tree is listed when its purge starts; the limit may stop it midway (documented), so count files only.
+    assert len([p for p in listed(text.stdout, "deleted") if not p.endswith("/")]) <= 2
 
 
 # -- preflight refusals: exit 2, one line, nothing touched ------------------------------------------------
