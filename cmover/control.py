@@ -119,13 +119,26 @@ def status(settings: Settings, kind: str = "copy", run_id: str | None = None) ->
     depths = queue_depths(kind)
     if out is None:
         state = "unknown"
-    elif out > 0 or any(depths.values()):
+    elif any(depths.values()):
         state = "running"
-    else:
+    elif out == 0 or _settled(ctx.ledger, run_id, out):
         state = "complete"
+    else:
+        state = "running"
     started = info.get("started", time.time()) if info and info["spec"]["run_id"] == run_id else time.time()
     return PassStatus(run_id, kind, state, out, depths, totals, time.time() - started,
                       info["spec"] if info else {})
+
+
+def _settled(ledger: Any, run_id: str, out: int) -> bool:
+    """A count stuck above 0 with empty queues, proven stale by the exact scan (see MemcacheLedger)."""
+    exact = getattr(ledger, "exact_outstanding", None)
+    if exact is None or out > 1000:
+        return False
+    try:
+        return bool(exact(run_id, out) == 0)
+    except Exception:
+        return False
 
 
 def wait(settings: Settings, kind: str, run_id: str, poll: float = 1.0, on_progress=None) -> PassStatus:

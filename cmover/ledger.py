@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
+import zlib
 from typing import Any, Protocol
 
 _NS = uuid.UUID("6f1c3a0e-2b8e-4d7a-9a51-3c0f5d2e9b47")
@@ -135,9 +136,17 @@ class MemcacheLedger:
     """Ledger in memcached (run it with ``-M`` so that keys are never evicted).
 
     Keys: ``cm:<run>:out``, ``cm:<run>:epoch`` (written once; its absence reveals a restarted or
-    flushed memcached), ``cm:<run>:e:<tid>`` (enqueued, value = deliveries started) and
-    ``cm:<run>:d:<tid>`` (done). ``client_factory`` builds a pymemcache client once per process.
+    flushed memcached), ``cm:<run>:e:<tid>`` (enqueued, value = deliveries started),
+    ``cm:<run>:d:<tid>`` (done) and ``cm:<run>:l:<shard>`` (every task id, appended before publishing).
+    ``client_factory`` builds a pymemcache client once per process.
+
+    memcached has no multi-key transaction, so a process killed between two of its calls leaves ``out``
+    off by one. The calls are ordered so that it can only be too *high* (the pass looks stalled, never
+    complete too early); :meth:`exact_outstanding` then settles it from the task list and the done
+    markers.
     """
+
+    SHARDS = 1024  # task-list keys per run; at ~37 bytes per id each stays far below memcached's 1 MiB
 
     # memcached reads an expiry above 30 days as an absolute Unix time: stay below it.
     TTL = 29 * 24 * 3600
@@ -158,10 +167,17 @@ class MemcacheLedger:
 
     def enqueue(self, run_id: str, tid: str) -> None:
         mc = self._mc()
-        # Count first, then publish (see module doc). A lost counter key is detected by incr -> None.
-        new = mc.add(f"cm:{run_id}:e:{tid}", "0", expire=self.TTL, noreply=False)
-        if new and mc.incr(f"cm:{run_id}:out", 1) is None:
+        # 1. List the id (read only by exact_outstanding). Listed before it is counted or published.
+        lk = f"cm:{run_id}:l:{zlib.crc32(tid.encode()) % self.SHARDS}"
+        item = tid + " "
+        if not mc.append(lk, item, noreply=False) and not mc.add(lk, item, expire=self.TTL, noreply=False) \
+                and not mc.append(lk, item, noreply=False):
+            mc.set(f"cm:{run_id}:lost", "1", expire=self.TTL, noreply=False)  # the list can no longer vouch
+        # 2. Count first, then mark (see module doc): a crash in between leaves the count too high.
+        if mc.incr(f"cm:{run_id}:out", 1) is None:
             raise LedgerLost(f"run {run_id}: outstanding counter missing from memcached")
+        if not mc.add(f"cm:{run_id}:e:{tid}", "0", expire=self.TTL, noreply=False):
+            mc.decr(f"cm:{run_id}:out", 1)  # published before (a redelivered parent): counted once
 
     def begin(self, run_id: str, tid: str) -> int | None:
         mc = self._mc()
@@ -212,6 +228,38 @@ class MemcacheLedger:
             if v is None:
                 raise LedgerLost(f"run {run_id}: counter {key} vanished from memcached")
         return int(v)
+
+    def exact_outstanding(self, run_id: str, hint: int) -> int | None:
+        """Tasks listed and not done, counted key by key; None when it cannot be said right now.
+
+        Used when ``out`` (= ``hint``) stays above 0 with every queue empty: a worker killed between
+        two ledger calls. Safe at any moment: a task is listed before it is published and marked done
+        only after its children were listed and published, so 0 here means every task is done. The
+        scan reads every task id, so it runs at most every 10 s per run and its answer is kept for
+        as long as ``out`` does not move.
+        """
+        mc = self._mc()
+        cached = mc.get(f"cm:{run_id}:x")
+        if cached is not None:
+            h, _, n = cached.decode().partition(":")
+            if int(h) == hint:
+                return int(n)
+        if not mc.add(f"cm:{run_id}:xlock", "1", expire=10, noreply=False):
+            return None
+        if mc.get(f"cm:{run_id}:lost") is not None:
+            return None
+        tids: set[str] = set()
+        keys = [f"cm:{run_id}:l:{i}" for i in range(self.SHARDS)]
+        for i in range(0, len(keys), 256):
+            for v in mc.get_many(keys[i:i + 256]).values():
+                tids.update(v.decode().split())
+        todo = sorted(tids)
+        missing = 0
+        for i in range(0, len(todo), 500):
+            part = todo[i:i + 500]
+            missing += len(part) - len(mc.get_many([f"cm:{run_id}:d:{t}" for t in part]))
+        mc.set(f"cm:{run_id}:x", f"{hint}:{missing}", expire=60, noreply=False)
+        return missing
 
     def outstanding(self, run_id: str) -> int | None:
         try:

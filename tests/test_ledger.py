@@ -160,3 +160,57 @@ def test_memcache_keys_have_expiry_below_30_days(run_id):
 def test_memcache_unreachable_outstanding_is_none(run_id):
     led = MemcacheLedger(lambda: Client(("127.0.0.1", 1), connect_timeout=1, timeout=1))
     assert led.outstanding(run_id) is None
+
+
+def _tid(i: int) -> str:
+    return task_id("run", "dir", b"d%d" % i)
+
+
+def test_memcache_crash_between_done_calls_is_settled_by_the_exact_scan(run_id):
+    """A worker killed after the done marker and before the decrement: the count stays at 1 (a stall,
+    never an early "complete"), and the exact scan of the task list says 0."""
+    led = MemcacheLedger(mc_client)
+    led.open_run(run_id)
+    a, b = _tid(1), _tid(2)
+    led.enqueue(run_id, a)
+    led.enqueue(run_id, b)
+    led.done(run_id, a)
+    mc_client().add(f"cm:{run_id}:d:{b}", "1")  # done marker written, then SIGKILL: no decrement
+    assert led.outstanding(run_id) == 1
+    assert led.begin(run_id, b) is None  # the redelivery sees it done
+    assert led.exact_outstanding(run_id, 1) == 0
+    assert led.exact_outstanding(run_id, 1) == 0  # cached while the count does not move
+
+
+def test_memcache_exact_scan_counts_unfinished_tasks(run_id):
+    led = MemcacheLedger(mc_client)
+    led.open_run(run_id)
+    tids = [_tid(i) for i in range(2000)]
+    for t in tids:
+        led.enqueue(run_id, t)
+    for t in tids[:-3]:
+        led.done(run_id, t)
+    assert led.outstanding(run_id) == 3
+    assert led.exact_outstanding(run_id, 3) == 3
+
+
+def test_memcache_crash_inside_enqueue_only_overcounts(run_id):
+    """Killed after counting and before the marker: the redelivered parent enqueues again; the count is
+    too high by one (settled by the scan), never too low."""
+    led = MemcacheLedger(mc_client)
+    led.open_run(run_id)
+    t = _tid(7)
+    mc_client().incr(f"cm:{run_id}:out", 1)  # the first attempt counted it, then died
+    led.enqueue(run_id, t)  # the parent's redelivery
+    assert led.outstanding(run_id) == 2
+    led.done(run_id, t)
+    assert led.outstanding(run_id) == 1
+    assert led.exact_outstanding(run_id, 1) == 0
+
+
+def test_memcache_exact_scan_is_throttled(run_id):
+    led = MemcacheLedger(mc_client)
+    led.open_run(run_id)
+    led.enqueue(run_id, _tid(1))
+    assert led.exact_outstanding(run_id, 1) == 1
+    assert led.exact_outstanding(run_id, 2) is None  # a new count within 10 s: not scanned again yet
