@@ -196,16 +196,19 @@ class Chunker:
                 log.debug("part %s of %r is gone; chunk %d not needed", part, name, job.index)
                 return
             try:
-                offset, length = cs.extent(job.index)
-                st = os.fstat(fin)
-                got = fsio.copy_extent(fin, fout, offset, length, sparse=st.st_blocks * 512 < st.st_size)
-                # On stable storage before it counts as done: a crashed node's page cache is lost.
-                os.fdatasync(fout)
-                if got != length or not cs.matches(os.fstat(fin)):
-                    self._abandon(dst_dir_fd, part, "source changed during chunked copy")
-                self.tally[C.CHUNKS] += 1
-                self.tally[C.BYTES] += length
-                self.claims.claim(_done_key(part, job.index), "1")
+                # A redelivery of a chunk that was written and marked before its worker died does not
+                # write again: the file may be finished meanwhile, and a write would move its mtime.
+                if not self.claims.claimed([_done_key(part, job.index)]):
+                    offset, length = cs.extent(job.index)
+                    st = os.fstat(fin)
+                    got = fsio.copy_extent(fin, fout, offset, length, sparse=st.st_blocks * 512 < st.st_size)
+                    # On stable storage before it counts as done: a crashed node's page cache is lost.
+                    os.fdatasync(fout)
+                    if got != length or not cs.matches(os.fstat(fin)):
+                        self._abandon(dst_dir_fd, part, "source changed during chunked copy")
+                    self.tally[C.CHUNKS] += 1
+                    self.tally[C.BYTES] += length
+                    self.claims.claim(_done_key(part, job.index), "1")
                 keys = [_done_key(part, i) for i in range(cs.count)]
                 if self.claims.claimed(keys) < cs.count:
                     return
