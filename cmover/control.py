@@ -123,6 +123,7 @@ def status(settings: Settings, kind: str = "copy", run_id: str | None = None) ->
         state = "running"
     elif out == 0 or _settled(ctx.ledger, run_id, out):
         state = "complete"
+        out = 0  # the exact count (a stale counter was settled by the scan)
     else:
         state = "running"
     started = info.get("started", time.time()) if info and info["spec"]["run_id"] == run_id else time.time()
