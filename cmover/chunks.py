@@ -187,7 +187,8 @@ class Chunker:
         part = part_name(self.run_id, job.rel, cs)
         fin = fsio.open_noatime(name, _READ_FLAGS, dir_fd=src_dir_fd)
         try:
-            if not cs.matches(os.fstat(fin)):
+            st = os.fstat(fin)
+            if not cs.matches(st):
                 self._abandon(dst_dir_fd, part, "source changed after it was split")
             try:
                 fout = os.open(part, _PART_FLAGS, dir_fd=dst_dir_fd)
@@ -200,7 +201,6 @@ class Chunker:
                 # write again: the file may be finished meanwhile, and a write would move its mtime.
                 if not self.claims.claimed([_done_key(part, job.index)]):
                     offset, length = cs.extent(job.index)
-                    st = os.fstat(fin)
                     got = fsio.copy_extent(fin, fout, offset, length, sparse=st.st_blocks * 512 < st.st_size)
                     # On stable storage before it counts as done: a crashed node's page cache is lost.
                     os.fdatasync(fout)

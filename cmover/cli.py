@@ -303,13 +303,15 @@ def cmd_sync(args: argparse.Namespace) -> int:
             cmd.append("--json")  # read its totals; printed as a summary below
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         out = proc.stdout
-        if name == "copy" and not args.json:
+        data: dict[str, Any] = {}
+        if name == "copy":
             try:
                 data = json.loads(out)
-                print("\n".join(summary_lines("copy", data["state"], data["totals"], data["seconds"])))
-                _print_failures([Failure.from_dict(d) for d in data["failures"]], data["failure_count"])
-            except (ValueError, KeyError):
-                print(out, end="")
+            except ValueError:
+                pass
+        if name == "copy" and not args.json and data:
+            print("\n".join(summary_lines("copy", data["state"], data["totals"], data["seconds"])))
+            _print_failures([Failure.from_dict(d) for d in data["failures"]], data["failure_count"])
         else:
             print(out, end="")
         sys.stdout.flush()
@@ -319,10 +321,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             return proc.returncode
         if name == "copy":
             copies += 1
-            try:
-                totals = json.loads(out)["totals"]
-            except (ValueError, KeyError):
-                totals = {}
+            totals = data.get("totals", {})
             if copies == 1 and (totals.get(C.LINK_DEFERRED) or totals.get(C.CHANGED)):
                 steps.insert(0, ("copy", []))
     return EXIT_OK

@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from cmover import fsio, metadata, xattrs
 from cmover.chunks import Chunker, ChunkJob, ChunkSpec
@@ -34,7 +35,7 @@ from cmover.hardlinks import HardLinker
 from cmover.ledger import RunClaims
 from cmover.lustre.base import FsApi
 from cmover.passes import PassSpec
-from cmover.paths import components, display, join
+from cmover.paths import components, display, join, to_wire
 from cmover.record import Record
 from cmover.stats import C
 
@@ -52,6 +53,22 @@ class Job:
     mdt: int | None = None
     chunk: ChunkSpec | None = None
     root: bytes = b""  # kind "purge": the deleted tree ``rel`` belongs to
+
+    def ident(self) -> tuple[bytes, ...]:
+        """What the job's task id covers besides kind, path and index (see :func:`cmover.ledger.task_id`)."""
+        if self.chunk is not None:
+            return (self.chunk.key(),)
+        return (self.root,) if self.kind == "purge" else self.names
+
+    def wire_args(self) -> list[Any]:
+        """The task's message arguments after the pass spec (JSON)."""
+        if self.kind == "files":
+            return [to_wire(self.rel), [to_wire(n) for n in self.names]]
+        if self.chunk is not None:
+            return [to_wire(self.rel), self.index, self.chunk.as_wire()]
+        if self.kind == "purge":
+            return [to_wire(self.rel), to_wire(self.root)]
+        return [to_wire(self.rel), self.mdt]
 
 
 class CopyPass:
@@ -223,11 +240,7 @@ class CopyPass:
                     if excluded is not None and excluded(join(rel, os.fsencode(entry.name))):
                         self.tally[C.EXCLUDED] += 1
                         continue
-                    try:
-                        is_dir = entry.is_dir(follow_symlinks=False)
-                    except OSError:
-                        is_dir = False  # decided again from a fresh lstat when handled
-                    if is_dir:
+                    if fsio.entry_is_dir(entry):
                         subdirs.append(os.fsencode(entry.name))
                         continue
                     pending.append(entry)
@@ -333,10 +346,16 @@ class CopyPass:
         return fd
 
     def _fail(self, rel: bytes, op: str, exc: BaseException, side: str = "source") -> None:
-        self.tally[C.FAILED] += 1
-        failure = item_failure(rel, op, exc, side)
-        log.warning("%s", failure.line())
-        self.on_failure(failure)
+        report_failure(self.tally, self.on_failure, rel, op, exc, side)
+
+
+def report_failure(tally: Counter[str], on_failure: Callable[[Failure], None], rel: bytes, op: str,
+                   exc: BaseException, side: str = "source") -> None:
+    """Count, log and hand on one per-item failure (every pass engine reports this way)."""
+    tally[C.FAILED] += 1
+    failure = item_failure(rel, op, exc, side)
+    log.warning("%s", failure.line())
+    on_failure(failure)
 
 
 def _side_of(exc: OSError) -> str:

@@ -33,8 +33,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 from cmover import fsio
-from cmover.copypass import Job
-from cmover.errors import ConfinementError, Failure, ItemError, PreflightError, item_failure
+from cmover.copypass import Job, report_failure
+from cmover.errors import ConfinementError, Failure, ItemError, PreflightError
 from cmover.ledger import RunClaims
 from cmover.passes import PassSpec
 from cmover.paths import check_rel, components, display, join
@@ -161,11 +161,7 @@ class DeletePass:
                 with os.scandir(dst_fd) as it:
                     for entry in it:
                         name = os.fsencode(entry.name)
-                        try:
-                            is_dir = entry.is_dir(follow_symlinks=False)
-                        except OSError:
-                            is_dir = False
-                        if is_dir:
+                        if fsio.entry_is_dir(entry):
                             subdirs.append(name)
                             continue
                         pending.append(name)
@@ -198,7 +194,7 @@ class DeletePass:
             return
         if sst is not None:
             if is_dir and stat.S_ISDIR(sst.st_mode):
-                self._descend(path, src_fd, dst_fd, name)
+                self._descend(path)
             else:
                 self.tally[C.KEPT] += 1
             return
@@ -222,7 +218,7 @@ class DeletePass:
             self._count_deleted(False)
             self.deleted(Failure(path, "delete", 0, "file", "target"))
 
-    def _descend(self, path: bytes, src_fd: int, dst_fd: int, name: bytes) -> None:
+    def _descend(self, path: bytes) -> None:
         if self._budget > 0 and time.monotonic() < self._deadline:
             self._dir(path)
         else:
@@ -241,7 +237,7 @@ class DeletePass:
         try:
             try:
                 with os.scandir(fd) as it:
-                    entries = [(os.fsencode(e.name), _is_dir(e)) for e in it]
+                    entries = [(os.fsencode(e.name), fsio.entry_is_dir(e)) for e in it]
             except OSError as exc:
                 self._fail(rel, "list directory", exc, side="target")
                 return
@@ -404,10 +400,7 @@ class DeletePass:
             self.tally[C.DIRS_DELETED if not self.dry_run else C.DIRS_WOULD_DELETE] += 1
 
     def _fail(self, rel: bytes, op: str, exc: BaseException, side: str = "source") -> None:
-        self.tally[C.FAILED] += 1
-        failure = item_failure(rel, op, exc, side)
-        log.warning("%s", failure.line())
-        self.on_failure(failure)
+        report_failure(self.tally, self.on_failure, rel, op, exc, side)
 
 
 def _is_empty_dir(dir_fd: int, name: bytes) -> bool:
@@ -421,9 +414,3 @@ def _is_empty_dir(dir_fd: int, name: bytes) -> bool:
     finally:
         os.close(fd)
 
-
-def _is_dir(entry: os.DirEntry[str]) -> bool:
-    try:
-        return entry.is_dir(follow_symlinks=False)
-    except OSError:
-        return False

@@ -15,8 +15,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from cmover import fsio
-from cmover.copypass import Job
-from cmover.errors import Failure, ItemError, item_failure
+from cmover.copypass import Job, report_failure
+from cmover.errors import Failure, ItemError
 from cmover.passes import PassSpec
 from cmover.paths import join
 from cmover.stats import C
@@ -93,12 +93,7 @@ class DirtimePass:
         out: set[bytes] = set()
         try:
             with os.scandir(fd) as it:
-                for e in it:
-                    try:
-                        if e.is_dir(follow_symlinks=False):
-                            out.add(os.fsencode(e.name))
-                    except OSError:
-                        continue
+                out.update(os.fsencode(e.name) for e in it if fsio.entry_is_dir(e))
         except OSError as exc:
             self._fail(rel, "list directory", exc, side=side)
             return None
@@ -109,7 +104,4 @@ class DirtimePass:
         self._fail(rel, "dirtime", ItemError(f"directory missing on the {side}; {fix}", op="dirtime"), side=side)
 
     def _fail(self, rel: bytes, op: str, exc: BaseException, side: str = "source") -> None:
-        self.tally[C.FAILED] += 1
-        failure = item_failure(rel, op, exc, side)
-        log.warning("%s", failure.line())
-        self.on_failure(failure)
+        report_failure(self.tally, self.on_failure, rel, op, exc, side)

@@ -58,6 +58,15 @@ def open_dir(root: bytes, rel: bytes, *, source: bool) -> int:
     return fd
 
 
+def entry_is_dir(entry: os.DirEntry[str]) -> bool:
+    """Whether a listed entry is a directory (not following symlinks); False when that cannot be told,
+    in which case the caller decides again from a fresh ``lstat`` when it handles the entry."""
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
 def lstat_at(dir_fd: int, name: str | bytes) -> os.stat_result | None:
     """``lstat`` of ``name`` in ``dir_fd``, or None when it does not exist (ENOENT only)."""
     try:

@@ -8,8 +8,9 @@ Every published task has a deterministic id (:func:`task_id`). The ledger keeps,
 
 Protocol (the order matters):
 
-1. before publishing a task: ``enqueue`` -- if the enqueued marker is new, ``out += 1``. Counting
-   before publishing means a fast child can never finish (and decrement) before it was counted.
+1. before publishing a task: ``enqueue`` -- ``out += 1``, then the enqueued marker; if the marker
+   existed already (a redelivered parent publishes again), ``out -= 1``. Counting before publishing
+   means a fast child can never finish (and decrement) before it was counted.
 2. when a delivery starts: ``begin`` -- returns ``None`` when the task is already done (a duplicate
    delivery is a no-op and does not re-walk a subtree), else the delivery number (1, 2, ...).
 3. after the task's children are published and its work is done: ``done`` -- if the done marker is

@@ -66,6 +66,14 @@ def rel_from_wire(obj: object) -> bytes:
     return check_rel(from_wire(obj))
 
 
+def name_from_wire(obj: object) -> bytes:
+    """A single path component from a message (a batch entry): no slash, not empty, not '.' or '..'."""
+    name = rel_from_wire(obj)
+    if b"/" in name or not name:
+        raise ConfinementError(f"batch entry {name!r} is not a single file name")
+    return name
+
+
 def join(rel: bytes, name: bytes) -> bytes:
     """The relative path of entry ``name`` inside directory ``rel``."""
     return name if not rel else rel + b"/" + name

@@ -72,19 +72,9 @@ class Emitter:
 
     def __call__(self, job: Job) -> None:
         name = TASK_NAMES[(self.spec.kind.value, job.kind)]
-        ident = (job.chunk.key(),) if job.chunk is not None else (job.root,) if job.kind == "purge" else job.names
-        tid = task_id(self.spec.run_id, job.kind, job.rel, job.index, ident)
+        tid = task_id(self.spec.run_id, job.kind, job.rel, job.index, job.ident())
         _LedgerGuard.call(self.ctx.ledger.enqueue, self.spec.run_id, tid)
-        args: list[Any] = [self.spec_d, to_wire(job.rel)]
-        if job.kind == "files":
-            args.append([to_wire(n) for n in job.names])
-        elif job.kind == "chunk" and job.chunk is not None:
-            args += [job.index, job.chunk.as_wire()]
-        elif job.kind == "purge":
-            args.append(to_wire(job.root))
-        else:
-            args.append(job.mdt)
-        app.send_task(name, args=args, task_id=tid)
+        app.send_task(name, args=[self.spec_d, *job.wire_args()], task_id=tid)
 
 
 def seed(app: Any, spec: PassSpec, ctx: WorkerContext) -> str:

@@ -16,7 +16,7 @@ from cmover.chunks import ChunkSpec
 from cmover.copypass import CopyPass
 from cmover.errors import ConfinementError
 from cmover.ledger import RunClaims
-from cmover.paths import rel_from_wire
+from cmover.paths import name_from_wire, rel_from_wire
 from cmover.taskbase import PassTask, run_pass_task
 
 
@@ -35,7 +35,7 @@ def copy_files(self: PassTask, spec: Any, rel: Any, names: Any) -> None:
     def body(spec_, ctx, tally, fail, emit):
         if not isinstance(names, list):
             raise ConfinementError("batch names in message are not a list")
-        batch = [_name(n) for n in names]
+        batch = [name_from_wire(n) for n in names]
         CopyPass(spec_, ctx.fs, tally, fail, emit, _claims(ctx, spec_)).run_files(rel_from_wire(rel), batch)
 
     run_pass_task(self, spec, rel, body)
@@ -51,14 +51,6 @@ def copy_chunk(self: PassTask, spec: Any, rel: Any, index: Any, chunk: Any) -> N
             rel_from_wire(rel), index, cs, self.request.id)
 
     run_pass_task(self, spec, rel, body)
-
-
-def _name(wire: Any) -> bytes:
-    """A single path component from a message: no slash, not empty, not '.' or '..'."""
-    name = rel_from_wire(wire)
-    if b"/" in name or not name:
-        raise ConfinementError(f"batch entry {name!r} is not a single file name")
-    return name
 
 
 def _claims(ctx: Any, spec: Any) -> RunClaims:

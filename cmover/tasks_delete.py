@@ -16,9 +16,8 @@ from cmover.deletepass import DeletePass
 from cmover.errorlist import deleted_list
 from cmover.errors import ConfinementError, Failure
 from cmover.ledger import RunClaims
-from cmover.paths import rel_from_wire
+from cmover.paths import name_from_wire, rel_from_wire
 from cmover.taskbase import PassTask, run_pass_task
-from cmover.tasks_copy import _name
 
 
 def _run(spec: Any, ctx: Any, tally: Any, fail: Any, emit: Any, work: Callable[[DeletePass], None]) -> None:
@@ -44,7 +43,7 @@ def delete_files(self: PassTask, spec: Any, rel: Any, names: Any) -> None:
     def body(spec_, ctx, tally, fail, emit):
         if not isinstance(names, list):
             raise ConfinementError("batch names in message are not a list")
-        batch = [_name(n) for n in names]
+        batch = [name_from_wire(n) for n in names]
         _run(spec_, ctx, tally, fail, emit, lambda d: d.run_files(rel_from_wire(rel), batch))
 
     run_pass_task(self, spec, rel, body)
