@@ -25,9 +25,10 @@ REPORT_INTERVAL = 30
 # Send counters to memcached (read by `cmover status` and send_graphite.py).
 STATS_ENABLED = True
 
-# Distribute first-level target directories over the target's MDTs (Lustre DNE). The list of MDT
-# indices is MDT_LIST below.
-MDS_IS_STRIPED = False
+# Distribute first-level target directories over the target's MDTs (Lustre DNE), round-robin over
+# MDT_LIST below; deeper directories inherit their parent's MDT. False: every directory is created
+# where the filesystem puts it. Without Lustre (or liblustreapi) this has no effect.
+MDS_IS_STRIPED = True
 
 # The delete pass refuses to run (and every delete task deletes nothing) unless the source root is a
 # mount point: an unmounted source would otherwise look like "everything was deleted".
@@ -65,8 +66,26 @@ CHUNK_SIZE = 256 * 1024**2
 EXCLUDE_FILE = ""
 
 # MDT indices for first-level directories when MDS_IS_STRIPED is true, used round-robin.
-# [-1] leaves placement to the filesystem's own balancing.
-MDT_LIST = [0, 1]
+# [] = every MDT of the target; [-1] = the filesystem's own balancing (like `lfs mkdir -i -1`).
+# Placing a directory on a given MDT needs root (or mdt.*.enable_remote_dir_gid); when refused the
+# directory is created normally and the refusal is counted (mdt_mismatches) and logged once.
+MDT_LIST = []
+
+# Lustre layout of new target files and directory defaults:
+#   "keep"           same stripe count, size and pool as the source, PFL component by component
+#                    (never OST indices); counts above the target's OST count are capped;
+#   "classic"        stripe count kept when below 16, else all OSTs (size and pool: target default);
+#   "target-default" nothing requested: the target directory's default layout decides.
+# A layout the target refuses or ignores is counted (layout_mismatches) and logged once, never fatal.
+LUSTRE_LAYOUT = "keep"
+
+# Also compare layouts of files that are otherwise identical, and rewrite those whose layout differs
+# from what LUSTRE_LAYOUT gives (costs two layout reads per file; `cmover copy --restripe`).
+LUSTRE_RESTRIPE = False
+
+# liblustreapi to load. "" = the system's (liblustreapi.so.1 / liblustreapi.so). The environment
+# variable CMOVER_LUSTREAPI overrides this.
+LUSTREAPI = ""
 
 # memcached holding the counters and the completion ledger of distributed passes. Run it with -M
 # (return errors instead of evicting): a lost ledger makes `cmover status` answer "unknown".

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,10 +144,14 @@ class WorkerContext:
     ledger: Ledger
     stats: StatsSink
     errors: Any  # ErrorSink (cmover.errorlist)
-    fs: FsApi
+    lustreapi: str = ""  # config LUSTREAPI: the liblustreapi to load ("" = the system's)
     src_mount: bytes | None = None  # confinement roots; None in the embedded mode (spec built in-process)
     dst_mount: bytes | None = None
     pid: int = field(default_factory=os.getpid)
+
+    def fs_for(self, spec: PassSpec, tally: Counter[str]) -> FsApi:
+        """How one task of pass ``spec`` creates target entries (Lustre layouts or plain POSIX)."""
+        return get_fs(spec.src_root, spec.dst_root, spec.layout, spec.restripe, tally, self.lustreapi)
 
     def check_spec(self, spec: PassSpec) -> None:
         """Refuse a message whose pass roots lie outside this worker's configured mounts."""
@@ -205,7 +210,7 @@ def get_context() -> WorkerContext:
                 ledger=MemcacheLedger(lambda: memcache_client(s)),
                 stats=MemcacheStats(lambda: memcache_client(s)),
                 errors=BrokerErrors(app),
-                fs=get_fs(),
+                lustreapi=s.lustreapi,
                 src_mount=os.fsencode(s.source_mount),
                 dst_mount=os.fsencode(s.target_mount),
             )
@@ -218,7 +223,8 @@ def embedded_context() -> WorkerContext:
     """Context of an embedded run's processes: ledger, counters and errors in the run's hub."""
     from cmover.localbroker import HubErrors, HubLedger, HubStats
 
-    return WorkerContext(ledger=HubLedger(), stats=HubStats(), errors=HubErrors(), fs=get_fs())
+    return WorkerContext(ledger=HubLedger(), stats=HubStats(), errors=HubErrors(),
+                         lustreapi=_settings.lustreapi if _settings is not None else "")
 
 
 __all__ = ["app", "TASK_NAMES", "PassKind", "Failure", "get_context", "install_context", "use_embedded"]

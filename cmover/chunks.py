@@ -158,7 +158,7 @@ class Chunker:
             probe = ChunkSpec(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, self.chunk_size)
             part = part_name(self.run_id, rel, probe)
             try:
-                fout = self.fs.create_file(dst_dir_fd, part, src_dir_fd, name)
+                fout = self.fs.create_file(dst_dir_fd, part, fin)
             except FileExistsError:
                 # A redelivery of the task that split it: same part, same chunks (done ones are no-ops).
                 fout = os.open(part, _PART_FLAGS, dir_fd=dst_dir_fd)

@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Any, NoReturn
 
+from cmover import lustre
 from cmover.errorlist import deleted_list
 from cmover.errors import (
     EXIT_FATAL,
@@ -28,6 +29,7 @@ from cmover.errors import (
     ConfigError,
     Failure,
 )
+from cmover.lustre.layout import POLICIES
 from cmover.passes import PassKind
 from cmover.paths import display
 from cmover.planner import PassOptions, create_target_root, plan, preflight
@@ -89,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("-q", "--quiet", action="store_true", help="no live progress")
         c.add_argument("--json", action="store_true", help="print the summary as JSON")
         _filters(c)
+        if name in ("copy", "sync"):
+            _lustre_options(c)
         if name in ("delete", "sync"):
             _delete_options(c)
 
@@ -99,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="block until the pass is complete and print its summary")
     s.add_argument("--json", action="store_true")
     _filters(s)
+    _lustre_options(s)
     _delete_options(s)
 
     st = sub.add_parser("status", help="is the pass running or complete, with counts")
@@ -114,7 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--run", help="a run id (default: the current delete run)")
 
     sub.add_parser("stop", help="shut the workers down gracefully (running tasks finish)")
+
+    li = sub.add_parser("lustre-info", help="what cmover sees of PATH: Lustre or not, fsname, OSTs/MDTs, layout")
+    li.add_argument("path", metavar="PATH")
+    li.add_argument("--json", action="store_true")
     return p
+
+
+def _lustre_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layout", choices=POLICIES, help="Lustre layout of new files and directory defaults: keep "
+                   "(count, size, pool, PFL), classic (count < 16 kept, else all OSTs) or target-default "
+                   "(default LUSTRE_LAYOUT)")
+    p.add_argument("--restripe", action="store_true", default=None,
+                   help="also rewrite identical files whose layout differs from what --layout gives "
+                        "(default LUSTRE_RESTRIPE)")
 
 
 def _load(args: argparse.Namespace, *, optional: bool = False) -> Settings:
@@ -141,7 +159,8 @@ def _options(args: argparse.Namespace) -> PassOptions:
     return PassOptions(oldest_date=args.oldest_date, newest_date=args.newest_date,
                        exclude_file=args.exclude_file, batch=args.batch,
                        chunk_threshold=args.chunk_threshold, chunk_size=args.chunk_size,
-                       dry_run=getattr(args, "dry_run", False), max_delete=getattr(args, "max_delete", 0))
+                       dry_run=getattr(args, "dry_run", False), max_delete=getattr(args, "max_delete", 0),
+                       layout=getattr(args, "layout", None), restripe=getattr(args, "restripe", None))
 
 
 def _fmt_bytes(n: float) -> str:
@@ -188,9 +207,27 @@ def summary_lines(kind: str, state: str, totals: dict[str, int], seconds: float)
     ]
     if t.get(C.CHUNKED, 0):
         lines.insert(3, f"  huge      {t[C.CHUNKED]:,} files copied in {t.get(C.CHUNKS, 0):,} chunks")
+    lustre_line = _lustre_summary(t)
+    if lustre_line:
+        lines.append(lustre_line)
     if t.get(C.LINK_DEFERRED, 0):
         lines.append(f"  note      {t[C.LINK_DEFERRED]:,} hard links to chunked files are made by the next copy pass")
     return lines
+
+
+def _lustre_summary(t: dict[str, int]) -> str:
+    """The Lustre line of a copy summary; empty when nothing was done with layouts or MDTs."""
+    keys = (C.LAYOUTS_SET, C.LAYOUT_MISMATCH, C.DIRS_PLACED, C.MDT_MISMATCH, C.RESTRIPED)
+    if not any(t.get(k) for k in keys):
+        return ""
+    line = f"  lustre    {t.get(C.LAYOUTS_SET, 0):,} layouts set, {t.get(C.DIRS_PLACED, 0):,} directories placed " \
+        "on MDTs"
+    if t.get(C.RESTRIPED):
+        line += f", {t[C.RESTRIPED]:,} files restriped"
+    if t.get(C.LAYOUT_MISMATCH) or t.get(C.MDT_MISMATCH):
+        line += (f"; not as asked: {t.get(C.LAYOUT_MISMATCH, 0):,} layouts, {t.get(C.MDT_MISMATCH, 0):,} placements "
+                 "(target defaults kept; the log names the first case)")
+    return line
 
 
 def _print_failures(failures: list[Any], count: int) -> None:
@@ -252,6 +289,7 @@ def cmd_pass(args: argparse.Namespace) -> int:
     preflight(spec, create_target=True)
     if kind is PassKind.COPY:
         create_target_root(spec)
+        _say_layouts(spec, settings)
     jobs = args.jobs or settings.local_jobs or 2 * (os.cpu_count() or 1)
     from cmover.local import run_embedded
 
@@ -292,7 +330,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
             opts += ["--" + name.replace("_", "-"), str(v)]
     del_opts = (["--dry-run"] if args.dry_run else []) + (["--max-delete", str(args.max_delete)]
                                                            if args.max_delete else [])
-    steps = [("copy", []), ("delete", del_opts), ("dirtime", [])]
+    copy_opts = (["--layout", args.layout] if args.layout else []) + (["--restripe"] if args.restripe else [])
+    steps = [("copy", copy_opts), ("delete", del_opts), ("dirtime", [])]
     if args.dry_run:
         steps = [("delete", del_opts)]  # a dry run only shows what the delete pass would remove
     copies = 0
@@ -323,7 +362,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             copies += 1
             totals = data.get("totals", {})
             if copies == 1 and (totals.get(C.LINK_DEFERRED) or totals.get(C.CHANGED)):
-                steps.insert(0, ("copy", []))
+                steps.insert(0, ("copy", copy_opts))
     return EXIT_OK
 
 
@@ -365,7 +404,17 @@ def _pass_distributed(kind: PassKind, args: argparse.Namespace, settings: Settin
     preflight(spec)
     _warn_if_busy(settings, kind)
     control.start(settings, spec)
+    if kind is PassKind.COPY:
+        _say_layouts(spec, settings)
     return _wait_and_report(settings, spec.kind.value, spec.run_id, args.json)
+
+
+def _say_layouts(spec: Any, settings: Settings) -> None:
+    """Once, at the start of a copy pass: how Lustre layouts and MDT placement are handled (or why not)."""
+    line = lustre.describe(spec.src_root, spec.dst_root, spec.layout, settings.lustreapi)
+    if spec.mdt_list:
+        line += "; first-level directories on MDTs " + ",".join(str(m) for m in spec.mdt_list)
+    print(f"cmover: {line}", file=sys.stderr)
 
 
 def _warn_if_busy(settings: Settings, kind: PassKind) -> None:
@@ -419,6 +468,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     preflight(spec)
     _warn_if_busy(settings, spec.kind)
     control.start(settings, spec)
+    if spec.kind is PassKind.COPY:
+        _say_layouts(spec, settings)
     if not args.wait:
         print(f"started {spec.kind.value} pass {spec.run_id} at {os.fsdecode(spec.src_root)}/"
               f"{os.fsdecode(spec.start)} -> {os.fsdecode(spec.dst_root)}")
@@ -491,12 +542,47 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_lustre_info(args: argparse.Namespace) -> int:
+    """``cmover lustre-info PATH``: the administrator's first diagnostic of the Lustre layer."""
+    settings = _load(args, optional=True)
+    path = os.fsencode(os.path.abspath(args.path))
+    if not os.path.lexists(path):
+        raise ConfigError(f"{args.path} does not exist; give a file or directory to inspect")
+    try:
+        info, layout, mdt = lustre.path_layout(path, settings.lustreapi)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the layout of {args.path}: {exc.strerror}; check permissions") from None
+    if args.json:
+        print(json.dumps({
+            "path": os.fsdecode(path), "lustre": info.lustre, "handled": info.handled, "fsname": info.fsname,
+            "mount": os.fsdecode(info.mount) if info.mount else None, "ost_count": info.ost_count,
+            "mdt_count": info.mdt_count, "mdt_index": mdt, "note": info.note,
+            "layout": None if layout is None else {
+                "composite": layout.composite, "mirror_count": layout.mirror_count,
+                "components": [{"start": c.start, "end": c.end, "stripe_count": c.stripe_count,
+                                "stripe_size": c.stripe_size, "pattern": c.pattern, "pool": c.pool,
+                                "flags": c.flags, "osts": list(c.ost_indices)} for c in layout.components]},
+        }, indent=2))
+        return EXIT_OK
+    rows = [("path", os.fsdecode(path)),
+            ("lustre", "yes" if info.lustre else "no"),
+            ("handled", ("yes: " if info.handled else "no: ") + info.note)]
+    if info.handled:
+        rows += [("fsname", str(info.fsname)), ("mount", os.fsdecode(info.mount or b"")),
+                 ("OSTs", str(info.ost_count)), ("MDTs", str(info.mdt_count)), ("MDT index", str(mdt)),
+                 ("layout", layout.describe() if layout is not None else "-")]
+    for k, v in rows:
+        print(f"{k:<10} {v}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler = {"copy": cmd_pass, "delete": cmd_pass, "dirtime": cmd_pass, "sync": cmd_sync, "start": cmd_start,
-               "status": cmd_status, "errors": cmd_errors, "deleted": cmd_deleted, "stop": cmd_stop}[args.command]
+               "status": cmd_status, "errors": cmd_errors, "deleted": cmd_deleted, "stop": cmd_stop,
+               "lustre-info": cmd_lustre_info}[args.command]
     t0 = time.monotonic()
     try:
         return handler(args)

@@ -83,7 +83,8 @@ class Copier:
     def _copy_entry(self, src_dir_fd: int, dst_dir_fd: int, name: str, st: os.stat_result,
                     rel: bytes | None) -> None:
         dst_st = fsio.lstat_at(dst_dir_fd, name)
-        if dst_st is not None and not self.filt.has_age_window and unchanged(st, dst_st):
+        restripe = self.fs.compares_layouts and self._layout_differs(src_dir_fd, dst_dir_fd, name, st, dst_st)
+        if dst_st is not None and not restripe and not self.filt.has_age_window and unchanged(st, dst_st):
             # The common case of a re-run: no record, no decision object; only the xattrs to compare.
             if self._same_xattrs(src_dir_fd, dst_dir_fd, name):
                 self.tally[C.SKIPPED] += 1
@@ -100,6 +101,9 @@ class Copier:
             return
         decision = decide_copy(src, Record.from_stat(dst_st) if dst_st is not None else None)
         action = decision.action
+        if restripe and action in (Action.SKIP, Action.UPDATE_META):
+            action = Action.REPLACE  # rebuilt under a temporary name, with the layout it should have
+            self.tally[C.RESTRIPED] += 1
         if rel is not None and self._chunked(src) and action in (Action.CREATE, Action.REPLACE, Action.CLEAR_DIR):
             if action is Action.CLEAR_DIR:
                 shutil.rmtree(name, dir_fd=dst_dir_fd)
@@ -176,7 +180,7 @@ class Copier:
             if not stat.S_ISREG(before.st_mode) or before.st_ino != src.ino or before.st_dev != src.dev:
                 raise SourceChangedError("source replaced between listing and copy", op="open")
             src_x = xattrs.read_all(fin)
-            fout = self.fs.create_file(dst_dir_fd, into, src_dir_fd, name)
+            fout = self.fs.create_file(dst_dir_fd, into, fin)
             try:
                 # Fewer allocated blocks than the size means holes: copy only the data ranges.
                 copied = fsio.copy_data(fin, fout, src.size, sparse=src.blocks * 512 < src.size)
@@ -192,6 +196,30 @@ class Copier:
             os.close(fin)
         self.tally[C.COPIED] += 1
         self.tally[C.BYTES] += copied
+
+    def _layout_differs(self, src_dir_fd: int, dst_dir_fd: int, name: str, st: os.stat_result,
+                        dst_st: os.stat_result | None) -> bool:
+        """Whether an existing single-link target file must be rewritten for its layout (``--restripe``).
+
+        Files with several names are left alone: rewriting one name would split the group.
+        """
+        if dst_st is None or not stat.S_ISREG(st.st_mode) or not stat.S_ISREG(dst_st.st_mode) \
+                or st.st_nlink > 1 or dst_st.st_nlink > 1:
+            return False
+        try:
+            fin = fsio.open_noatime(name, _READ_FLAGS, dir_fd=src_dir_fd)
+        except OSError:
+            return False  # the copy decision reports what is wrong with the source
+        try:
+            fout = os.open(name, _READ_FLAGS, dir_fd=dst_dir_fd)
+        except OSError:
+            os.close(fin)
+            return False
+        try:
+            return self.fs.layout_differs(fin, fout)
+        finally:
+            os.close(fout)
+            os.close(fin)
 
     def _chunked(self, src: Record) -> bool:
         """Whether the copy of ``src`` goes to the chunker. Allocated bytes decide, not the size: a

@@ -191,7 +191,8 @@ class CopyPass:
         """Handle directory ``rel`` whose source is open as ``src_fd``; ``dst_parent`` is its target parent."""
         try:
             src_rec = Record.from_stat(os.fstat(src_fd))
-            dst_fd = self._ensure_target_dir(rel, dst_parent, src_rec, mdt, src_xattrs=xattrs.read_all(src_fd))
+            dst_fd = self._ensure_target_dir(rel, dst_parent, src_rec, mdt, src_xattrs=xattrs.read_all(src_fd),
+                                             src_fd=src_fd)
         except OSError as exc:
             self._fail(rel, "create target directory", exc, side="target")
             return
@@ -200,7 +201,7 @@ class CopyPass:
             subdirs = self._list(rel, src_fd, dst_fd)
             if subdirs is None:
                 return
-            first_level = not rel and self.spec.mds_striped
+            first_level = not rel and self.spec.mds_striped and bool(self.spec.mdt_list)
             for i, bname in enumerate(subdirs):
                 child = join(rel, bname)
                 child_mdt = self.spec.mdt_list[i % len(self.spec.mdt_list)] if first_level else None
@@ -315,12 +316,14 @@ class CopyPass:
         return fd
 
     def _ensure_target_dir(self, rel: bytes, dst_parent: int | None, src: Record, mdt: int | None,
-                           name: str | None = None, src_xattrs: dict[str, bytes] | None = None) -> int:
+                           name: str | None = None, src_xattrs: dict[str, bytes] | None = None,
+                           src_fd: int | None = None) -> int:
         """Return an open descriptor of the target directory for ``rel``, creating or repairing it.
 
         A non-directory in its place is removed first: the source holds a directory under that name
         right now, which is the positive proof that the target entry is stale. Owner and mode are
-        set from the source; directory times are left to the dirtime pass.
+        set from the source, and with ``src_fd`` its default layout (on Lustre); directory times are
+        left to the dirtime pass.
         """
         if dst_parent is None:
             fd = fsio.open_root(self.spec.dst_root, source=False)
@@ -339,6 +342,8 @@ class CopyPass:
                     pass  # a concurrent delivery created it; opening below checks it is a directory
             fd = fsio.open_subdir(dst_parent, name, source=False)
         try:
+            if src_fd is not None:
+                self.fs.sync_dir_layout(src_fd, fd)
             metadata.apply_fd(fd, src, xattrs=src_xattrs, times=False)
         except BaseException:
             os.close(fd)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cmover.errors import ConfigError, ConfinementError
+from cmover.lustre.layout import check_policy
 from cmover.paths import check_rel, from_wire, to_wire
 
 
@@ -49,7 +50,9 @@ class PassSpec:
     chunk_threshold: int = 0
     chunk_size: int = 256 << 20
     mds_striped: bool = False
-    mdt_list: tuple[int, ...] = (0, 1)
+    mdt_list: tuple[int, ...] = ()  # first-level directories round-robin over these (-1: MDS balancing)
+    layout: str = "keep"  # Lustre layout policy, see cmover.lustre.layout
+    restripe: bool = False  # rewrite otherwise identical files whose layout differs
     max_deliveries: int = 5
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -71,6 +74,8 @@ class PassSpec:
             "chunk_size": self.chunk_size,
             "mds_striped": self.mds_striped,
             "mdt_list": list(self.mdt_list),
+            "layout": self.layout,
+            "restripe": self.restripe,
             "max_deliveries": self.max_deliveries,
             "options": dict(self.options),
         }
@@ -97,7 +102,9 @@ class PassSpec:
                 chunk_threshold=_int(d.get("chunk_threshold", 0)),
                 chunk_size=_int(d.get("chunk_size", 256 << 20), lo=1 << 20),
                 mds_striped=bool(d.get("mds_striped", False)),
-                mdt_list=tuple(_int(m, lo=-1) for m in _list(d.get("mdt_list", [0, 1]))) or (-1,),
+                mdt_list=tuple(_int(m, lo=-1) for m in _list(d.get("mdt_list", []))),
+                layout=check_policy(d.get("layout", "keep")),
+                restripe=_bool(d.get("restripe", False)),
                 max_deliveries=_int(d.get("max_deliveries", 5), lo=1),
                 options=dict(d.get("options") or {}),
             )
@@ -118,6 +125,12 @@ def _str(v: Any) -> str:
 def _int(v: Any, lo: int = 0) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ValueError(f"expected an integer >= {lo}, got {v!r}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
     return v
 
 

@@ -11,7 +11,9 @@ import stat
 import time
 from dataclasses import dataclass
 
+from cmover import lustre
 from cmover.errors import ConfigError, ConfinementError, PreflightError
+from cmover.lustre.layout import POLICIES
 from cmover.passes import PassKind, PassSpec, age_cutoffs, new_run_id, read_excludes
 from cmover.paths import check_rel, is_within
 from cmover.settings import Settings, check_chunking
@@ -29,6 +31,8 @@ class PassOptions:
     chunk_size: int | None = None
     dry_run: bool = False  # delete pass: list and count, delete nothing
     max_delete: int = 0  # delete pass: stop deleting after this many entries (0: no limit)
+    layout: str | None = None  # Lustre layout policy (config LUSTRE_LAYOUT)
+    restripe: bool | None = None  # rewrite identical files whose layout differs (config LUSTRE_RESTRIPE)
 
 
 def _abs(path: str, what: str) -> bytes:
@@ -66,6 +70,9 @@ def plan(kind: PassKind, settings: Settings, src: str, dst: str, start: str = ""
     excludes = read_excludes(settings.exclude_file if o.exclude_file is None else o.exclude_file, src_root)
     if o.max_delete < 0:
         raise ConfigError(f"--max-delete {o.max_delete} must be >= 0 (0: no limit)")
+    layout = settings.lustre_layout if o.layout is None else o.layout
+    if layout not in POLICIES:
+        raise ConfigError(f"--layout {layout!r} is not a layout policy; choose one of {', '.join(POLICIES)}")
     extra: dict[str, object] = {}
     if kind is PassKind.DELETE:
         extra = {"dry_run": o.dry_run, "max_delete": o.max_delete,
@@ -82,8 +89,21 @@ def plan(kind: PassKind, settings: Settings, src: str, dst: str, start: str = ""
         oldest_atime_ns=oldest, newest_mtime_ns=newest, excludes=excludes, batch=batch,
         inline_entries=settings.inline_entries, inline_seconds=settings.inline_seconds,
         batch_seconds=float(settings.batch_seconds), chunk_threshold=threshold, chunk_size=chunk,
-        mds_striped=settings.mds_is_striped, mdt_list=settings.mdt_list, max_deliveries=settings.max_deliveries,
+        mds_striped=settings.mds_is_striped and kind is PassKind.COPY, max_deliveries=settings.max_deliveries,
+        mdt_list=placement(settings, dst_root) if settings.mds_is_striped and kind is PassKind.COPY else (),
+        layout=layout, restripe=settings.lustre_restripe if o.restripe is None else o.restripe,
     )
+
+
+def placement(settings: Settings, dst_root: bytes) -> tuple[int, ...]:
+    """MDTs for first-level target directories: MDT_LIST, or every MDT of the target when it is empty.
+
+    Empty (no placement) when the target is not Lustre or has a single MDT and nothing was listed.
+    """
+    if settings.mdt_list:
+        return settings.mdt_list
+    n = lustre.mdt_count(dst_root, settings.lustreapi)
+    return tuple(range(n)) if n > 1 else ()
 
 
 def preflight(spec: PassSpec, *, create_target: bool = False) -> None:

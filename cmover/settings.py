@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cmover.errors import ConfigError
+from cmover.lustre.layout import POLICIES
 
 # name in config.py -> (Settings field, type, default)
 _SCHEMA: dict[str, tuple[str, type | tuple[type, ...], Any]] = {
@@ -29,7 +30,7 @@ _SCHEMA: dict[str, tuple[str, type | tuple[type, ...], Any]] = {
     "NEWEST_DATE": ("newest_date", (int, float), 0),
     "REPORT_INTERVAL": ("report_interval", (int, float), 30),
     "STATS_ENABLED": ("stats_enabled", bool, True),
-    "MDS_IS_STRIPED": ("mds_is_striped", bool, False),
+    "MDS_IS_STRIPED": ("mds_is_striped", bool, True),
     "SOURCE_IS_MOUNT": ("source_is_mount", bool, False),
     "source_mount": ("source_mount", str, ""),
     "target_mount": ("target_mount", str, ""),
@@ -40,7 +41,10 @@ _SCHEMA: dict[str, tuple[str, type | tuple[type, ...], Any]] = {
     "CHUNK_THRESHOLD": ("chunk_threshold", int, 1 << 30),
     "CHUNK_SIZE": ("chunk_size", int, 256 << 20),
     "EXCLUDE_FILE": ("exclude_file", str, ""),
-    "MDT_LIST": ("mdt_list", list, [0, 1]),
+    "MDT_LIST": ("mdt_list", list, []),
+    "LUSTRE_LAYOUT": ("lustre_layout", str, "keep"),
+    "LUSTRE_RESTRIPE": ("lustre_restripe", bool, False),
+    "LUSTREAPI": ("lustreapi", str, ""),
     "MEMCACHED": ("memcached", str, "127.0.0.1:11211"),
     "MAX_DELIVERIES": ("max_deliveries", int, 5),
     "LOCAL_JOBS": ("local_jobs", int, 0),
@@ -59,7 +63,7 @@ class Settings:
     newest_date: float = 0
     report_interval: float = 30
     stats_enabled: bool = True
-    mds_is_striped: bool = False
+    mds_is_striped: bool = True
     source_is_mount: bool = False
     source_mount: str = ""
     target_mount: str = ""
@@ -70,7 +74,10 @@ class Settings:
     chunk_threshold: int = 1 << 30
     chunk_size: int = 256 << 20
     exclude_file: str = ""
-    mdt_list: tuple[int, ...] = (0, 1)
+    mdt_list: tuple[int, ...] = ()  # empty: every MDT of the target
+    lustre_layout: str = "keep"
+    lustre_restripe: bool = False
+    lustreapi: str = ""
     memcached: str = "127.0.0.1:11211"
     max_deliveries: int = 5
     local_jobs: int = 0
@@ -177,9 +184,14 @@ def from_mapping(values: dict[str, Any], *, config_path: str = "", rabbitmq_dir:
     if kw["report_interval"] <= 0:
         raise ConfigError("REPORT_INTERVAL must be > 0 seconds; fix config.py")
     mdts = kw["mdt_list"]
-    if not mdts or not all(isinstance(m, int) and not isinstance(m, bool) and m >= -1 for m in mdts):
-        raise ConfigError(f"MDT_LIST = {mdts!r} must be a non-empty list of MDT indices (or [-1]); fix config.py")
+    if not all(isinstance(m, int) and not isinstance(m, bool) and m >= -1 for m in mdts) \
+            or (-1 in mdts and len(mdts) > 1):
+        raise ConfigError(f"MDT_LIST = {mdts!r} must be a list of MDT indices, [] for all MDTs or [-1] for the "
+                          "filesystem's balancing; fix config.py")
     kw["mdt_list"] = tuple(mdts)
+    if kw["lustre_layout"] not in POLICIES:
+        raise ConfigError(f"LUSTRE_LAYOUT = {kw['lustre_layout']!r} must be one of {', '.join(POLICIES)}; "
+                          "fix config.py")
     for name in ("source_mount", "target_mount"):
         v = kw[name]
         if v and not os.path.isabs(v):

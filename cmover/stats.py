@@ -40,6 +40,12 @@ class C:
     BYTES = "bytes_copied"
     CHUNKED = "files_chunked"  # huge files split into chunk tasks (each also counts as copied when finished)
     CHUNKS = "chunks_copied"
+    # Lustre (names also in cmover.lustre.fs, which does not import the engine)
+    LAYOUTS_SET = "layouts_set"  # files and directory defaults given their source's layout
+    LAYOUT_MISMATCH = "layout_mismatches"  # layout asked but not obtained (target default kept)
+    DIRS_PLACED = "dirs_placed"  # directories created on a chosen MDT
+    MDT_MISMATCH = "mdt_mismatches"  # placement refused or not obtained
+    RESTRIPED = "files_restriped"  # identical files rewritten for their layout (--restripe)
     # delete pass
     DELETED = "entries_deleted"  # files, symlinks, specials and directories removed
     DIRS_DELETED = "dirs_deleted"

@@ -25,7 +25,7 @@ def copy_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None) -> None:
     def body(spec_, ctx, tally, fail, emit):
         if mdt is not None and (isinstance(mdt, bool) or not isinstance(mdt, int)):
             raise ConfinementError(f"MDT index in message is not an integer: {mdt!r}")
-        CopyPass(spec_, ctx.fs, tally, fail, emit, _claims(ctx, spec_)).run_dir(rel_from_wire(rel), mdt)
+        _engine(spec_, ctx, tally, fail, emit).run_dir(rel_from_wire(rel), mdt)
 
     run_pass_task(self, spec, rel, body)
 
@@ -36,7 +36,7 @@ def copy_files(self: PassTask, spec: Any, rel: Any, names: Any) -> None:
         if not isinstance(names, list):
             raise ConfinementError("batch names in message are not a list")
         batch = [name_from_wire(n) for n in names]
-        CopyPass(spec_, ctx.fs, tally, fail, emit, _claims(ctx, spec_)).run_files(rel_from_wire(rel), batch)
+        _engine(spec_, ctx, tally, fail, emit).run_files(rel_from_wire(rel), batch)
 
     run_pass_task(self, spec, rel, body)
 
@@ -47,12 +47,13 @@ def copy_chunk(self: PassTask, spec: Any, rel: Any, index: Any, chunk: Any) -> N
         if isinstance(index, bool) or not isinstance(index, int):
             raise ConfinementError(f"chunk index in message is not an integer: {index!r}")
         cs = ChunkSpec.from_wire(chunk)
-        CopyPass(spec_, ctx.fs, tally, fail, emit, _claims(ctx, spec_)).run_chunk(
+        _engine(spec_, ctx, tally, fail, emit).run_chunk(
             rel_from_wire(rel), index, cs, self.request.id)
 
     run_pass_task(self, spec, rel, body)
 
 
-def _claims(ctx: Any, spec: Any) -> RunClaims:
-    """The run's first-writer-wins claims (hard-link leaders, chunks done), bound to its run id."""
-    return RunClaims(ctx.ledger, spec.run_id)
+def _engine(spec: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> CopyPass:
+    """The copy engine for one task: the pass's filesystem API (Lustre layouts or POSIX) and the run's
+    first-writer-wins claims (hard-link leaders, chunks done)."""
+    return CopyPass(spec, ctx.fs_for(spec, tally), tally, fail, emit, RunClaims(ctx.ledger, spec.run_id))

@@ -357,14 +357,14 @@ def test_posixfs_contract(env, tmp_path):
     fs = PosixFs()
     dfd = os.open(env.dst, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fd = fs.create_file(dfd, "new", dfd, "unused")
+        fd = fs.create_file(dfd, "new", dfd)
         os.close(fd)
         assert stat.S_IMODE(os.lstat(env.d("new")).st_mode) & 0o077 == 0
         with pytest.raises(FileExistsError):
-            fs.create_file(dfd, "new", dfd, "unused")
+            fs.create_file(dfd, "new", dfd)
         os.symlink(os.fsencode(tmp_path / "outside"), env.d("link"))
         with pytest.raises(FileExistsError):
-            fs.create_file(dfd, "link", dfd, "unused")
+            fs.create_file(dfd, "link", dfd)
         assert not (tmp_path / "outside").exists()
         fs.mkdir(dfd, "d", None)
         assert stat.S_IMODE(os.lstat(env.d("d")).st_mode) & 0o077 == 0

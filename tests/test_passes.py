@@ -75,8 +75,21 @@ def test_from_dict_rejects_malformed(d):
         PassSpec.from_dict(d)
 
 
-def test_from_dict_empty_mdt_list_means_filesystem_choice():
-    assert PassSpec.from_dict(_with(mdt_list=[])).mdt_list == (-1,)
+def test_from_dict_empty_mdt_list_means_no_placement():
+    assert PassSpec.from_dict(_with(mdt_list=[])).mdt_list == ()
+
+
+@pytest.mark.parametrize("field,value", [("layout", "stripe-all"), ("layout", 3), ("restripe", "yes"),
+                                         ("restripe", 1)])
+def test_from_dict_rejects_bad_layout_fields(field, value):
+    with pytest.raises(ConfinementError):
+        PassSpec.from_dict(_with(**{field: value}))
+
+
+def test_layout_fields_round_trip():
+    spec = PassSpec.from_dict(_with(layout="classic", restripe=True))
+    assert (spec.layout, spec.restripe) == ("classic", True)
+    assert PassSpec.from_dict(spec.as_dict()) == spec
 
 
 def test_new_run_id_unique_and_prefixed():

@@ -35,8 +35,9 @@ def test_defaults_from_empty_config(tmp_path):
     assert s.username == "cmover"
     assert (s.oldest_date, s.newest_date) == (0, 0)
     assert s.batch == 1000 and s.inline_entries == 2000 and s.inline_seconds == 0.5
-    assert s.mdt_list == (0, 1) and s.max_deliveries == 5 and s.local_jobs == 0
-    assert s.stats_enabled is True and s.mds_is_striped is False
+    assert s.mdt_list == () and s.max_deliveries == 5 and s.local_jobs == 0
+    assert s.stats_enabled is True and s.mds_is_striped is True
+    assert (s.lustre_layout, s.lustre_restripe, s.lustreapi) == ("keep", False, "")
     assert s.source_mount == "" and s.target_mount == "" and s.exclude_file == ""
     assert s.memcached == "127.0.0.1:11211"
     assert s.config_path == str(cfg.resolve())
@@ -47,11 +48,11 @@ def test_defaults_from_empty_config(tmp_path):
 
 def test_values_are_read(tmp_path):
     cfg = write_config(tmp_path, 'USERNAME = "mover_2.x"\nBATCH = 17\nOLDEST_DATE = 86400.5\nMDT_LIST = [3, 1]\n'
-                                 'source_mount = "/mnt/src/"\ntarget_mount = "/mnt//dst"\nMDS_IS_STRIPED = True\n')
+                                 'source_mount = "/mnt/src/"\ntarget_mount = "/mnt//dst"\nMDS_IS_STRIPED = False\n')
     s = load_settings(str(cfg))
     assert (s.username, s.batch, s.oldest_date, s.mdt_list) == ("mover_2.x", 17, 86400.5, (3, 1))
     assert (s.source_mount, s.target_mount) == ("/mnt/src", "/mnt/dst")
-    assert s.mds_is_striped is True
+    assert s.mds_is_striped is False
 
 
 def test_settings_are_frozen(tmp_path):
@@ -83,7 +84,10 @@ def test_private_names_and_module_imports_ignored(tmp_path):
     ({"STATS_ENABLED": 1}, "STATS_ENABLED"),
     ({"USERNAME": 5}, "USERNAME"),
     ({"MDT_LIST": (0, 1)}, "MDT_LIST"),
-    ({"MDT_LIST": []}, "MDT_LIST"),
+    ({"MDT_LIST": [-1, 0]}, "MDT_LIST"),
+    ({"LUSTRE_LAYOUT": "stripe"}, "LUSTRE_LAYOUT"),
+    ({"LUSTRE_LAYOUT": 1}, "LUSTRE_LAYOUT"),
+    ({"LUSTRE_RESTRIPE": "yes"}, "LUSTRE_RESTRIPE"),
     ({"MDT_LIST": [0, True]}, "MDT_LIST"),
     ({"MDT_LIST": [-2]}, "MDT_LIST"),
     ({"BATCH": 0}, "BATCH"),

@@ -1,17 +1,145 @@
 """The platform layer for Lustre: layouts and MDT placement.
 
-Public API is documented in :mod:`cmover.lustre.base`. :func:`get_fs` returns the implementation to use;
-everywhere Lustre is absent it is :class:`~cmover.lustre.base.PosixFs`, which creates files and
-directories with plain POSIX calls and leaves layouts and MDT placement to the filesystem.
+The rest of cmover calls only what is here and in :mod:`cmover.lustre.base`:
+
+* :func:`get_fs` -- the :class:`~cmover.lustre.base.FsApi` a task creates target entries through:
+  :class:`~cmover.lustre.fs.LustreFs` when the target is on Lustre and liblustreapi can be loaded,
+  :class:`~cmover.lustre.base.PosixFs` (plain POSIX, the target's defaults) everywhere else;
+* :func:`probe` -- what is known of the filesystem holding a path (cached per process);
+* :func:`describe` -- the one line a pass prints at start about layout handling;
+* :func:`mdt_count` -- for the planner's "all MDTs".
+
+Only :mod:`cmover.lustre.llapi` loads the library (lazily, on first use).
 """
 
 from __future__ import annotations
 
-from cmover.lustre.base import FsApi, PosixFs
+import os
+import threading
+from collections import Counter
 
-__all__ = ["FsApi", "PosixFs", "get_fs"]
+from cmover.lustre import detect, llapi
+from cmover.lustre.base import FsApi, FsInfo, PosixFs
+from cmover.lustre.layout import POLICIES, Layout, check_policy
+
+__all__ = ["FsApi", "FsInfo", "Layout", "POLICIES", "PosixFs", "check_policy", "describe", "get_fs", "mdt_count",
+           "path_layout", "probe"]
+
+_probed: dict[bytes, FsInfo] = {}
+_probe_lock = threading.Lock()
 
 
-def get_fs() -> FsApi:
-    """The filesystem API for this process: the POSIX implementation (no layout handling)."""
-    return PosixFs()
+def _reset_in_child() -> None:
+    global _probe_lock
+    _probe_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_in_child)
+
+
+def _existing(path: bytes) -> bytes:
+    p = os.path.abspath(path)
+    while p != b"/" and not os.path.exists(p):
+        p = os.path.dirname(p)
+    return p
+
+
+def probe(path: bytes, library: str = "") -> FsInfo:
+    """What cmover knows of the filesystem holding ``path`` (or its nearest existing parent).
+
+    ``library`` is config's ``LUSTREAPI`` (``$CMOVER_LUSTREAPI`` wins). Cached per process and path;
+    never raises: what could not be learnt is said in ``note``.
+    """
+    with _probe_lock:
+        hit = _probed.get(path)
+    if hit is not None:
+        return hit
+    info = _probe(path, library)
+    with _probe_lock:
+        _probed[path] = info
+    return info
+
+
+def _probe(path: bytes, library: str) -> FsInfo:
+    where = _existing(path)
+    kernel_says = detect.is_lustre_mount(where)
+    lib, how = llapi.load(library)
+    if lib is None:
+        note = f"target is Lustre but {how}" if kernel_says else how
+        return FsInfo(path, lustre=kernel_says, handled=False, note=note)
+    try:
+        fsname = lib.fsname(where)
+    except OSError as exc:
+        return FsInfo(path, lustre=kernel_says, handled=False, note=f"{how}: {exc}")
+    if fsname is None:
+        return FsInfo(path, lustre=kernel_says, handled=False, note=f"{os.fsdecode(path)} is not on Lustre")
+    try:
+        osts = lib.obd_count(where, mdt=False)
+        mdts = lib.obd_count(where, mdt=True)
+        mount = lib.mount_point(where)
+    except OSError as exc:
+        return FsInfo(path, lustre=True, handled=False, fsname=fsname, note=f"{how}: {exc}")
+    root_default = None
+    try:
+        fd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            root_default = lib.read_layout(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # only used to tell inherited directory defaults from explicit ones
+    return FsInfo(path, lustre=True, handled=True, fsname=fsname, ost_count=osts, mdt_count=mdts, mount=mount,
+                  root_default=root_default, note=how)
+
+
+def reset() -> None:
+    """Forget probes and the loaded library (tests switch environments)."""
+    with _probe_lock:
+        _probed.clear()
+    llapi.reset()
+
+
+def get_fs(src_root: bytes, dst_root: bytes, policy: str, restripe: bool, tally: Counter[str],
+           library: str = "") -> FsApi:
+    """The filesystem API for one task of a pass from ``src_root`` to ``dst_root`` (see module doc)."""
+    dst = probe(dst_root, library)
+    if not dst.handled:
+        return PosixFs()
+    from cmover.lustre.fs import LustreFs
+
+    lib, _ = llapi.load(library)
+    assert lib is not None
+    return LustreFs(lib, probe(src_root, library), dst, policy, restripe, tally)
+
+
+def describe(src_root: bytes, dst_root: bytes, policy: str, library: str = "") -> str:
+    """One line for the start of a pass: whether layouts and MDT placement are handled, and why not."""
+    src, dst = probe(src_root, library), probe(dst_root, library)
+    if not dst.handled:
+        return f"Lustre layouts and MDT placement not handled: {dst.note}"
+    target = f"target {dst.fsname} ({dst.ost_count} OSTs, {dst.mdt_count} MDTs)"
+    if policy == "target-default":
+        return f"Lustre layouts: target-default (left to the target directories); {target}; {dst.note}"
+    if not src.handled:
+        return f"Lustre layouts: the target's defaults (source is not Lustre: {src.note}); {target}"
+    return f"Lustre layouts: {policy} from source {src.fsname} ({src.ost_count} OSTs) to {target}; {dst.note}"
+
+
+def mdt_count(path: bytes, library: str = "") -> int:
+    """MDTs of the Lustre filesystem holding ``path``; 0 when not Lustre or not handled."""
+    info = probe(path, library)
+    return info.mdt_count if info.handled else 0
+
+
+def path_layout(path: bytes, library: str = "") -> tuple[FsInfo, Layout | None, int | None]:
+    """For ``cmover lustre-info``: the filesystem, the layout of ``path`` and the MDT it lives on."""
+    info = probe(path, library)
+    if not info.handled:
+        return info, None, None
+    lib, _ = llapi.load(library)
+    assert lib is not None
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        return info, lib.read_layout(fd, path), lib.mdt_index(fd, path)
+    finally:
+        os.close(fd)
