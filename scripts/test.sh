@@ -21,6 +21,12 @@ ensure_rabbitmq
 ensure_memcached
 ensure_venv
 
+section "lustre stand-in"
+# The C stand-in of liblustreapi the Lustre tests load (Lustre itself is absent here); the test
+# fixture rebuilds it too when missing, so a plain `pytest` works as well.
+bash tests/lustre_standin/build.sh tests/_build/lustre
+echo "built tests/_build/lustre/liblustreapi.so.1 (and legacy/)"
+
 section "ruff check"
 # Only the paths that exist: ruff fails on a missing path, and a bare `*.py` that matches nothing
 # would be passed on literally.

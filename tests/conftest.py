@@ -49,10 +49,11 @@ def make_spec(roots):
 def run_copy():
     """Run one copy-pass task: ``run_copy(spec)`` walks the root, ``names=`` runs a file batch."""
 
-    def run(spec: PassSpec, rel: bytes = b"", names: list[bytes] | None = None) -> CopyResult:
+    def run(spec: PassSpec, rel: bytes = b"", names: list[bytes] | None = None, fs=None) -> CopyResult:
+        """``fs``: a function of the task's tally returning its FsApi (default: POSIX)."""
         res = CopyResult()
         ledger = MemoryLedger()  # a fresh run each call, as every pass has its own run id
-        cp = CopyPass(spec, PosixFs(), res.tally, res.failures.append, res.jobs.append,
+        cp = CopyPass(spec, fs(res.tally) if fs else PosixFs(), res.tally, res.failures.append, res.jobs.append,
                       RunClaims(ledger, spec.run_id))
         if names is None:
             cp.run_dir(rel)
