@@ -74,9 +74,9 @@ def _probe(path: bytes, library: str) -> FsInfo:
     if fsname is None:
         return FsInfo(path, lustre=kernel_says, handled=False, note=f"{os.fsdecode(path)} is not on Lustre")
     try:
-        osts = lib.obd_count(where, mdt=False)
-        mdts = lib.obd_count(where, mdt=True)
         mount = lib.mount_point(where)
+        osts = lib.obd_count(mount, mdt=False)  # asked of a directory: the mount point
+        mdts = lib.obd_count(mount, mdt=True)
     except OSError as exc:
         return FsInfo(path, lustre=True, handled=False, fsname=fsname, note=f"{how}: {exc}")
     root_default = None
