@@ -460,14 +460,19 @@ def test_embedded_copy_pass_and_lustre_info(lenv, tmp_path, snapshot):
         for j in range(20):
             lenv.make_file(d / f"f{j}", PLAIN if j % 2 else PFL, data=os.urandom(3000 + j))
     (lenv.src / "d1" / "link").symlink_to("f1")
+    # Copied in chunks: 1 MiB chunks become 4 MiB, the stripe size of its target layout.
+    lenv.make_file(lenv.src / "d2" / "huge", PLAIN, data=os.urandom(9 * M))
     env = {**os.environ, "CMOVER_CONFIG": str(tmp_path / "config.py")}
     (tmp_path / "config.py").write_text('LOG_DIR = "log"\n')
-    cmd = [sys.executable, "-m", "cmover", "copy", "-j", "2", "-q", "--json", str(lenv.src), str(lenv.dst / "copy")]
+    cmd = [sys.executable, "-m", "cmover", "copy", "-j", "2", "-q", "--json", "--chunk-threshold", "8M",
+           "--chunk-size", "1M", str(lenv.src), str(lenv.dst / "copy")]
     res = subprocess.run(cmd, env=env, cwd=ROOT, text=True, capture_output=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "Lustre layouts: keep from source srcfs (8 OSTs) to target dstfs (4 OSTs, 4 MDTs)" in res.stderr
     totals = json.loads(res.stdout)["totals"]
-    assert totals[C.COPIED] == 61 and totals[C.LAYOUTS_SET] == 61 and totals[C.DIRS_PLACED] == 3
+    assert totals[C.COPIED] == 62 and totals[C.LAYOUTS_SET] == 62 and totals[C.DIRS_PLACED] == 3
+    assert (totals[C.CHUNKED], totals[C.CHUNKS]) == (1, 3)
+    assert lenv.layout(lenv.dst / "copy" / "d2" / "huge").components[0].stripe_size == 4 * M
     assert snapshot(os.fsencode(lenv.src), inodes=False) == snapshot(os.fsencode(lenv.dst / "copy"), inodes=False)
     assert lenv.layout(lenv.dst / "copy" / "d0" / "f1").components[0].stripe_count == 4
     assert lenv.layout(lenv.dst / "copy" / "d0" / "f2").composite
