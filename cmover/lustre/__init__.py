@@ -65,7 +65,8 @@ def _probe(path: bytes, library: str) -> FsInfo:
     kernel_says = detect.is_lustre_mount(where)
     lib, how = llapi.load(library)
     if lib is None:
-        note = f"target is Lustre but {how}" if kernel_says else how
+        note = f"{os.fsdecode(path)} is on Lustre but {how}" if kernel_says \
+            else f"{os.fsdecode(path)} is not on Lustre; {how}"
         return FsInfo(path, lustre=kernel_says, handled=False, note=note)
     try:
         fsname = lib.fsname(where)
