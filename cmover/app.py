@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
 from kombu import Exchange, Queue
 
+from cmover import logs
 from cmover.errors import ConfigError, ConfinementError, Failure
 from cmover.ledger import Ledger, MemcacheLedger
 from cmover.lustre import FsApi, get_fs
@@ -84,6 +86,13 @@ app.conf.update(
 )
 
 _embedded = False
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _rotating_log_file(logger: logging.Logger, logfile: str | None = None, **_: Any) -> None:
+    """A worker started with ``--logfile`` writes it through a multi-process rotating handler."""
+    logs.use_rotating_file(logger, logfile)
 
 
 @app.on_configure.connect

@@ -4,7 +4,10 @@
 #     scripts/workers.sh PASS [start|stop|status|try_f|try_d] [CELERY ARGS...]
 #
 #   start   (default) two detached workers: a dir worker on queue cmover.PASS.dirs and a file worker
-#           on cmover.PASS.files, each with a pid file and a log file under $CMOVER_VAR
+#           on cmover.PASS.files, each with a pid file under $CMOVER_VAR/run; every worker of this
+#           host logs to $CMOVER_VAR/log/cmover_HOST.log, rotated at 100 MiB with 10 backups
+#           (concurrent-log-handler: safe with many writing processes; CMOVER_LOG_MAX_BYTES and
+#           CMOVER_LOG_BACKUPS change the limits)
 #   stop    warm shutdown (SIGTERM): running tasks finish, then the workers exit; waits for them
 #   status  which of the two are running
 #   try_f   one file worker in the foreground, -c 1 -l debug, for debugging on one node
@@ -82,7 +85,8 @@ fi
 # without overwriting each other's pid and log files, and so that node names stay unique.
 shorthost="$(hostname -s)"
 pidfile() { printf '%s/run/%s_%s_%s.pid' "$var" "$pass" "$1" "$shorthost"; }
-logfile() { printf '%s/log/%s_%s_%s.log' "$var" "$pass" "$1" "$shorthost"; }
+# One log per node for every pass and kind: workers share it through a multi-process rotating handler.
+logfile() { printf '%s/log/cmover_%s.log' "$var" "$shorthost"; }
 nodename() { printf '%s_%s_%s@%%h' "$pass" "$1" "$shorthost"; }
 queue() {
     case "$1" in

@@ -83,11 +83,11 @@ class Worker:
     """One ``celery worker`` process (its own process group) with its log in a file."""
 
     def __init__(self, deployment: Deployment, node: str, queues: Sequence[str], concurrency: int,
-                 prefix: Sequence[str] = ()) -> None:
+                 prefix: Sequence[str] = (), args: Sequence[str] = ()) -> None:
         self.node = node
         self.log = deployment.root / f"worker-{node}.log"
         cmd = [*prefix, str(CELERY), "-A", "cmover.app", "worker", "-Q", ",".join(queues), "-n", f"{node}@%h",
-               "-c", str(concurrency), "--pool=prefork", "--prefetch-multiplier=1", "-l", "info"]
+               "-c", str(concurrency), "--pool=prefork", "--prefetch-multiplier=1", "-l", "info", *args]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=deployment.env(), stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -161,6 +161,7 @@ class Deployment:
         self.config = root / "config.py"
         self.rabbitmq_dir = root / "rabbitmq"
         self.workers: list[Worker] = []
+        self.extra_env: dict[str, str] = {}  # e.g. CMOVER_LOG_MAX_BYTES for a worker log test
         self._broker_touched = False
         values = {"USERNAME": self.username, "source_mount": str(src), "target_mount": str(dst),
                   "LOG_DIR": str(root / "log"), **settings}
@@ -170,6 +171,7 @@ class Deployment:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CMOVER_")}
         env["CMOVER_CONFIG"] = str(self.config)
         env["CMOVER_RABBITMQ_DIR"] = str(self.rabbitmq_dir)
+        env.update(self.extra_env)
         return env
 
     def init_broker(self) -> subprocess.CompletedProcess[str]:
@@ -184,8 +186,8 @@ class Deployment:
         return run([CMOVER, *args], env=self.env(), timeout=timeout)
 
     def start_worker(self, node: str, queues: Sequence[str] = (DIRS_Q, FILES_Q), concurrency: int = 2,
-                     prefix: Sequence[str] = ()) -> Worker:
-        w = Worker(self, node, queues, concurrency, prefix)
+                     prefix: Sequence[str] = (), args: Sequence[str] = ()) -> Worker:
+        w = Worker(self, node, queues, concurrency, prefix, args)
         self.workers.append(w)
         return w
 
