@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("errors", help="list the failures recorded by a distributed pass")
     e.add_argument("pass_", metavar="PASS", nargs="?", default="copy")
     e.add_argument("--run", help="a run id (default: the pass's current run)")
+    e.add_argument("--json", action="store_true", help="every field: path, op, errno, message, side, worker, time")
 
     d = sub.add_parser("deleted", help="list what a distributed delete pass deleted (or would delete: --dry-run)")
     d.add_argument("--run", help="a run id (default: the current delete run)")
@@ -507,8 +508,12 @@ def cmd_errors(args: argparse.Namespace) -> int:
             return EXIT_OK
         run_id = info["spec"]["run_id"]
     failures, count = control.errors(settings, run_id)
+    if args.json:
+        print(json.dumps({"run_id": run_id, "count": count, "failures": [f.as_dict() for f in failures]}, indent=1))
+        return EXIT_OK
     for f in failures:
-        print(f.line())
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f.at)) if f.at else "?"
+        print(f"{f.line()}  [{f.worker or '?'} {when}]")
     print(f"{count:,} failure(s) in {run_id}", file=sys.stderr)
     return EXIT_OK
 

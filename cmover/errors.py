@@ -18,7 +18,10 @@ Plain ``OSError`` raised while handling one entry is an item error too; the engi
 from __future__ import annotations
 
 import errno as _errno
-from dataclasses import dataclass
+import os
+import socket
+import time
+from dataclasses import dataclass, field
 
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1
@@ -72,7 +75,9 @@ class Failure:
     """One per-item failure as recorded in a pass's error list.
 
     ``path`` is the entry's path relative to the pass root, as bytes; ``side`` tells whether the
-    problem was met on the source or the target.
+    problem was met on the source or the target; ``worker`` (``host:pid``) and ``at`` (Unix seconds)
+    say where and when. The pass is the error list's (one list per run). Two records of the same
+    failure compare equal whoever met it.
     """
 
     path: bytes
@@ -80,19 +85,22 @@ class Failure:
     errno: int
     message: str
     side: str = "source"
+    worker: str = field(default="", compare=False)
+    at: float = field(default=0.0, compare=False)
 
     def as_dict(self) -> dict[str, object]:
         from cmover.paths import to_wire
 
         return {"path": to_wire(self.path), "op": self.op, "errno": self.errno, "message": self.message,
-                "side": self.side}
+                "side": self.side, "worker": self.worker, "time": self.at}
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> Failure:
         from cmover.paths import from_wire
 
         return cls(path=from_wire(d["path"]), op=str(d.get("op", "")), errno=int(d.get("errno", 0)),  # type: ignore[call-overload]
-                   message=str(d.get("message", "")), side=str(d.get("side", "source")))
+                   message=str(d.get("message", "")), side=str(d.get("side", "source")),
+                   worker=str(d.get("worker", "")), at=float(d.get("time", 0.0)))  # type: ignore[arg-type]
 
     def line(self) -> str:
         """One human-readable line: path (escaped when not printable UTF-8), operation, errno name."""
@@ -103,10 +111,11 @@ class Failure:
 
 
 def item_failure(path: bytes, op: str, exc: BaseException, side: str = "source") -> Failure:
-    """Turn an exception met while handling one entry into a :class:`Failure` record."""
+    """Turn an exception met while handling one entry into a :class:`Failure` record (this process, now)."""
+    origin = {"worker": f"{socket.gethostname()}:{os.getpid()}", "at": time.time()}
     if isinstance(exc, OSError):
-        return Failure(path, op, exc.errno or 0, exc.strerror or str(exc), side)
+        return Failure(path, op, exc.errno or 0, exc.strerror or str(exc), side, **origin)  # type: ignore[arg-type]
     if isinstance(exc, ItemError):
-        return Failure(path, exc.op or op, exc.errno, str(exc), side)
-    return Failure(path, op, 0, f"{type(exc).__name__}: {exc}", side)
+        return Failure(path, exc.op or op, exc.errno, str(exc), side, **origin)  # type: ignore[arg-type]
+    return Failure(path, op, 0, f"{type(exc).__name__}: {exc}", side, **origin)  # type: ignore[arg-type]
 

@@ -346,6 +346,13 @@ def test_unreadable_source_entries_are_counted_and_listed(deployments: Deploymen
     assert any(line.startswith(repr(secret) + ":") and "EACCES" in line for line in lines), lines
     assert any(line.startswith(repr(locked) + ":") and "EACCES" in line for line in lines), lines
     assert "2 failure(s)" in e.stderr
+    assert all(re.search(r"  \[\S+:\d+ \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\]$", line) for line in lines), lines
+    ej = dep.cmover("errors", "--run", out["run_id"], "--json")
+    assert ej.returncode == 0, explain(ej)
+    recs = json.loads(ej.stdout)["failures"]
+    assert sorted(from_wire(f["path"]) for f in recs) == sorted([secret, locked])
+    assert all(f["errno"] == 13 and f["op"] and f["side"] and re.fullmatch(r"\S+:\d+", f["worker"])
+               and abs(f["time"] - time.time()) < 600 for f in recs), json.dumps(recs)
 
     diffs = treeutil.compare_trees(src, dst)
     assert diffs == sorted([f"{secret!r}: missing on target (file)", f"{locked!r}: missing on target (dir)",
