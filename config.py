@@ -100,3 +100,11 @@ LOCAL_JOBS = 0
 
 # Directory for node-local logs (relative paths are relative to this file's directory).
 LOG_DIR = "var/log"
+
+# Graphite (carbon) receiving the counters from send_graphite.py, run every minute from cron: its
+# plaintext port (2003 by default) and the first part of every metric path, dot-separated words of
+# letters, digits, '_' and '-'. Metrics are named <GRAPHITE_PREFIX>.<pass>.<counter>, e.g.
+# cmover.copy.files_copied (see "Graphite" in README.md).
+GRAPHITE_HOST = "127.0.0.1"
+GRAPHITE_PORT = 2003
+GRAPHITE_PREFIX = "cmover"

@@ -80,8 +80,8 @@ def current_run(settings: Settings, kind: str) -> dict[str, Any] | None:
     try:
         raw = _mc(settings).get(_current_key(settings, kind))
     except Exception as exc:
-        raise FatalError(f"memcached at {settings.memcached} is unreachable ({exc}); start it or fix MEMCACHED") \
-            from None
+        raise FatalError(f"memcached at {settings.memcached} is unreachable ({exc}); start it (memcached -M) or fix "
+                         "MEMCACHED in config.py") from None
     return json.loads(raw) if raw else None
 
 

@@ -49,9 +49,14 @@ _SCHEMA: dict[str, tuple[str, type | tuple[type, ...], Any]] = {
     "MAX_DELIVERIES": ("max_deliveries", int, 5),
     "LOCAL_JOBS": ("local_jobs", int, 0),
     "LOG_DIR": ("log_dir", str, "var/log"),
+    "GRAPHITE_HOST": ("graphite_host", str, "127.0.0.1"),
+    "GRAPHITE_PORT": ("graphite_port", int, 2003),
+    "GRAPHITE_PREFIX": ("graphite_prefix", str, "cmover"),
 }
 
 _USERNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: Graphite metric path: dot-separated words (no empty word, no whitespace: the plaintext protocol's separator).
+GRAPHITE_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +87,9 @@ class Settings:
     max_deliveries: int = 5
     local_jobs: int = 0
     log_dir: str = "var/log"
+    graphite_host: str = "127.0.0.1"
+    graphite_port: int = 2003
+    graphite_prefix: str = "cmover"
     config_path: str = ""
     rabbitmq_dir: str = ""
     broker_host: str | None = field(default=None)
@@ -192,6 +200,15 @@ def from_mapping(values: dict[str, Any], *, config_path: str = "", rabbitmq_dir:
     if kw["lustre_layout"] not in POLICIES:
         raise ConfigError(f"LUSTRE_LAYOUT = {kw['lustre_layout']!r} must be one of {', '.join(POLICIES)}; "
                           "fix config.py")
+    if not kw["graphite_host"] or any(c.isspace() or c == "/" for c in kw["graphite_host"]):
+        raise ConfigError(f"GRAPHITE_HOST = {kw['graphite_host']!r} must be a host name or address (no spaces, "
+                          "no URL); fix config.py")
+    if not 1 <= kw["graphite_port"] <= 65535:
+        raise ConfigError(f"GRAPHITE_PORT = {kw['graphite_port']} must be a TCP port (1-65535; carbon's plaintext "
+                          "port is 2003 by default); fix config.py")
+    if not GRAPHITE_PREFIX_RE.fullmatch(kw["graphite_prefix"]):
+        raise ConfigError(f"GRAPHITE_PREFIX = {kw['graphite_prefix']!r} must be dot-separated words of letters, "
+                          "digits, '_' and '-' (e.g. \"cmover\" or \"site.cmover\"); fix config.py")
     for name in ("source_mount", "target_mount"):
         v = kw[name]
         if v and not os.path.isabs(v):

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Service helpers for cmover's scripts: Debian packages, RabbitMQ, memcached and the project virtualenv.
+# Service helpers for cmover's scripts: Debian packages, RabbitMQ, memcached, carbon (Graphite) and the
+# project virtualenv.
 #
 # Sourced by scripts/test.sh (and any other script that needs the services):
 #     source "$REPO/scripts/services.sh"; ensure_rabbitmq
@@ -11,7 +12,9 @@
 # containers and CI machines have none and the Debian packages do not start their daemons there.
 #
 # Environment:
-#   CMOVER_PYTHON   interpreter used to create .venv (default: python3 on PATH)
+#   CMOVER_PYTHON       interpreter used to create .venv (default: python3 on PATH)
+#   CMOVER_CARBON_PORT  plaintext port of the tests' carbon-cache (default 2003)
+#   CMOVER_CARBON_DIR   its config, whisper files, logs and pid file (default /var/tmp/cmover-carbon)
 
 # When sourced, leave the caller's shell options alone (the caller decides about set -e);
 # the functions below are written to work under `set -euo pipefail`.
@@ -191,6 +194,113 @@ ensure_memcached() {
     _svc_die "memcached started but does not answer on $CMOVER_MEMCACHED_HOST:$CMOVER_MEMCACHED_PORT, see $startlog"
 }
 
+# carbon-cache (Graphite's receiver) for the exporter's tests: its own instance on loopback, with its
+# config, whisper files, logs and pid file under CMOVER_CARBON_DIR, never the system's /etc/carbon.
+CMOVER_CARBON_HOST=127.0.0.1
+CMOVER_CARBON_PORT="${CMOVER_CARBON_PORT:-2003}"
+CMOVER_CARBON_DIR="${CMOVER_CARBON_DIR:-/var/tmp/cmover-carbon}"
+
+# True when something on the carbon port accepts a TCP connection (the plaintext protocol has no
+# greeting to check).
+_carbon_answers() {
+    # shellcheck disable=SC2016  # $1/$2 are expanded by the inner bash, as in _memcached_answers
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$CMOVER_CARBON_HOST" "$CMOVER_CARBON_PORT" 2>/dev/null
+}
+
+# The pid in our instance's pid file when that process is alive.
+_carbon_our_pid() {
+    local pidfile="$CMOVER_CARBON_DIR/run/carbon-cache-a.pid" pid
+    [[ -r "$pidfile" ]] || return 1
+    pid="$(<"$pidfile")"
+    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && printf '%s\n' "$pid"
+}
+
+# carbon_info: where the tests find our carbon, one line: HOST PORT WHISPER_DIR.
+carbon_info() {
+    printf '%s %s %s\n' "$CMOVER_CARBON_HOST" "$CMOVER_CARBON_PORT" "$CMOVER_CARBON_DIR/storage/whisper"
+}
+
+# ensure_carbon: graphite-carbon installed and our carbon-cache answering on 127.0.0.1:$CMOVER_CARBON_PORT
+# (2003 by default), storing metrics whose path starts with "cmover" every second so that the tests can
+# read back exact values; also whisper for the tests' .venv (the pyproject.toml test extra; run
+# ensure_venv). Does nothing when our instance already runs.
+ensure_carbon() {
+    ensure_apt_packages graphite-carbon
+
+    if _carbon_our_pid >/dev/null && _carbon_answers; then
+        return 0
+    fi
+    if _carbon_answers; then
+        _svc_die "port $CMOVER_CARBON_HOST:$CMOVER_CARBON_PORT is taken by another process (not the carbon-cache" \
+            "of $CMOVER_CARBON_DIR); stop it or set CMOVER_CARBON_PORT"
+        return 1
+    fi
+
+    local dir="$CMOVER_CARBON_DIR"
+    mkdir -p "$dir/conf" "$dir/storage/whisper" "$dir/storage/lists" "$dir/log" "$dir/run"
+    # Rewritten on every start, so a changed port or schema takes effect. The pickle and cache-query
+    # ports follow the plaintext port (2004 and 7002 for 2003, carbon's defaults), on loopback only.
+    cat >"$dir/conf/carbon.conf" <<EOF
+[cache]
+STORAGE_DIR = $dir/storage/
+LOCAL_DATA_DIR = $dir/storage/whisper/
+WHITELISTS_DIR = $dir/storage/lists/
+LOG_DIR = $dir/log/
+PID_DIR = $dir/run/
+USER =
+DATABASE = whisper
+MAX_CACHE_SIZE = inf
+MAX_UPDATES_PER_SECOND = inf
+MAX_CREATES_PER_MINUTE = inf
+LINE_RECEIVER_INTERFACE = $CMOVER_CARBON_HOST
+LINE_RECEIVER_PORT = $CMOVER_CARBON_PORT
+ENABLE_UDP_LISTENER = False
+PICKLE_RECEIVER_INTERFACE = $CMOVER_CARBON_HOST
+PICKLE_RECEIVER_PORT = $((CMOVER_CARBON_PORT + 1))
+CACHE_QUERY_INTERFACE = $CMOVER_CARBON_HOST
+CACHE_QUERY_PORT = $((CMOVER_CARBON_PORT + 4999))
+ENABLE_LOGROTATION = False
+LOG_LISTENER_CONN_SUCCESS = False
+WHISPER_AUTOFLUSH = False
+EOF
+    # First match wins. 1-second points for the tests' prefixes (cmover...), carbon's own metrics as
+    # shipped, and the usual minute resolution for anything else.
+    cat >"$dir/conf/storage-schemas.conf" <<'EOF'
+[cmover_tests]
+pattern = ^cmover
+retentions = 1s:30m
+
+[carbon]
+pattern = ^carbon\.
+retentions = 60s:1d
+
+[default]
+pattern = .*
+retentions = 60s:1d
+EOF
+    # A pid file left by a killed instance makes carbon-cache refuse to start.
+    if ! _carbon_our_pid >/dev/null; then
+        rm -f "$dir/run/carbon-cache-a.pid"
+    fi
+
+    local startlog="$dir/log/start.log"
+    _svc_log "starting carbon-cache on $CMOVER_CARBON_HOST:$CMOVER_CARBON_PORT (data in $dir)"
+    # It daemonizes itself; streams redirected for the same reason as rabbitmq-server above.
+    if ! carbon-cache --config="$dir/conf/carbon.conf" start </dev/null >>"$startlog" 2>&1; then
+        _svc_die "carbon-cache failed to start, see $startlog and $dir/log/"
+        return 1
+    fi
+    local i
+    for ((i = 0; i < 100; i++)); do
+        if _carbon_answers; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    _svc_die "carbon-cache started but does not answer on $CMOVER_CARBON_HOST:$CMOVER_CARBON_PORT, see" \
+        "$startlog and $dir/log/"
+}
+
 # ensure_venv: $REPO/.venv with the project installed in editable mode plus the test extras.
 # pip only runs when pyproject.toml changed since the last successful install (sha256 stamp),
 # because a no-op `pip install -e` still costs several seconds of resolving.
@@ -228,11 +338,12 @@ ensure_venv() {
 # Direct execution: `scripts/services.sh FUNCTION [ARGS...]`.
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     case "${1:-}" in
-    ensure_apt_packages | ensure_test_tools | ensure_rabbitmq | ensure_memcached | ensure_venv)
+    ensure_apt_packages | ensure_test_tools | ensure_rabbitmq | ensure_memcached | ensure_carbon | carbon_info | \
+        ensure_venv)
         "$@"
         ;;
     *)
-        echo "usage: $0 {ensure_apt_packages PKG...|ensure_test_tools|ensure_rabbitmq|ensure_memcached|ensure_venv}" >&2
+        echo "usage: $0 {ensure_apt_packages PKG...|ensure_test_tools|ensure_rabbitmq|ensure_memcached|ensure_carbon|carbon_info|ensure_venv}" >&2
         exit 2
         ;;
     esac

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (also what CI runs through .ci/run):
 #     scripts/test.sh [PYTEST ARGS...]
-# Brings up what the tests need (system tools, RabbitMQ, memcached, .venv), then lint, type check
+# Brings up what the tests need (system tools, RabbitMQ, memcached, carbon, .venv), then lint, type check
 # and pytest. Arguments go to pytest unchanged, e.g. `scripts/test.sh -x -k walk`.
 set -euo pipefail
 
@@ -19,6 +19,7 @@ section "services"
 ensure_test_tools
 ensure_rabbitmq
 ensure_memcached
+ensure_carbon
 ensure_venv
 
 section "lustre stand-in"
