@@ -74,6 +74,13 @@ def name_from_wire(obj: object) -> bytes:
     return name
 
 
+def names_from_wire(obj: object) -> list[bytes]:
+    """A batch of names from a message: a list of single path components (see :func:`name_from_wire`)."""
+    if not isinstance(obj, list):
+        raise ConfinementError("batch names in message are not a list")
+    return [name_from_wire(n) for n in obj]
+
+
 def join(rel: bytes, name: bytes) -> bytes:
     """The relative path of entry ``name`` inside directory ``rel``."""
     return name if not rel else rel + b"/" + name

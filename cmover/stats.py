@@ -40,7 +40,7 @@ class C:
     BYTES = "bytes_copied"
     CHUNKED = "files_chunked"  # huge files split into chunk tasks (each also counts as copied when finished)
     CHUNKS = "chunks_copied"
-    # Lustre (names also in cmover.lustre.fs, which does not import the engine)
+    # Lustre (counted by cmover.lustre.fs)
     LAYOUTS_SET = "layouts_set"  # files and directory defaults given their source's layout
     LAYOUT_MISMATCH = "layout_mismatches"  # layout asked but not obtained (target default kept)
     DIRS_PLACED = "dirs_placed"  # directories created on a chosen MDT

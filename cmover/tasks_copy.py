@@ -16,7 +16,7 @@ from cmover.chunks import ChunkSpec
 from cmover.copypass import CopyPass
 from cmover.errors import ConfinementError
 from cmover.ledger import RunClaims
-from cmover.paths import name_from_wire, rel_from_wire
+from cmover.paths import names_from_wire, rel_from_wire
 from cmover.taskbase import PassTask, run_pass_task
 
 
@@ -33,9 +33,7 @@ def copy_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None) -> None:
 @app.task(name="cmover.copy.files", base=PassTask, bind=True)
 def copy_files(self: PassTask, spec: Any, rel: Any, names: Any) -> None:
     def body(spec_, ctx, tally, fail, emit):
-        if not isinstance(names, list):
-            raise ConfinementError("batch names in message are not a list")
-        batch = [name_from_wire(n) for n in names]
+        batch = names_from_wire(names)
         _engine(spec_, ctx, tally, fail, emit).run_files(rel_from_wire(rel), batch)
 
     run_pass_task(self, spec, rel, body)

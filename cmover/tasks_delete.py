@@ -14,9 +14,9 @@ from typing import Any
 from cmover.app import app
 from cmover.deletepass import DeletePass
 from cmover.errorlist import deleted_list
-from cmover.errors import ConfinementError, Failure
+from cmover.errors import Failure
 from cmover.ledger import RunClaims
-from cmover.paths import name_from_wire, rel_from_wire
+from cmover.paths import names_from_wire, rel_from_wire
 from cmover.taskbase import PassTask, run_pass_task
 
 
@@ -41,9 +41,7 @@ def delete_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None) -> None:
 @app.task(name="cmover.delete.files", base=PassTask, bind=True)
 def delete_files(self: PassTask, spec: Any, rel: Any, names: Any) -> None:
     def body(spec_, ctx, tally, fail, emit):
-        if not isinstance(names, list):
-            raise ConfinementError("batch names in message are not a list")
-        batch = [name_from_wire(n) for n in names]
+        batch = names_from_wire(names)
         _run(spec_, ctx, tally, fail, emit, lambda d: d.run_files(rel_from_wire(rel), batch))
 
     run_pass_task(self, spec, rel, body)

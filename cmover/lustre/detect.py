@@ -1,14 +1,13 @@
 """Is a path on Lustre? The kernel's answer (statfs magic), without needing liblustreapi.
 
 Python's ``os.statvfs`` has no filesystem type, so ``statfs(2)`` is called through libc: its first
-field, ``f_type``, is ``LL_SUPER_MAGIC`` on a Lustre client mount. A path that does not exist yet is
-answered for its nearest existing parent (a target root is often created by the copy).
+field, ``f_type``, is ``LL_SUPER_MAGIC`` on a Lustre client mount. Callers ask about an existing path
+(:func:`cmover.lustre.probe` walks up from a target root the copy has yet to create).
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 
 LL_SUPER_MAGIC = 0x0BD00BD0
 
@@ -20,15 +19,11 @@ _STATFS_BUF = 256  # struct statfs is 120 bytes on 64-bit Linux; room to spare
 
 
 def fs_type(path: bytes) -> int | None:
-    """``f_type`` of the filesystem holding ``path`` or its nearest existing parent; None if unknown."""
+    """``f_type`` of the filesystem holding existing ``path``; None if it cannot be asked."""
     buf = ctypes.create_string_buffer(_STATFS_BUF)
-    p = os.path.abspath(path)
-    while True:
-        if _statfs(p, buf) == 0:
-            return int(ctypes.c_long.from_buffer(buf).value) & 0xFFFFFFFF
-        if ctypes.get_errno() != 2 or p == b"/":  # only a missing path is retried on its parent
-            return None
-        p = os.path.dirname(p)
+    if _statfs(path, buf) != 0:
+        return None
+    return int(ctypes.c_long.from_buffer(buf).value) & 0xFFFFFFFF
 
 
 def is_lustre_mount(path: bytes) -> bool:

@@ -24,14 +24,12 @@ from collections.abc import Callable
 from cmover.lustre.base import CREATE_FLAGS, FsInfo
 from cmover.lustre.layout import Layout, alignment, derive, needs_restripe, satisfied, without_pool
 from cmover.lustre.llapi import O_LOV_DELAY_CREATE, Library
+from cmover.stats import C
 
 log = logging.getLogger(__name__)
 
-# Counter names (kept equal to cmover.stats.C's; the platform layer does not import the engine).
-LAYOUTS_SET = "layouts_set"
-LAYOUT_MISMATCH = "layout_mismatches"
-DIRS_PLACED = "dirs_placed"
-MDT_MISMATCH = "mdt_mismatches"
+LAYOUTS_SET, LAYOUT_MISMATCH = C.LAYOUTS_SET, C.LAYOUT_MISMATCH
+DIRS_PLACED, MDT_MISMATCH = C.DIRS_PLACED, C.MDT_MISMATCH
 
 _ALIGN_LIMIT = 1 << 30
 _warned: set[str] = set()
