@@ -201,6 +201,7 @@ class CopyPass:
             subdirs = self._list(rel, src_fd, dst_fd)
             if subdirs is None:
                 return
+            self.tally[C.DIRS_FOUND] += len(subdirs)
             first_level = not rel and self.spec.mds_striped and bool(self.spec.mdt_list)
             for i, bname in enumerate(subdirs):
                 child = join(rel, bname)

@@ -194,6 +194,7 @@ class DeletePass:
             return
         if sst is not None:
             if is_dir and stat.S_ISDIR(sst.st_mode):
+                self.tally[C.DIRS_FOUND] += 1
                 self._descend(path)
             else:
                 self.tally[C.KEPT] += 1

@@ -70,6 +70,7 @@ class DirtimePass:
                     for name in sorted(src_dirs - dst_dirs):
                         self._missing(join(rel, name), "target", "run the copy pass first")
                     children = sorted(src_dirs & dst_dirs)
+                    self.tally[C.DIRS_FOUND] += len(children)
                     self._budget -= len(children)
                     for name in children:
                         child = join(rel, name)

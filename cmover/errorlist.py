@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kombu import Exchange, Queue
@@ -92,3 +94,37 @@ class BrokerErrors:
                 # Closing the channel without acks returns every message to the queue.
                 channel.close()
         return out, total
+
+    @contextmanager
+    def take(self, run_id: str) -> Iterator[tuple[list[Failure], Callable[[], None]]]:
+        """Every failure of the list and a ``commit`` that removes exactly those records from the queue.
+
+        Without ``commit`` (or when the caller raises or dies) every record stays on the list.
+        """
+        q = errors_queue(run_id)
+        with self.app.connection_for_read() as conn:
+            channel = conn.channel()
+            try:
+                try:
+                    _, messages, _ = channel.queue_declare(q.name, passive=True)
+                except Exception:
+                    yield [], lambda: None  # no queue: no failure was ever recorded
+                    return
+                bound = q(channel)
+                taken = []
+                failures: list[Failure] = []
+                for _ in range(messages):
+                    msg = bound.get(no_ack=False, accept=["json"])
+                    if msg is None:
+                        break
+                    taken.append(msg)
+                    body = msg.payload if isinstance(msg.payload, dict) else json.loads(msg.body)
+                    failures.extend(Failure.from_dict(d) for d in body.get("failures", []))
+
+                def commit() -> None:
+                    for m in taken:
+                        m.ack()
+
+                yield failures, commit
+            finally:
+                channel.close()  # unacknowledged records return to the queue

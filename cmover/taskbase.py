@@ -132,7 +132,7 @@ def run_pass_task(task: Task, spec_d: Any, rel_wire: Any, body: Body) -> None:
             log.exception("unexpected error in %s (%s)", task.name, display(where))
             tally[C.FAILED] += 1
             failures.append(Failure(where, task.name, 0, f"internal error: {type(exc).__name__}: {exc}"))
-    ctx.stats.add(run_id, tally)
+    ctx.stats.add(run_id, tally, str(getattr(task.request, "hostname", "") or ""))
     if failures:
         try:
             ctx.errors.record(run_id, failures)

@@ -83,3 +83,126 @@ def test_memcache_factory_raising_never_raises():
     sink = MemcacheStats(factory)
     sink.add("r", Counter({C.COPIED: 1}))
     assert sink.totals("r") is None
+
+
+# -- per-worker records, loss, batching ---------------------------------------------------------------------
+
+
+def _client():
+    return Client(("127.0.0.1", 11211), connect_timeout=2, timeout=5)
+
+
+def test_worker_records_are_discovered_and_sum_to_the_totals():
+    run_id = f"test-workers-{uuid.uuid4().hex}"
+    a = MemcacheStats(_client, worker="nodea:101")
+    b = MemcacheStats(_client, worker="nodeb:202")
+    a.add(run_id, Counter({C.COPIED: 2, C.BYTES: 10}), "copy_f@nodea")
+    b.add(run_id, Counter({C.COPIED: 5, C.DIRS: 1}), "copy_d@nodeb")
+    a.add(run_id, Counter({C.COPIED: 1}), "copy_f@nodea")
+    reader = MemcacheStats(_client)
+    workers = reader.workers(run_id)
+    assert [(w.worker, w.host, w.pid, w.node) for w in workers] == [
+        ("nodea:101", "nodea", 101, "copy_f@nodea"), ("nodeb:202", "nodeb", 202, "copy_d@nodeb")]
+    assert workers[0].totals == {C.COPIED: 3, C.BYTES: 10}
+    assert workers[1].totals == {C.COPIED: 5, C.DIRS: 1}
+    assert reader.totals(run_id) == {C.COPIED: 8, C.BYTES: 10, C.DIRS: 1}
+    assert reader.run_counters(run_id) == reader.totals(run_id)
+
+
+def test_lost_counters_are_logged_once_and_made_up_from_worker_records(caplog):
+    run_id = f"test-lost-{uuid.uuid4().hex}"
+    w = MemcacheStats(_client, worker="nodea:7")
+    w.add(run_id, Counter({C.COPIED: 4, C.BYTES: 40}))
+    mc = _client()
+    # memcached restarted: every key of the run is gone (the run counters and the registry).
+    for key in (f"cm:{run_id}:c:{C.COPIED}", f"cm:{run_id}:c:{C.BYTES}", f"cm:{run_id}:workers",
+                f"cm:{run_id}:w:nodea:7"):
+        mc.delete(key)
+    w.add(run_id, Counter({C.COPIED: 1}))
+    w.add(run_id, Counter({C.COPIED: 1}))
+    assert [r for r in caplog.records if "were lost" in r.getMessage()].__len__() == 1
+    reader = MemcacheStats(_client)
+    assert reader.run_counters(run_id) == {C.COPIED: 2}  # what arrived after the loss
+    assert reader.totals(run_id) == {C.COPIED: 6, C.BYTES: 40}  # the worker record came back whole
+    assert [x.worker for x in reader.workers(run_id)] == ["nodea:7"]
+
+
+def test_worker_record_carries_a_rate_window(monkeypatch):
+    import cmover.stats as stats
+
+    run_id = f"test-rate-{uuid.uuid4().hex}"
+    clock = [1000.0]
+    monkeypatch.setattr(stats.time, "time", lambda: clock[0])
+    w = MemcacheStats(_client, worker="h:1")
+    for _ in range(10):  # 10 files per 10 s for 100 s
+        clock[0] += 10
+        w.add(run_id, Counter({C.COPIED: 10}))
+    rec = MemcacheStats(_client).workers(run_id)[0]
+    assert rec.totals == {C.COPIED: 100}
+    assert rec.at == 1100.0 and rec.since == 1040.0  # newest report at least a minute old
+    assert rec.rate(C.COPIED) == 1.0
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def add(self, run_id, tally, node=""):
+        self.calls.append((run_id, dict(tally), node))
+
+    def totals(self, run_id):
+        return None
+
+    def workers(self, run_id):
+        return None
+
+
+def test_batched_reports_once_when_idle():
+    import time
+
+    from cmover.stats import BatchedStats
+
+    rec = _Recorder()
+    b = BatchedStats(rec, interval=3600, idle=0.1)
+    for _ in range(5):
+        b.add("r", Counter({C.COPIED: 1, C.TASKS: 1}), "n@h")
+    assert rec.calls == []  # nothing sent while the interval has not passed and the process is busy
+    deadline = time.monotonic() + 5
+    while not rec.calls and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert rec.calls == [("r", {C.COPIED: 5, C.TASKS: 5}, "n@h")]
+    b.add("r", Counter({C.COPIED: 1}))
+    b.flush()  # process shutdown
+    assert rec.calls[-1] == ("r", {C.COPIED: 1}, "")
+
+
+def test_batched_reports_at_once_when_the_interval_has_passed():
+    from cmover.stats import BatchedStats
+
+    rec = _Recorder()
+    b = BatchedStats(rec, interval=0.0)
+    b.add("r", Counter({C.COPIED: 1}))
+    b.add("r", Counter({C.COPIED: 2}))
+    assert rec.calls == [("r", {C.COPIED: 1}, ""), ("r", {C.COPIED: 2}, "")]
+
+
+def test_activity_and_estimate_are_pure():
+    from cmover.control import activity, estimate
+    from cmover.stats import WorkerStats
+
+    now = 10_000.0
+    busy = WorkerStats("a:1", "copy_f@a", now - 2, now - 300, {C.COPIED: 600, C.DIRS: 10}, now - 62,
+                       {C.COPIED: 0, C.DIRS: 0})
+    idle = WorkerStats("a:2", "copy_d@a", now - 500, now - 900, {C.COPIED: 50}, now - 560, {})
+    other = WorkerStats("b:3", "", now - 1, now - 100, {C.DIRS: 30}, now - 61, {C.DIRS: 0})
+    rates, nodes = activity([busy, idle, other], now, report_interval=30)
+    assert rates[C.COPIED] == 10.0  # the idle process's old rate is not counted
+    assert rates[C.DIRS] == 10 / 60 + 0.5
+    assert [(n["host"], n["processes"], n["active"], n["celery_nodes"]) for n in nodes] == [
+        ("a", 2, 1, ["copy_d@a", "copy_f@a"]), ("b", 1, 1, [])]
+    assert nodes[0]["totals"][C.COPIED] == 650
+    e = estimate({C.DIRS: 40, C.DIRS_FOUND: 99}, {C.DIRS: 2.0})
+    assert e == {"dirs_discovered": 100, "dirs_processed": 40, "dirs_left": 60, "fraction_done": 0.4,
+                 "seconds_left": 30.0}
+    assert estimate({}, {}) is None
+    assert estimate({C.DIRS: 5, C.DIRS_FOUND: 4}, {})["seconds_left"] is None
