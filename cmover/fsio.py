@@ -1,9 +1,10 @@
 """The syscall chokepoint: opening directories and files without following symlinks or touching atimes.
 
-Every directory below a root is opened component by component with ``O_NOFOLLOW``, relative to its
-parent's descriptor. A symlink planted anywhere on the way (for example a target directory swapped
-for a link between listing and copying) makes the open fail with ``ELOOP``/``ENOTDIR`` instead of
-leading cmover outside its root. Source files and directories are opened with ``O_NOATIME`` when the
+Every directory, from ``/`` down to a pass root and below it, is opened component by component with
+``O_NOFOLLOW``, relative to its parent's descriptor. A symlink planted anywhere on the way (for
+example a target directory swapped for a link between listing and copying, or a forged message naming
+a root through a link) makes the open fail with ``ELOOP``/``ENOTDIR`` instead of leading cmover
+outside its root. Source files and directories are opened with ``O_NOATIME`` when the
 process may (owner or CAP_FOWNER), so a copy pass does not change the atimes the OLDEST_DATE filter
 depends on; without the permission the open is retried plainly.
 """
@@ -13,7 +14,8 @@ from __future__ import annotations
 import errno
 import os
 
-from cmover.paths import components
+from cmover.errors import ConfinementError
+from cmover.paths import check_rel, components
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NOATIME = getattr(os, "O_NOATIME", 0)
@@ -31,9 +33,27 @@ def open_noatime(name: str | bytes, flags: int, *, dir_fd: int | None = None) ->
 
 
 def open_root(root: bytes, *, source: bool) -> int:
-    """Open a pass root directory. The root itself was resolved by the operator and may be a link."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-    return open_noatime(root, flags) if source else os.open(root, flags)
+    """Open a pass root directory (absolute) without following a symlink in any of its components.
+
+    The planner resolves both roots (``realpath``), so a root holds no symlink. One that does came with
+    a forged message or was swapped meanwhile, e.g. a symlink copied onto the target and named as the
+    pass's target root: following it would lead outside the configured mounts, so the open fails
+    (``ELOOP``/``ENOTDIR``) instead.
+    """
+    parts = [p for p in root.split(b"/") if p]
+    if not root.startswith(b"/") or any(p in (b".", b"..") for p in parts):
+        raise ConfinementError(f"pass root {root!r} is not a normalised absolute path")
+    fd = os.open(b"/", _DIR_FLAGS)
+    try:
+        for i, part in enumerate(parts):
+            # Only the root itself is listed: its ancestors are opened plainly (an open moves no atime).
+            nfd = open_subdir(fd, part, source=source and i == len(parts) - 1)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def open_subdir(parent_fd: int, name: str | bytes, *, source: bool) -> int:
@@ -44,8 +64,10 @@ def open_subdir(parent_fd: int, name: str | bytes, *, source: bool) -> int:
 def open_dir(root: bytes, rel: bytes, *, source: bool) -> int:
     """Open ``root/rel`` as a directory, refusing symlinks in every component of ``rel``.
 
-    ``rel`` must have passed :func:`cmover.paths.check_rel`. Returns a new descriptor the caller closes.
+    ``rel`` is checked again with :func:`cmover.paths.check_rel` (ConfinementError): no ``..`` walks up
+    from here whoever the caller is. Returns a new descriptor the caller closes.
     """
+    check_rel(rel)
     fd = open_root(root, source=source)
     try:
         for part in components(rel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -97,16 +98,16 @@ class PassSpec:
                 excludes=tuple(check_rel(from_wire(e)) for e in _list(d.get("excludes", []))),
                 batch=_int(d.get("batch", 1000), lo=1),
                 inline_entries=_int(d.get("inline_entries", 2000)),
-                inline_seconds=float(d.get("inline_seconds", 0.5)),
-                batch_seconds=float(d.get("batch_seconds", 120.0)),
+                inline_seconds=_seconds(d.get("inline_seconds", 0.5)),
+                batch_seconds=_seconds(d.get("batch_seconds", 120.0)),
                 chunk_threshold=_int(d.get("chunk_threshold", 0)),
                 chunk_size=_int(d.get("chunk_size", 256 << 20), lo=1 << 20),
                 mds_striped=bool(d.get("mds_striped", False)),
-                mdt_list=tuple(_int(m, lo=-1) for m in _list(d.get("mdt_list", []))),
+                mdt_list=tuple(_mdt(m) for m in _list(d.get("mdt_list", []))),
                 layout=check_policy(d.get("layout", "keep")),
                 restripe=_bool(d.get("restripe", False)),
                 max_deliveries=_int(d.get("max_deliveries", 5), lo=1),
-                options=dict(d.get("options") or {}),
+                options=_options(d.get("options") or {}),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ConfinementError(f"malformed pass spec in message: {type(exc).__name__}: {exc}") from None
@@ -116,9 +117,13 @@ class PassSpec:
         return spec
 
 
+#: A run id becomes part of memcached keys and queue names: no spaces, control characters or other syntax.
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+
+
 def _str(v: Any) -> str:
-    if not isinstance(v, str) or not v or len(v) > 200:
-        raise ValueError("run_id must be a short non-empty string")
+    if not isinstance(v, str) or not _RUN_ID_RE.fullmatch(v):
+        raise ValueError("run_id must be a short non-empty string of letters, digits, '_', '.', ':', '-'")
     return v
 
 
@@ -126,6 +131,34 @@ def _int(v: Any, lo: int = 0) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ValueError(f"expected an integer >= {lo}, got {v!r}")
     return v
+
+
+def _mdt(v: Any) -> int:
+    """An MDT index (-1: the filesystem's balancing); a C int for liblustreapi."""
+    if _int(v, lo=-1) >= 2**31:
+        raise ValueError(f"MDT index {v} is out of range")
+    return v
+
+
+def _seconds(v: Any) -> float:
+    """A finite, non-negative number of seconds (a huge int would overflow ``float``, NaN compares false)."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1e12:
+        raise ValueError(f"expected a number of seconds, got {v!r}")
+    return float(v)
+
+
+def _options(v: Any) -> dict[str, Any]:
+    """Pass options (the delete pass's): an object whose known keys have the types the engine relies on."""
+    if not isinstance(v, dict):
+        raise ValueError("options must be an object")
+    for key, ok in (("dry_run", lambda x: isinstance(x, bool)),
+                    ("src_must_be_mount", lambda x: isinstance(x, bool)),
+                    ("max_delete", lambda x: not isinstance(x, bool) and isinstance(x, int) and x >= 0),
+                    ("src_id", lambda x: isinstance(x, list) and len(x) == 2
+                     and all(isinstance(i, int) and not isinstance(i, bool) for i in x))):
+        if key in v and not ok(v[key]):
+            raise ValueError(f"option {key} has an invalid value {v[key]!r}")
+    return dict(v)
 
 
 def _bool(v: Any) -> bool:

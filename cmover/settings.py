@@ -11,6 +11,7 @@ mode. This module is the only one that knows where these files are.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import runpy
@@ -120,6 +121,9 @@ class Settings:
             raise ConfigError(
                 f"cannot read password file {pw_file}: {exc.strerror}; check its owner and mode"
             ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"password file {pw_file} is not text; re-create it with rabbitmq/rabbitmq_init.sh") \
+                from None
         if not password:
             raise ConfigError(f"password file {pw_file} is empty; re-create it with rabbitmq/rabbitmq_init.sh")
         host = self.broker_host
@@ -156,28 +160,53 @@ def find_config(explicit: str | None = None) -> Path:
     raise ConfigError("no config.py found; run from the cmover directory or set CMOVER_CONFIG")
 
 
+def _show(value: Any) -> str:
+    """``repr`` for a one-line message, whatever config.py bound to a name (shortened, never raising)."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} object>"
+    text = " ".join(text.split())
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _show_exc(exc: BaseException) -> str:
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:
+        text = ""
+    return (text if len(text) <= 500 else text[:500] + "...") or "no message"
+
+
 def _check(name: str, value: Any, typ: type | tuple[type, ...]) -> Any:
     # bool is an int subclass: reject True where a number is expected and 1 where a bool is expected.
     ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
     if not ok:
         want = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
-        raise ConfigError(f"config setting {name} = {value!r} must be a {want}; fix it in config.py")
+        raise ConfigError(f"config setting {name} = {_show(value)} must be a {want}; fix it in config.py")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config setting {name} = {value!r} must be a finite number; fix it in config.py")
+    if isinstance(value, str) and "\0" in value:
+        raise ConfigError(f"config setting {name} = {_show(value)} must not contain a NUL character; fix config.py")
     return value
 
 
 def from_mapping(values: dict[str, Any], *, config_path: str = "", rabbitmq_dir: str = "") -> Settings:
     """Validate a mapping of config.py names and build :class:`Settings` (broker files not read)."""
-    unknown = sorted(k for k in values if not k.startswith("_") and k not in _SCHEMA)
+    unknown = sorted(k if isinstance(k, str) and k.isidentifier() else _show(k) for k in values
+                     if not (isinstance(k, str) and (k.startswith("_") or k in _SCHEMA)))
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)} in config; remove them or fix the spelling")
     kw: dict[str, Any] = {}
     for name, (fname, typ, default) in _SCHEMA.items():
         kw[fname] = _check(name, values.get(name, default), typ)
     if not _USERNAME_RE.fullmatch(kw["username"]):
-        raise ConfigError(f"USERNAME {kw['username']!r} may only hold letters, digits, '_', '.', '-'; fix config.py")
+        raise ConfigError(f"USERNAME {_show(kw['username'])} may only hold letters, digits, '_', '.', '-'; "
+                          "fix config.py")
     for name in ("OLDEST_DATE", "NEWEST_DATE"):
-        if kw[_SCHEMA[name][0]] < 0:
-            raise ConfigError(f"{name} must be >= 0 seconds (0 disables the filter); fix config.py")
+        if not 0 <= kw[_SCHEMA[name][0]] <= MAX_AGE:
+            raise ConfigError(f"{name} must be between 0 and {MAX_AGE} seconds (0 disables the filter); "
+                              "fix config.py")
     if kw["batch"] < 1 or kw["batch"] > 100_000:
         raise ConfigError(f"BATCH = {kw['batch']} must be between 1 and 100000; fix config.py")
     if kw["inline_entries"] < 0 or kw["inline_seconds"] < 0:
@@ -187,37 +216,54 @@ def from_mapping(values: dict[str, Any], *, config_path: str = "", rabbitmq_dir:
     check_chunking(kw["chunk_threshold"], kw["chunk_size"], "CHUNK_THRESHOLD", "CHUNK_SIZE", "fix config.py")
     if kw["max_deliveries"] < 1:
         raise ConfigError("MAX_DELIVERIES must be >= 1; fix config.py")
-    if kw["local_jobs"] < 0:
-        raise ConfigError("LOCAL_JOBS must be >= 0 (0 = twice the number of cores); fix config.py")
+    if not 0 <= kw["local_jobs"] <= MAX_LOCAL_JOBS:
+        raise ConfigError(f"LOCAL_JOBS must be between 0 and {MAX_LOCAL_JOBS} processes (0 = twice the number "
+                          "of cores); fix config.py")
+    host, _, port = kw["memcached"].rpartition(":")
+    if not host or any(c.isspace() or c == "/" for c in host) or not (port.isascii() and port.isdigit()) \
+            or len(port) > 5 or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"MEMCACHED = {_show(kw['memcached'])} must be HOST:PORT (e.g. \"127.0.0.1:11211\"); "
+                          "fix config.py")
     if kw["report_interval"] <= 0:
         raise ConfigError("REPORT_INTERVAL must be > 0 seconds; fix config.py")
     mdts = kw["mdt_list"]
     if not all(isinstance(m, int) and not isinstance(m, bool) and m >= -1 for m in mdts) \
             or (-1 in mdts and len(mdts) > 1):
-        raise ConfigError(f"MDT_LIST = {mdts!r} must be a list of MDT indices, [] for all MDTs or [-1] for the "
+        raise ConfigError(f"MDT_LIST = {_show(mdts)} must be a list of MDT indices, [] for all MDTs or [-1] for the "
                           "filesystem's balancing; fix config.py")
     kw["mdt_list"] = tuple(mdts)
     if kw["lustre_layout"] not in POLICIES:
-        raise ConfigError(f"LUSTRE_LAYOUT = {kw['lustre_layout']!r} must be one of {', '.join(POLICIES)}; "
+        raise ConfigError(f"LUSTRE_LAYOUT = {_show(kw['lustre_layout'])} must be one of {', '.join(POLICIES)}; "
                           "fix config.py")
     if not kw["graphite_host"] or any(c.isspace() or c == "/" for c in kw["graphite_host"]):
-        raise ConfigError(f"GRAPHITE_HOST = {kw['graphite_host']!r} must be a host name or address (no spaces, "
+        raise ConfigError(f"GRAPHITE_HOST = {_show(kw['graphite_host'])} must be a host name or address (no spaces, "
                           "no URL); fix config.py")
     if not 1 <= kw["graphite_port"] <= 65535:
         raise ConfigError(f"GRAPHITE_PORT = {kw['graphite_port']} must be a TCP port (1-65535; carbon's plaintext "
                           "port is 2003 by default); fix config.py")
     if not GRAPHITE_PREFIX_RE.fullmatch(kw["graphite_prefix"]):
-        raise ConfigError(f"GRAPHITE_PREFIX = {kw['graphite_prefix']!r} must be dot-separated words of letters, "
+        raise ConfigError(f"GRAPHITE_PREFIX = {_show(kw['graphite_prefix'])} must be dot-separated words of letters, "
                           "digits, '_' and '-' (e.g. \"cmover\" or \"site.cmover\"); fix config.py")
     for name in ("source_mount", "target_mount"):
         v = kw[name]
         if v and not os.path.isabs(v):
-            raise ConfigError(f"{name} = {v!r} must be an absolute path; fix config.py")
+            raise ConfigError(f"{name} = {_show(v)} must be an absolute path; fix config.py")
         kw[name] = os.path.normpath(v) if v else ""
+    src, dst = kw["source_mount"], kw["target_mount"]
+    if src and dst and (_inside(src, dst) or _inside(dst, src)):
+        # Workers confine every message to these trees: nested, a message could write into the source.
+        raise ConfigError(f"source_mount = {_show(src)} and target_mount = {_show(dst)} overlap; they must be "
+                          "separate trees (neither inside the other); fix config.py")
     return Settings(**kw, config_path=config_path, rabbitmq_dir=rabbitmq_dir)
 
 
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 MIN_CHUNK = 1 << 20
+MAX_AGE = 10**11  # seconds (some 3000 years): more is a typo, and overflows the nanosecond cutoffs
+MAX_LOCAL_JOBS = 1024  # processes of an embedded run
 
 
 def check_chunking(threshold: int, size: int, t_name: str, s_name: str, fix: str) -> None:
@@ -240,11 +286,13 @@ def read_broker_host(rabbitmq_dir: Path) -> str | None:
         return None
     except OSError as exc:
         raise ConfigError(f"cannot read {conf}: {exc.strerror}; check its mode") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{conf} is not text; it must hold only the broker host (host or host:port)") from None
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            if any(c.isspace() for c in line) or "/" in line or "@" in line:
-                raise ConfigError(f"{conf} must hold only the broker host (host or host:port), not {line!r}")
+            if any(c.isspace() or not c.isprintable() for c in line) or "/" in line or "@" in line:
+                raise ConfigError(f"{conf} must hold only the broker host (host or host:port), not {_show(line)}")
             return line
     return None
 
@@ -254,8 +302,9 @@ def load_settings(path: str | None = None) -> Settings:
     cfg = find_config(path)
     try:
         values = runpy.run_path(str(cfg))
-    except Exception as exc:  # a syntax error in config.py must become a one-line message
-        raise ConfigError(f"cannot load {cfg}: {type(exc).__name__}: {exc}; fix the file") from None
+    except (Exception, SystemExit) as exc:  # a syntax error or an exit() in config.py: a one-line message
+        why = _show_exc(exc)
+        raise ConfigError(f"cannot load {cfg}: {type(exc).__name__}: {why}; fix the file") from None
     # Imported modules (e.g. "import os" for a computed path) are not settings.
     values = {k: v for k, v in values.items() if not k.startswith("__") and not isinstance(v, types.ModuleType)}
     rabbitmq_dir = Path(os.environ.get("CMOVER_RABBITMQ_DIR") or cfg.parent / "rabbitmq")

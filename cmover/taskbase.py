@@ -93,6 +93,8 @@ def run_pass_task(task: Task, spec_d: Any, rel_wire: Any, body: Body) -> None:
     tid = task.request.id
     try:
         spec = PassSpec.from_dict(spec_d)
+        if not task.name.startswith(f"cmover.{spec.kind.value}."):
+            raise ConfinementError(f"a {spec.kind.value} pass spec in a {task.name} message")
         ctx.check_spec(spec)
     except (ConfinementError, ConfigError) as exc:
         log.error("rejected message %s of %s: %s", tid, task.name, exc)

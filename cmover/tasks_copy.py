@@ -23,8 +23,8 @@ from cmover.taskbase import PassTask, run_pass_task
 @app.task(name="cmover.copy.dir", base=PassTask, bind=True)
 def copy_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None) -> None:
     def body(spec_, ctx, tally, fail, emit):
-        if mdt is not None and (isinstance(mdt, bool) or not isinstance(mdt, int)):
-            raise ConfinementError(f"MDT index in message is not an integer: {mdt!r}")
+        if mdt is not None and (isinstance(mdt, bool) or not isinstance(mdt, int) or not -1 <= mdt < 2**31):
+            raise ConfinementError(f"MDT index in message is not -1 or an MDT index: {mdt!r}")
         _engine(spec_, ctx, tally, fail, emit).run_dir(rel_from_wire(rel), mdt)
 
     run_pass_task(self, spec, rel, body)
