@@ -14,6 +14,7 @@ and marks the task done. Error classes (see :mod:`cmover.errors`):
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -44,6 +45,16 @@ class PassTask(Task):
     reject_on_worker_lost = True
     ignore_result = True
     typing = False  # arguments are checked by run_pass_task, with clear messages
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # A message with the wrong number of arguments would fail in the call itself, with a TypeError
+        # and a traceback, before run_pass_task could look at it: reject it here, like any malformed one.
+        try:
+            inspect.signature(self.run).bind(*args, **kwargs)
+        except TypeError as exc:
+            log.error("rejected message %s of %s: wrong arguments (%s)", self.request.id, self.name, exc)
+            raise Reject(f"wrong arguments: {exc}", requeue=False) from None
+        return super().__call__(*args, **kwargs)
 
 
 class _LedgerGuard:

@@ -680,3 +680,20 @@ def test_broker_credentials_files_are_git_ignored() -> None:
                  "rabbitmq/rabbitmq_USERNAME.conf.example"):
         r = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "--no-index", path], capture_output=True)
         assert r.returncode == 1, f"{path} must stay tracked"
+
+
+@pytest.mark.parametrize("task", [copy_dir, copy_files, copy_chunk, delete_dir, delete_files, delete_purge,
+                                  dirtime_dir], ids=lambda t: t.name)
+@pytest.mark.parametrize("shape", ["none", "one", "too many", "unknown keyword"])
+def test_wrong_number_of_arguments_is_rejected_not_a_traceback(site: Site, task: Any, shape: str) -> None:
+    from celery.exceptions import Reject
+
+    spec = site.spec(task.name.split(".")[1])
+    args, kwargs = {"none": ((), {}), "one": ((spec,), {}), "too many": ((spec, "", None, 1, 2, 3), {}),
+                    "unknown keyword": ((spec, ""), {"evil": 1})}[shape]
+    before, target = site.state(), site.target()
+    with pytest.raises(Reject) as info:
+        task(*args, **kwargs)  # Task.__call__: what the worker's tracer calls
+    assert info.value.requeue is False and "wrong arguments" in str(info.value.reason)
+    assert site.state() == before and site.target() == target
+    assert site.worker.sent == []
