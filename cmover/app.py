@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_shutdown
 from kombu import Exchange, Queue
 
 from cmover import logs
@@ -31,7 +31,7 @@ from cmover.lustre import FsApi, get_fs
 from cmover.passes import PassKind, PassSpec
 from cmover.paths import is_within
 from cmover.settings import Settings, load_settings
-from cmover.stats import MemcacheStats, StatsSink
+from cmover.stats import BatchedStats, MemcacheStats, NullStats, StatsSink
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,8 @@ def get_context() -> WorkerContext:
             s = settings()
             _context = WorkerContext(
                 ledger=MemcacheLedger(lambda: memcache_client(s)),
-                stats=MemcacheStats(lambda: memcache_client(s)),
+                stats=(BatchedStats(MemcacheStats(lambda: memcache_client(s)), s.report_interval)
+                       if s.stats_enabled else NullStats()),
                 errors=BrokerErrors(app),
                 lustreapi=s.lustreapi,
                 src_mount=os.fsencode(s.source_mount),
@@ -226,6 +227,16 @@ def get_context() -> WorkerContext:
             # Every entry cmover creates gets an explicit mode; a umask would only distort mkdir/mknod.
             os.umask(0)
         return _context
+
+
+@worker_process_shutdown.connect
+def _report_counts_at_exit(**_: Any) -> None:
+    """A pool process that exits (warm shutdown, pool shrink) reports the counts it still holds."""
+    ctx = _context
+    if ctx is not None and ctx.pid == os.getpid():
+        flush = getattr(ctx.stats, "flush", None)
+        if flush is not None:
+            flush()
 
 
 def embedded_context() -> WorkerContext:
@@ -237,3 +248,5 @@ def embedded_context() -> WorkerContext:
 
 
 __all__ = ["app", "TASK_NAMES", "PassKind", "Failure", "get_context", "install_context", "use_embedded"]
+
+from cmover import steer  # noqa: E402,F401  (last: workers connect its handlers that keep a paused pass paused)

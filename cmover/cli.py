@@ -106,24 +106,59 @@ def build_parser() -> argparse.ArgumentParser:
     _lustre_options(s)
     _delete_options(s)
 
-    st = sub.add_parser("status", help="is the pass running or complete, with counts")
-    st.add_argument("pass_", metavar="PASS", nargs="?", default="copy")
+    st = sub.add_parser("status", help="each pass: running, paused or complete, queues, counts, rates, nodes, "
+                        "errors and what is left")
+    st.add_argument("pass_", metavar="PASS", nargs="?", choices=[k.value for k in PassKind],
+                    help="copy, delete or dirtime (default: every pass that has been started)")
     st.add_argument("--run", help="a run id (default: the pass's current run)")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="machine-readable: one object (PASS or --run given) or "
+                    '{"passes": [...]}')
+    st.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                    help="refresh the view live every SECONDS (default 2) until Ctrl-C")
 
     e = sub.add_parser("errors", help="list the failures recorded by a distributed pass")
     e.add_argument("pass_", metavar="PASS", nargs="?", default="copy")
     e.add_argument("--run", help="a run id (default: the pass's current run)")
     e.add_argument("--json", action="store_true", help="every field: path, op, errno, message, side, worker, time")
 
+    rf = sub.add_parser("retry-failed", help="run the failed items of a distributed pass again (after fixing the "
+                        "cause); they leave the error list, what fails again is listed again")
+    rf.add_argument("pass_", metavar="PASS", nargs="?", default="copy", choices=[k.value for k in PassKind])
+    rf.add_argument("--run", help="a run id (default: the pass's current run)")
+    rf.add_argument("--no-wait", action="store_true", help="publish the retries and return")
+    rf.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     d = sub.add_parser("deleted", help="list what a distributed delete pass deleted (or would delete: --dry-run)")
     d.add_argument("--run", help="a run id (default: the current delete run)")
 
     sub.add_parser("stop", help="shut the workers down gracefully (running tasks finish)")
 
+    pa = sub.add_parser("pause", help="workers stop taking new tasks of PASS; running ones finish (see resume)")
+    pa.add_argument("pass_", metavar="PASS", nargs="?", default="copy", choices=[k.value for k in PassKind],
+                    help="copy (default), delete or dirtime")
+    pa.add_argument("--node", metavar="NODE", help="pause only this worker (e.g. w1@host; default: every worker)")
+    pa.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="wait up to this long for the running tasks of PASS to finish (default 60)")
+    pa.add_argument("--no-wait", action="store_true", help="return without waiting for the running tasks")
+    re_ = sub.add_parser("resume", help="paused workers take tasks of PASS again, where the pass stopped")
+    re_.add_argument("pass_", metavar="PASS", nargs="?", default="copy", choices=[k.value for k in PassKind],
+                     help="copy (default), delete or dirtime")
+    re_.add_argument("--node", metavar="NODE", help="resume only this worker (default: every paused worker)")
+    po = sub.add_parser("pool", help="grow or shrink the pool of every worker (or of NODE) by N processes")
+    po.add_argument("action", choices=["grow", "shrink"])
+    po.add_argument("n", type=int, metavar="N", help="how many pool processes to add or take away")
+    po.add_argument("node", metavar="NODE", nargs="?", help="only this worker (default: every worker)")
+
     li = sub.add_parser("lustre-info", help="what cmover sees of PATH: Lustre or not, fsname, OSTs/MDTs, layout")
     li.add_argument("path", metavar="PATH")
     li.add_argument("--json", action="store_true")
+
+    ex = sub.add_parser("exporter", help="Prometheus endpoint: serve the counters and queue depths of every "
+                        "pass's current run over HTTP, in the foreground until SIGTERM")
+    ex.add_argument("--listen", metavar="HOST", help="address to listen on (default 127.0.0.1: the endpoint has "
+                    "no authentication, so only this machine can scrape until you choose; 0.0.0.0 or :: for every "
+                    "interface)")
+    ex.add_argument("--port", type=int, metavar="PORT", help="TCP port to listen on (default 9477)")
     return p
 
 
@@ -199,7 +234,7 @@ def summary_lines(kind: str, state: str, totals: dict[str, int], seconds: float)
         f"  dirs      {t.get(C.DIRS, 0):,} processed, {t.get(C.DIRS_CREATED, 0):,} created",
         f"  files     {t.get(C.SCANNED, 0):,} scanned, {t.get(C.COPIED, 0):,} copied, "
         f"{t.get(C.META, 0):,} metadata updated, {t.get(C.LINKED, 0):,} hard-linked, {t.get(C.SKIPPED, 0):,} skipped, "
-        f"{t.get(C.FAILED, 0):,} failed",
+        f"{t.get(C.FAILED, 0):,} failed" + (f" ({t[C.RETRIED]:,} taken by retry-failed)" if t.get(C.RETRIED) else ""),
         f"  left out  {t.get(C.FILTERED, 0):,} by age filters, {t.get(C.EXCLUDED, 0):,} excluded, "
         f"{t.get(C.SOCKETS, 0):,} sockets; {t.get(C.CHANGED, 0):,} changed during copy, "
         f"{t.get(C.VANISHED, 0):,} vanished",
@@ -386,7 +421,9 @@ def _report(kind: str, state: str, totals: dict[str, int], seconds: float, failu
     if state == "unknown":
         return EXIT_UNKNOWN
     # Entries left by --max-delete are work not done: a script must notice, as for failed items.
-    return EXIT_ITEMS_FAILED if count or totals.get(C.FAILED, 0) or totals.get(C.DEL_LIMITED, 0) else EXIT_OK
+    # Failures taken by retry-failed are settled: only what is still on the error list counts.
+    open_failures = totals.get(C.FAILED, 0) - totals.get(C.RETRIED, 0)
+    return EXIT_ITEMS_FAILED if count or open_failures > 0 or totals.get(C.DEL_LIMITED, 0) else EXIT_OK
 
 
 def _print_deleted(items: list[Any], count: int, *, dry_run: bool) -> None:
@@ -482,17 +519,104 @@ def cmd_status(args: argparse.Namespace) -> int:
     from cmover import control
 
     settings = _load(args)
-    st = control.status(settings, args.pass_, args.run)
+    kind = args.pass_ or (args.run.split("-", 1)[0] if args.run else None)
+    if args.run and kind not in [k.value for k in PassKind]:
+        raise ConfigError(f"run id {args.run!r} does not start with a pass name (copy-..., delete-..., dirtime-...); "
+                          "give the pass too: cmover status PASS --run ID")
+    kinds = [kind] if kind else [k.value for k in PassKind]
+    if args.watch is not None and args.watch <= 0:
+        raise ConfigError(f"--watch {args.watch} must be a positive number of seconds")
+
+    def read() -> list[Any]:
+        got = [control.status(settings, k, args.run) for k in kinds]
+        return got if kind else [st for st in got if st.state != "none"]
+
+    if args.watch is not None:
+        return _watch_status(read, args.watch)
+    sts = read()
     if args.json:
-        print(json.dumps(st.as_dict()))
-    elif st.state == "none":
-        print(f"no {args.pass_} pass has been started")
+        print(json.dumps(sts[0].as_dict() if kind else {"passes": [st.as_dict() for st in sts]}))
+    elif not sts or sts[0].state == "none":
+        print(f"no {kind or ''}{' ' if kind else ''}pass has been started")
     else:
-        print("\n".join(summary_lines(args.pass_, st.state, st.totals, st.seconds)))
-        print(f"  run       {st.run_id}; outstanding tasks: "
-              f"{'unknown' if st.outstanding is None else st.outstanding}; queued: "
-              + ", ".join(f"{q} {n:,}" for q, n in st.queues.items()))
-    return {"complete": EXIT_OK, "running": EXIT_OK, "none": EXIT_OK}.get(st.state, EXIT_UNKNOWN)
+        from rich.console import Console
+
+        Console(highlight=False, soft_wrap=True).print(*[_status_view(st) for st in sts])
+    worst = EXIT_UNKNOWN if any(st.state == "unknown" for st in sts) else EXIT_OK
+    return worst
+
+
+def _watch_status(read: Any, every: float) -> int:
+    """Redraw the status of the passes every ``every`` seconds until Ctrl-C (exit 0)."""
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.text import Text
+
+    console = Console(highlight=False)
+    try:
+        with Live(console=console, auto_refresh=False, screen=False) as live:
+            while True:
+                sts = read()
+                stamp = Text(time.strftime("%H:%M:%S") + f"  (every {every:g} s, Ctrl-C to leave)", style="dim")
+                body = [_status_view(st) for st in sts] or [Text("no pass has been started")]
+                live.update(Group(stamp, *body), refresh=True)
+                time.sleep(every)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s // 60 % 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _status_view(st: Any) -> Any:
+    """One pass's status as a rich renderable: state line, queues, totals, rates, errors, estimate, nodes."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    if st.state == "none":
+        return Text(f"{st.kind}: no pass has been started")
+    style = {"running": "bold green", "paused": "bold yellow", "complete": "bold", "unknown": "bold red"}
+    head = Text.assemble((f"{st.kind} ", "bold"), (st.state, style.get(st.state, "")),
+                         f"  run {st.run_id}, started {_duration(st.seconds)} ago")
+    rows = Table.grid(padding=(0, 2))
+    rows.add_row("queues", ", ".join(f"{q} {n:,}" for q, n in st.queues.items())
+                 + f"; outstanding tasks {'unknown' if st.outstanding is None else f'{st.outstanding:,}'}")
+    for line in summary_lines(st.kind, st.state, st.totals, st.seconds)[1:]:
+        label, _, rest = line.strip().partition(" ")
+        rows.add_row(label, rest.strip())
+    r = st.rates
+    if st.state in ("running", "paused"):
+        rows.add_row("rates", f"{r.get(C.DIRS, 0):,.0f} dirs/s, {r.get(C.SCANNED, 0):,.0f} files scanned/s, "
+                     f"{r.get(C.COPIED, 0):,.0f} copied/s, {_fmt_bytes(r.get(C.BYTES, 0))}/s, "
+                     f"{r.get(C.DELETED, 0):,.0f} deleted/s, {r.get(C.DIRTIMES, 0):,.0f} dir times/s "
+                     "(last minute)")
+    errors, retried = int(st.totals.get(C.FAILED, 0)), int(st.totals.get(C.RETRIED, 0))
+    rows.add_row("errors", f"{errors:,} so far" + (f", {retried:,} taken by retry-failed" if retried else "")
+                 + (f"; {st.open_errors:,} listed by `cmover errors {st.kind}`" if st.open_errors else "")
+                 + (f"; {st.dead_letters:,} message(s) in cmover.{st.kind}.dead" if st.dead_letters else ""))
+    e = st.estimate
+    if e:
+        left = f"~{_duration(e['seconds_left'])} at the current rate" if e["seconds_left"] is not None else \
+            "no rate yet"
+        rows.add_row("left", f"{e['dirs_processed']:,} of {e['dirs_discovered']:,} directories found so far are "
+                     f"done ({100 * e['fraction_done']:.0f}%); {e['dirs_left']:,} to go, {left} (more may be found)")
+    parts: list[Any] = [head, rows]
+    if st.nodes:
+        t = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+        for col in ("node", "processes", "active", "dirs", "files", "copied", "bytes", "files/s", "bytes/s",
+                    "last report"):
+            t.add_column(col, justify="left" if col == "node" else "right")
+        for n in st.nodes:
+            tot, rt = n["totals"], n["rates"]
+            t.add_row(n["host"], str(n["processes"]), str(n["active"]), f"{tot.get(C.DIRS, 0):,}",
+                      f"{tot.get(C.SCANNED, 0):,}", f"{tot.get(C.COPIED, 0):,}", _fmt_bytes(tot.get(C.BYTES, 0)),
+                      f"{rt.get(C.SCANNED, 0):,.0f}", f"{_fmt_bytes(rt.get(C.BYTES, 0))}/s",
+                      f"{n['last_report_s']:.0f} s ago")
+        parts.append(t)
+    return Group(*parts, Text(""))
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
@@ -516,6 +640,30 @@ def cmd_errors(args: argparse.Namespace) -> int:
         print(f"{f.line()}  [{f.worker or '?'} {when}]")
     print(f"{count:,} failure(s) in {run_id}", file=sys.stderr)
     return EXIT_OK
+
+
+def cmd_retry_failed(args: argparse.Namespace) -> int:
+    """``cmover retry-failed [PASS]``: publish the failed items again under the same run, then wait."""
+    from cmover import control
+
+    settings = _load(args)
+    if not settings.broker_configured:
+        raise ConfigError("retry-failed works on distributed passes (no broker is configured); an embedded pass "
+                          "is retried by running it again: it copies only what differs")
+    spec, plan = control.retry_failed(settings, args.pass_, args.run)
+    for f in plan.gone:
+        where = "target" if spec.kind is PassKind.DELETE else "source"
+        print(f"not retried (no longer on the {where}): {display(f.path)}", file=sys.stderr)
+    for f in plan.unusable:
+        print(f"not retried (not a path below the pass root; kept on the list): {f.line()}", file=sys.stderr)
+    if not plan.jobs:
+        print(f"nothing to retry in {spec.run_id}"
+              + (f" ({len(plan.gone):,} record(s) dropped)" if plan.gone else ""), file=sys.stderr)
+        return EXIT_OK if not plan.unusable else EXIT_ITEMS_FAILED
+    print(f"retrying {plan.retried:,} failed item(s) of {spec.run_id} in {len(plan.jobs):,} task(s)", file=sys.stderr)
+    if args.no_wait:
+        return EXIT_OK
+    return _wait_and_report(settings, spec.kind.value, spec.run_id, args.json)
 
 
 def cmd_deleted(args: argparse.Namespace) -> int:
@@ -545,6 +693,63 @@ def cmd_stop(args: argparse.Namespace) -> int:
     control.stop()
     print("shutdown sent: workers finish their running tasks, then exit; queued work stays on the broker")
     return EXIT_OK
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    from cmover import control, steer
+
+    settings = _load(args)
+    control.check_broker(settings)
+    rep = steer.pause(settings, args.pass_, args.node)
+    kind = rep.kind
+    if rep.paused:
+        print(f"paused {kind} on " + ", ".join(f"{n} ({', '.join(qs)})" for n, qs in sorted(rep.paused.items())))
+    else:
+        print(f"paused {kind}: no worker{' ' + rep.node if rep.node else ''} consumes it now")
+    if rep.silent:
+        print(f"cmover: no answer from {', '.join(rep.silent)}: they may still take {kind} tasks", file=sys.stderr)
+    if rep.node is None:
+        print(f"workers that start now do not consume {kind} either, until `cmover resume {kind}`")
+    if args.no_wait:
+        return EXIT_OK
+    left = steer.wait_idle(kind, rep.workers, timeout=max(args.timeout, 0.0))
+    if left:
+        print(f"{left} {kind} task(s) still running after {args.timeout:g} s; they finish on their own")
+    else:
+        print(f"no {kind} task is running")
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from cmover import control, steer
+
+    settings = _load(args)
+    control.check_broker(settings)
+    rep = steer.resume(settings, args.pass_, args.node)
+    where = f" on {rep.node}" if rep.node else ""
+    if not rep.was_paused:
+        print(f"{rep.kind} was not paused{where}; nothing to resume")
+        return EXIT_OK
+    if rep.resumed:
+        print(f"resumed {rep.kind} on " + ", ".join(f"{n} ({', '.join(qs)})" for n, qs in rep.resumed.items()))
+    else:
+        print(f"resumed {rep.kind}{where}: workers that start consume it again")
+    if rep.silent:
+        print(f"cmover: no answer from {', '.join(rep.silent)} (stopped?): they consume {rep.kind} again when "
+              "they start", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_pool(args: argparse.Namespace) -> int:
+    from cmover import control, steer
+
+    settings = _load(args)
+    control.check_broker(settings)
+    resize = steer.pool_grow if args.action == "grow" else steer.pool_shrink
+    answers = resize(args.n, args.node)
+    for a in answers:
+        print(f"{a.node}: {a.message}", file=sys.stdout if a.ok else sys.stderr)
+    return EXIT_OK if all(a.ok for a in answers) else EXIT_FATAL
 
 
 def cmd_lustre_info(args: argparse.Namespace) -> int:
@@ -581,13 +786,23 @@ def cmd_lustre_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_exporter(args: argparse.Namespace) -> int:
+    """``cmover exporter [--listen HOST] [--port PORT]``: the Prometheus endpoint (:mod:`cmover.exporter`)."""
+    from cmover import exporter
+
+    settings = _load(args)
+    return exporter.run(settings, exporter.DEFAULT_LISTEN if args.listen is None else args.listen,
+                        exporter.DEFAULT_PORT if args.port is None else args.port)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler = {"copy": cmd_pass, "delete": cmd_pass, "dirtime": cmd_pass, "sync": cmd_sync, "start": cmd_start,
-               "status": cmd_status, "errors": cmd_errors, "deleted": cmd_deleted, "stop": cmd_stop,
-               "lustre-info": cmd_lustre_info}[args.command]
+               "status": cmd_status, "errors": cmd_errors, "retry-failed": cmd_retry_failed,
+               "deleted": cmd_deleted, "stop": cmd_stop, "pause": cmd_pause, "resume": cmd_resume, "pool": cmd_pool,
+               "lustre-info": cmd_lustre_info, "exporter": cmd_exporter}[args.command]
     t0 = time.monotonic()
     try:
         return handler(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,23 +19,98 @@ from cmover.errors import ConfigError, Failure, FatalError
 from cmover.ledger import LedgerLost
 from cmover.passes import PassKind, PassSpec
 from cmover.settings import Settings
-from cmover.stats import C
+from cmover.stats import C, MemcacheStats, WorkerStats, merge_totals
+
+#: Counters whose rates `cmover status` shows (per second, over about the last minute).
+RATED: tuple[str, ...] = (C.DIRS, C.SCANNED, C.COPIED, C.BYTES, C.DELETED, C.DIRTIMES, C.FAILED)
+
+#: A worker process that has not reported for REPORT_INTERVAL plus this many seconds is idle (or gone).
+ACTIVE_SLACK = 10.0
+
+#: Seconds after a run is first seen complete during which `status` waits for the workers' last
+#: reports (they report pending counts once idle for 0.25 s) before it gives the final totals.
+SETTLE = 2.0
 
 
 @dataclass
 class PassStatus:
+    """One pass run as `cmover status` shows it. Counts are cumulative; rates per second."""
+
     run_id: str
     kind: str
-    state: str  # running | complete | unknown | none
+    state: str  # running | paused | complete | unknown | none
     outstanding: int | None
     queues: dict[str, int]
     totals: dict[str, int]
     seconds: float = 0.0
     spec: dict[str, Any] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: int = 0  # messages in the pass's dead-letter queue (every run of the pass)
+    estimate: dict[str, Any] | None = None
+
+    @property
+    def open_errors(self) -> int:
+        """Failures recorded and not yet taken by `cmover retry-failed` (what `cmover errors` lists)."""
+        return max(0, int(self.totals.get(C.FAILED, 0)) - int(self.totals.get(C.RETRIED, 0)))
 
     def as_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "pass": self.kind, "state": self.state, "outstanding": self.outstanding,
-                "queues": self.queues, "totals": self.totals, "seconds": round(self.seconds, 1)}
+                "queues": self.queues, "totals": self.totals, "seconds": round(self.seconds, 1),
+                "rates": {k: round(v, 3) for k, v in self.rates.items()}, "nodes": self.nodes,
+                "errors": self.open_errors, "dead_letters": self.dead_letters,
+                "estimate": self.estimate}
+
+
+def activity(workers: list[WorkerStats], now: float, report_interval: float) -> tuple[dict[str, float],
+                                                                                      list[dict[str, Any]]]:
+    """Pass rates and per-node activity from the worker records of one run (pure).
+
+    A process counts as active while it keeps reporting (last report at most REPORT_INTERVAL +
+    ACTIVE_SLACK ago); the pass's rate of a counter is the sum of the active processes' rates over
+    their last minute of reports. Nodes are hosts, with the Celery nodes of their processes.
+    """
+    rates = dict.fromkeys(RATED, 0.0)
+    hosts: dict[str, dict[str, Any]] = {}
+    for w in workers:
+        active = now - w.at <= report_interval + ACTIVE_SLACK
+        h = hosts.setdefault(w.host, {"host": w.host, "celery_nodes": set(), "processes": 0, "active": 0,
+                                      "last_report_s": None, "totals": Counter(), "rates": dict.fromkeys(RATED, 0.0)})
+        if w.node:
+            h["celery_nodes"].add(w.node)
+        h["processes"] += 1
+        h["totals"].update({k: w.totals.get(k, 0) for k in RATED})
+        age = max(0.0, now - w.at)
+        h["last_report_s"] = age if h["last_report_s"] is None else min(h["last_report_s"], age)
+        if active:
+            h["active"] += 1
+            for k in RATED:
+                r = w.rate(k)
+                h["rates"][k] += r
+                rates[k] += r
+    nodes = []
+    for h in sorted(hosts.values(), key=lambda d: d["host"]):
+        nodes.append({**h, "celery_nodes": sorted(h["celery_nodes"]), "totals": dict(h["totals"]),
+                      "last_report_s": round(h["last_report_s"] or 0.0, 1),
+                      "rates": {k: round(v, 3) for k, v in h["rates"].items()}})
+    return rates, nodes
+
+
+def estimate(totals: dict[str, int], rates: dict[str, float]) -> dict[str, Any] | None:
+    """What is left of a running pass, from directories discovered vs processed (pure).
+
+    Only directories already listed are known, so ``dirs_left`` is a lower bound and ``seconds_left``
+    (at the current directory rate) an estimate; None when nothing has been counted yet.
+    """
+    done = int(totals.get(C.DIRS, 0))
+    if not done:
+        return None
+    found = int(totals.get(C.DIRS_FOUND, 0)) + 1  # + the pass's start directory
+    left = max(found - done, 0)
+    rate = rates.get(C.DIRS, 0.0)
+    return {"dirs_discovered": found, "dirs_processed": done, "dirs_left": left,
+            "fraction_done": round(min(done / found, 1.0), 4),
+            "seconds_left": round(left / rate, 1) if rate > 0 else None}
 
 
 def check_broker(settings: Settings) -> None:
@@ -64,11 +140,70 @@ def start(settings: Settings, spec: PassSpec) -> str:
         mc = _mc(settings)
         mc.set(_current_key(settings, spec.kind.value), json.dumps({"spec": spec.as_dict(), "started": time.time()}),
                expire=29 * 24 * 3600)
+        mc.set(_spec_key(spec.run_id), json.dumps(spec.as_dict()), expire=29 * 24 * 3600)
         tid = seed(appmod.app, spec, ctx)
     except (TimeoutError, OSError, LedgerLost) as exc:
         raise FatalError(f"memcached at {settings.memcached} is unreachable ({exc}); start it (memcached -M) "
                          "or fix MEMCACHED in config.py: passes cannot be tracked without it") from None
     return tid
+
+
+def _spec_key(run_id: str) -> str:
+    return f"cm:{run_id}:spec"
+
+
+def run_spec(settings: Settings, run_id: str | None, kind: str) -> PassSpec:
+    """The spec of run ``run_id`` (default: the current run of pass ``kind``); ConfigError when unknown."""
+    if run_id is None:
+        info = current_run(settings, kind)
+        if info is None:
+            raise ConfigError(f"no {kind} pass has been started; start one with `cmover start {kind}`")
+        spec_d = info["spec"]
+    else:
+        try:
+            raw = _mc(settings).get(_spec_key(run_id))
+        except Exception as exc:
+            raise FatalError(f"memcached at {settings.memcached} is unreachable ({exc}); start it (memcached -M) or "
+                             "fix MEMCACHED in config.py") from None
+        if raw is None:
+            raise ConfigError(f"run {run_id} is not known to memcached at {settings.memcached}; check the id "
+                              f"with `cmover status {kind}`")
+        spec_d = json.loads(raw)
+    return PassSpec.from_dict(spec_d)
+
+
+def retry_failed(settings: Settings, kind: str, run_id: str | None = None) -> tuple[PassSpec, Any]:
+    """Publish the failed items of the run again (see :mod:`cmover.retry`); return the spec and the plan."""
+    from cmover.errorlist import BrokerErrors
+    from cmover.ledger import task_id
+    from cmover.retry import plan_retry
+
+    check_broker(settings)
+    spec = run_spec(settings, run_id, kind)
+    ctx = appmod.get_context()
+    errors_ = BrokerErrors(appmod.app)
+    with errors_.take(spec.run_id) as (failures, commit):
+        plan = plan_retry(spec, failures)
+        if plan.jobs:
+            try:
+                attempt = ctx.ledger.incr(spec.run_id, "retries", 1)
+                _mc(settings).delete(f"cm:{spec.run_id}:complete_at", noreply=False)
+            except (TimeoutError, OSError, LedgerLost) as exc:
+                raise FatalError(f"memcached at {settings.memcached} is unreachable ({exc}); start it "
+                                 "(memcached -M): a retry cannot be tracked without it") from None
+            spec_d = spec.as_dict()
+            for job in plan.jobs:
+                tid = task_id(spec.run_id, f"retry{attempt}.{job.kind}", job.rel, job.index, job.ident())
+                ctx.ledger.enqueue(spec.run_id, tid)
+                appmod.app.send_task(appmod.TASK_NAMES[(spec.kind.value, job.kind)],
+                                     args=[spec_d, *job.wire_args()], task_id=tid)
+        if plan.unusable:
+            errors_.record(spec.run_id, plan.unusable)  # kept on the list as they were
+        commit()
+    resolved = plan.retried + len(plan.gone)
+    if resolved:
+        MemcacheStats(lambda: _mc(settings)).add(spec.run_id, Counter({C.RETRIED: resolved}))
+    return spec, plan
 
 
 def _current_key(settings: Settings, kind: str) -> str:
@@ -105,9 +240,18 @@ def queue_depths(kind: str) -> dict[str, int]:
 
 
 def status(settings: Settings, kind: str = "copy", run_id: str | None = None) -> PassStatus:
-    """The state of the current (or given) run of pass ``kind``."""
+    """The state of the current (or given) run of pass ``kind``: counts, rates, nodes, estimate.
+
+    "paused" is a running pass whose queues `cmover pause` stopped consuming. Totals given with
+    "complete" include every worker's last report (see SETTLE).
+    """
     check_broker(settings)
-    info = current_run(settings, kind)
+    try:
+        info = current_run(settings, kind)
+    except FatalError:
+        if run_id is None:
+            raise  # memcached unreachable and no run named: nothing to report on
+        info = None  # the named run's ledger is unreachable: its state is "unknown" below, never "complete"
     if run_id is None:
         if info is None:
             return PassStatus("", kind, "none", None, {}, {})
@@ -115,7 +259,6 @@ def status(settings: Settings, kind: str = "copy", run_id: str | None = None) ->
     assert run_id is not None
     ctx = appmod.get_context()
     out = ctx.ledger.outstanding(run_id)
-    totals = ctx.stats.totals(run_id) or {}
     depths = queue_depths(kind)
     if out is None:
         state = "unknown"
@@ -126,9 +269,58 @@ def status(settings: Settings, kind: str = "copy", run_id: str | None = None) ->
         out = 0  # the exact count (a stale counter was settled by the scan)
     else:
         state = "running"
-    started = info.get("started", time.time()) if info and info["spec"]["run_id"] == run_id else time.time()
-    return PassStatus(run_id, kind, state, out, depths, totals, time.time() - started,
-                      info["spec"] if info else {})
+    if state == "complete":
+        _let_reports_settle(settings, run_id)
+    elif state == "running" and _paused(settings, kind):
+        state = "paused"
+    sink = MemcacheStats(lambda: _mc(settings))
+    counters = sink.run_counters(run_id) or {}
+    workers = sink.workers(run_id) or []
+    totals = merge_totals(counters, workers)
+    now = time.time()
+    rates, nodes = activity(workers, now, settings.report_interval)
+    started = info.get("started", now) if info and info["spec"]["run_id"] == run_id else now
+    if state == "complete":
+        rates = dict.fromkeys(rates, 0.0)
+    return PassStatus(run_id, kind, state, out, depths, totals, now - started, info["spec"] if info else {},
+                      rates=rates, nodes=nodes, dead_letters=dead_letter_depth(kind),
+                      estimate=estimate(totals, rates) if state in ("running", "paused") else None)
+
+
+def _paused(settings: Settings, kind: str) -> bool:
+    from cmover import steer
+
+    return steer.is_paused(settings, kind)
+
+
+def _let_reports_settle(settings: Settings, run_id: str) -> None:
+    """Wait until SETTLE seconds have passed since the run was first seen complete (by any reader)."""
+    try:
+        mc = _mc(settings)
+        key = f"cm:{run_id}:complete_at"
+        mc.add(key, repr(time.time()), expire=29 * 24 * 3600, noreply=False)
+        first = float(mc.get(key) or 0)
+    except Exception:
+        return  # counters are display data: never fail a status on them
+    left = first + SETTLE - time.time()
+    if 0 < left <= SETTLE:
+        time.sleep(left)
+
+
+def dead_letter_depth(kind: str) -> int:
+    """Messages in ``cmover.<kind>.dead`` (0 when the queue was never declared)."""
+    with appmod.app.connection_for_read() as conn:
+        ch = conn.channel()
+        try:
+            _, n, _ = ch.queue_declare(appmod.queue_name(kind, "dead"), passive=True)
+            return int(n)
+        except Exception:
+            return 0
+        finally:
+            try:
+                ch.close()
+            except Exception:
+                pass
 
 
 def _settled(ledger: Any, run_id: str, out: int) -> bool:

@@ -23,6 +23,7 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 
 import graphyte
 
@@ -50,38 +51,86 @@ def queue_metric(name: str) -> str:
     return name.replace(".", "_")
 
 
+class ReadError(FatalError):
+    """memcached or the broker could not be read; ``str()`` is the one-line message with the fix.
+
+    ``service`` names which: ``"memcached"`` or ``"broker"``.
+    """
+
+    def __init__(self, service: str, message: str) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+@dataclass(frozen=True)
+class PassReading:
+    """One pass kind's current run, as read at one moment.
+
+    ``totals`` holds every name of :data:`cmover.stats.C.ALL` (0 while a counter is still absent);
+    ``queues`` maps each pass queue (``cmover.<pass>.dirs|files``) to its ready messages, by name;
+    ``outstanding`` is the completion ledger's count of tasks published and not done, None while the
+    ledger cannot vouch for it.
+    """
+
+    kind: str
+    run_id: str
+    totals: dict[str, int]
+    queues: dict[str, int]
+    outstanding: int | None
+
+
+def read_passes(settings: Settings) -> list[PassReading]:
+    """The current run of every pass kind that has one (in :data:`PASSES` order), read now.
+
+    Reads memcached (``settings.memcached``) first, then checks the broker of the Celery app, which must
+    be configured for the same site (:func:`cmover.app.install_settings`), once, then reads each pass's
+    counters, queue depths and ledger count. Raises :class:`ReadError` naming the service and the fix
+    when memcached or the broker cannot be reached or read; nothing is returned in part.
+    """
+    try:
+        infos = {kind: info for kind in PASSES if (info := control.current_run(settings, kind)) is not None}
+    except FatalError as exc:
+        raise ReadError("memcached", str(exc)) from None
+    try:
+        control.check_broker(settings)
+    except FatalError as exc:  # ConfigError: unreachable, or no broker configured for the site
+        raise ReadError("broker", str(exc)) from None
+    mc = appmod.memcache_client(settings)  # one client for the counters and the ledger, closed below
+    try:
+        stats = MemcacheStats(lambda: mc)
+        ledger = MemcacheLedger(lambda: mc)
+        readings: list[PassReading] = []
+        for kind, info in infos.items():
+            run_id = str(info["spec"]["run_id"])
+            totals = stats.totals(run_id)
+            if totals is None:
+                raise ReadError("memcached", f"cannot read the counters of run {run_id} from memcached at "
+                                f"{settings.memcached}; check that memcached is running (memcached -M) and "
+                                "MEMCACHED in config.py")
+            try:
+                depths = control.queue_depths(kind)
+            except Exception as exc:
+                raise ReadError("broker", f"cannot read the {kind} queue depths from the broker at "
+                                f"{settings.broker_host} ({exc}); start RabbitMQ there or fix "
+                                "rabbitmq/rabbitmq.conf") from None
+            readings.append(PassReading(kind, run_id, {name: int(totals.get(name, 0)) for name in C.ALL},
+                                        dict(sorted(depths.items())), ledger.outstanding(run_id)))
+        return readings
+    finally:
+        mc.close()
+
+
 def _collect(settings: Settings) -> tuple[list[tuple[str, float]], dict[str, str]]:
     """The metrics and, per pass with a current run, that run's id."""
-
-    def client():
-        return appmod.memcache_client(settings)
-
-    # memcached first (FatalError with the fix when it is unreachable), then the broker, once.
-    infos = {kind: info for kind in PASSES if (info := control.current_run(settings, kind)) is not None}
-    control.check_broker(settings)
-    stats = MemcacheStats(client)
-    ledger = MemcacheLedger(client)
+    readings = read_passes(settings)
     metrics: list[tuple[str, float]] = []
-    runs: dict[str, str] = {}
-    for kind, info in infos.items():
-        run_id = str(info["spec"]["run_id"])
-        runs[kind] = run_id
-        base = f"{settings.graphite_prefix}.{kind}"
-        totals = stats.totals(run_id)
-        if totals is None:
-            raise FatalError(f"cannot read the counters of run {run_id} from memcached at {settings.memcached}; "
-                             "check that memcached is running (memcached -M) and MEMCACHED in config.py")
-        metrics.extend((f"{base}.{name}", totals.get(name, 0)) for name in C.ALL)
-        try:
-            depths = control.queue_depths(kind)
-        except Exception as exc:
-            raise FatalError(f"cannot read the {kind} queue depths from the broker at {settings.broker_host} "
-                             f"({exc}); start RabbitMQ there or fix rabbitmq/rabbitmq.conf") from None
-        metrics.extend((f"{base}.queue.{queue_metric(q)}", n) for q, n in sorted(depths.items()))
-        out = ledger.outstanding(run_id)
-        if out is not None:
-            metrics.append((f"{base}.outstanding", out))
-    return metrics, runs
+    for r in readings:
+        base = f"{settings.graphite_prefix}.{r.kind}"
+        metrics.extend((f"{base}.{name}", r.totals[name]) for name in C.ALL)
+        metrics.extend((f"{base}.queue.{queue_metric(q)}", n) for q, n in r.queues.items())
+        if r.outstanding is not None:
+            metrics.append((f"{base}.outstanding", r.outstanding))
+    return metrics, {r.kind: r.run_id for r in readings}
 
 
 def collect(settings: Settings) -> list[tuple[str, float]]:
@@ -89,8 +138,8 @@ def collect(settings: Settings) -> list[tuple[str, float]]:
 
     Reads memcached (``settings.memcached``), then checks the broker of the Celery app, which must be
     configured for the same site (:func:`cmover.app.install_settings`, as the commands do), and reads the
-    queue depths of the passes that have a current run. Sends nothing. Raises :class:`FatalError` with
-    the fix when memcached or the broker cannot be reached.
+    queue depths of the passes that have a current run (:func:`read_passes`). Sends nothing. Raises
+    :class:`FatalError` (a :class:`ReadError`) with the fix when memcached or the broker cannot be reached.
     """
     return _collect(settings)[0]
 
@@ -156,4 +205,5 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-__all__ = ["collect", "send", "run", "main", "GraphiteError", "PASSES", "queue_metric"]
+__all__ = ["collect", "send", "run", "main", "GraphiteError", "PASSES", "queue_metric", "read_passes", "PassReading",
+           "ReadError"]

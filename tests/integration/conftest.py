@@ -200,7 +200,7 @@ class Deployment:
         return m.group(1)
 
     def status(self, run_id: str | None = None) -> dict[str, Any]:
-        r = self.cmover("status", "--json", *(["--run", run_id] if run_id else []), timeout=60)
+        r = self.cmover("status", "copy", "--json", *(["--run", run_id] if run_id else []), timeout=60)
         assert r.returncode == 0, explain(r)
         return json.loads(r.stdout)
 

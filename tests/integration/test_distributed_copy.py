@@ -308,9 +308,10 @@ def test_sigkill_mid_pass_loses_nothing(deployments: DeploymentSet, tmp_path: Pa
 # -- 6. unreadable source entries ---------------------------------------------------------------------------
 
 
-def test_unreadable_source_entries_are_counted_and_listed(deployments: DeploymentSet, tmp_path: Path) -> None:
+def test_unreadable_source_entries_are_counted_listed_and_retried(deployments: DeploymentSet, tmp_path: Path) -> None:
     """A worker without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH (root can read anything otherwise) meets a
-    mode-000 file and directory owned by another user: both are failures, listed, and the rest is copied."""
+    mode-000 file and directory owned by another user: both are failures, listed, and the rest is copied;
+    once readable, `retry-failed` copies them and the error list empties."""
     setpriv = shutil.which("setpriv")
     assert setpriv, "setpriv (util-linux) is needed to drop root's DAC capabilities"
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -357,6 +358,28 @@ def test_unreadable_source_entries_are_counted_and_listed(deployments: Deploymen
     diffs = treeutil.compare_trees(src, dst)
     assert diffs == sorted([f"{secret!r}: missing on target (file)", f"{locked!r}: missing on target (dir)",
                             f"{locked + b'/inner'!r}: missing on target (file)"])
+
+    # The operator fixes the permissions; retry-failed copies just those items and the list empties.
+    st = dep.status(out["run_id"])
+    assert st["errors"] == 2 and st["totals"]["failed"] == 2
+    for rel, mode in ((secret, 0o644), (locked, 0o755)):  # root's again (the worker has no DAC override)
+        os.chown(src_b + b"/" + rel, 0, 0)
+        os.chmod(src_b + b"/" + rel, mode)
+    tasks_before = st["totals"]["tasks"]
+    rr = dep.cmover("retry-failed", "copy", "--json", timeout=120)
+    assert rr.returncode == 0, explain(rr)
+    assert "retrying 2 failed item(s)" in rr.stderr
+    retry = _json_out(rr)
+    assert retry["run_id"] == out["run_id"] and retry["state"] == "complete"
+    assert retry["failure_count"] == 0 and retry["failures"] == []
+    assert retry["totals"]["files_copied"] == out["totals"]["files_copied"] + 2  # secret and locked/inner
+    assert retry["totals"]["tasks"] == tasks_before + 2  # one batch task and one directory task
+    assert retry["totals"]["failures_retried"] == 2
+    assert dep.cmover("errors", "--run", out["run_id"]).stdout == ""
+    assert dep.status(out["run_id"])["errors"] == 0
+    assert treeutil.compare_trees(src, dst) == []
+    again = dep.cmover("retry-failed", "copy")
+    assert again.returncode == 0 and "nothing to retry" in again.stderr, explain(again)
 
 
 # -- 7. stop ------------------------------------------------------------------------------------------------
