@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -579,14 +580,14 @@ def _status_view(st: Any) -> Any:
     if st.state == "none":
         return Text(f"{st.kind}: no pass has been started")
     style = {"running": "bold green", "paused": "bold yellow", "complete": "bold", "unknown": "bold red"}
-    head = Text.assemble((f"{st.kind} ", "bold"), (st.state, style.get(st.state, "")),
-                         f"  run {st.run_id}, started {_duration(st.seconds)} ago")
+    took = f"ran for {_duration(st.seconds)}" if st.state == "complete" else f"started {_duration(st.seconds)} ago"
+    head = Text.assemble((f"{st.kind} ", "bold"), (st.state, style.get(st.state, "")), f"  run {st.run_id}, {took}")
     rows = Table.grid(padding=(0, 2))
     rows.add_row("queues", ", ".join(f"{q} {n:,}" for q, n in st.queues.items())
                  + f"; outstanding tasks {'unknown' if st.outstanding is None else f'{st.outstanding:,}'}")
     for line in summary_lines(st.kind, st.state, st.totals, st.seconds)[1:]:
-        label, _, rest = line.strip().partition(" ")
-        rows.add_row(label, rest.strip())
+        label, rest = (re.split(r"\s{2,}", line.strip(), maxsplit=1) + [""])[:2]  # labels may hold one space
+        rows.add_row(label, rest)
     r = st.rates
     if st.state in ("running", "paused"):
         rows.add_row("rates", f"{r.get(C.DIRS, 0):,.0f} dirs/s, {r.get(C.SCANNED, 0):,.0f} files scanned/s, "

@@ -280,9 +280,15 @@ def status(settings: Settings, kind: str = "copy", run_id: str | None = None) ->
     now = time.time()
     rates, nodes = activity(workers, now, settings.report_interval)
     started = info.get("started", now) if info and info["spec"]["run_id"] == run_id else now
+    ended = now
     if state == "complete":
+        # Nothing runs any more: no rates, and the pass lasted until its workers' last reports.
         rates = dict.fromkeys(rates, 0.0)
-    return PassStatus(run_id, kind, state, out, depths, totals, now - started, info["spec"] if info else {},
+        for n in nodes:
+            n["rates"] = dict.fromkeys(n["rates"], 0.0)
+        ended = max((w.at for w in workers), default=now)
+    return PassStatus(run_id, kind, state, out, depths, totals, max(ended - started, 0.0),
+                      info["spec"] if info else {},
                       rates=rates, nodes=nodes, dead_letters=dead_letter_depth(kind),
                       estimate=estimate(totals, rates) if state in ("running", "paused") else None)
 

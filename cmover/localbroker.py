@@ -194,7 +194,7 @@ def hub() -> Any:
 class HubStats:
     """StatsSink over the hub."""
 
-    def add(self, run_id: str, tally: Counter[str], node: str = "") -> None:
+    def add(self, run_id: str, tally: Counter[str], node: str = "", began: float = 0.0) -> None:
         hub().stats_add(run_id, json.dumps(dict(tally)))
 
     def totals(self, run_id: str) -> dict[str, int] | None:

@@ -81,8 +81,11 @@ Tally = Counter  # Counter[str]: what one task adds, keyed by C values
 
 
 class StatsSink(Protocol):
-    def add(self, run_id: str, tally: Counter[str], node: str = "") -> None:
-        """Add one task's counts to the run's totals (``node``: the Celery node of the worker). Never raises."""
+    def add(self, run_id: str, tally: Counter[str], node: str = "", began: float = 0.0) -> None:
+        """Add one task's counts to the run's totals. Never raises.
+
+        ``node``: the Celery node of the worker; ``began``: Unix time the counted work started (0: now).
+        """
         ...
 
     def totals(self, run_id: str) -> dict[str, int] | None:
@@ -97,7 +100,7 @@ class MemoryStats:
         self._lock = threading.Lock()
         self._totals: dict[str, Counter[str]] = {}
 
-    def add(self, run_id: str, tally: Counter[str], node: str = "") -> None:
+    def add(self, run_id: str, tally: Counter[str], node: str = "", began: float = 0.0) -> None:
         with self._lock:
             self._totals.setdefault(run_id, Counter()).update(tally)
 
@@ -145,21 +148,25 @@ class MemcacheStats:
             self._client = self._factory()
         return self._client
 
-    def add(self, run_id: str, tally: Counter[str], node: str = "") -> None:
-        """Add ``tally`` to the run's counters and to this process's record (one report). Never raises."""
+    def add(self, run_id: str, tally: Counter[str], node: str = "", began: float = 0.0) -> None:
+        """Add ``tally`` to the run's counters and to this process's record (one report). Never raises.
+
+        ``began`` (Unix time the counted work started) opens the process's rate window for a new run.
+        """
         with self._lock:
             try:
-                self._report(run_id, tally, node)
+                self._report(run_id, tally, node, began)
             except Exception as exc:  # a stats outage must never stop the copy
                 if not self._warned:
                     log.warning("counters not recorded (memcached: %s); copying goes on", exc)
                     self._warned = True
 
-    def _report(self, run_id: str, tally: Counter[str], node: str) -> None:
+    def _report(self, run_id: str, tally: Counter[str], node: str, began: float) -> None:
         mc = self._mc()
         mine = self._runs.get(run_id)
         if mine is None:
-            mine = self._runs[run_id] = _ProcessTotals(time.time())
+            now = time.time()
+            mine = self._runs[run_id] = _ProcessTotals(min(began, now) if began > 0 else now)
             while len(self._runs) > self.RUNS_KEPT:
                 del self._runs[next(iter(self._runs))]
         lost = False
@@ -329,14 +336,17 @@ class BatchedStats:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: dict[tuple[str, str], Counter[str]] = {}
+        self._began: dict[tuple[str, str], float] = {}  # earliest start of the pending work
         self._last_report = time.monotonic()
         self._last_add = 0.0
         self._thread: threading.Thread | None = None
 
-    def add(self, run_id: str, tally: Counter[str], node: str = "") -> None:
+    def add(self, run_id: str, tally: Counter[str], node: str = "", began: float = 0.0) -> None:
         now = time.monotonic()
         with self._lock:
             self._pending.setdefault((run_id, node), Counter()).update(tally)
+            if began > 0:
+                self._began[(run_id, node)] = min(began, self._began.get((run_id, node), began))
             self._last_add = now
             due = now - self._last_report >= self.interval
             if not due:
@@ -351,9 +361,10 @@ class BatchedStats:
         """Report everything pending now (in this thread)."""
         with self._lock:
             pending, self._pending = self._pending, {}
+            began, self._began = self._began, {}
             self._last_report = time.monotonic()
-        for (run_id, node), tally in pending.items():
-            self.sink.add(run_id, tally, node)
+        for key, tally in pending.items():
+            self.sink.add(key[0], tally, key[1], began.get(key, 0.0))
 
     def _idle_reporter(self) -> None:
         while True:
@@ -376,7 +387,7 @@ class BatchedStats:
 class NullStats:
     """STATS_ENABLED = False: nothing is counted in memcached; totals are unknown."""
 
-    def add(self, run_id: str, tally: Counter[str], node: str = "") -> None:
+    def add(self, run_id: str, tally: Counter[str], node: str = "", began: float = 0.0) -> None:
         pass
 
     def totals(self, run_id: str) -> dict[str, int] | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -115,6 +116,7 @@ def run_pass_task(task: Task, spec_d: Any, rel_wire: Any, body: Body) -> None:
     if delivery is None:
         log.debug("task %s already done; duplicate delivery ignored", tid)
         return
+    began = time.time()
     tally: Counter[str] = Counter({C.TASKS: 1})
     failures: list[Failure] = []
     where = _describe(rel_wire)
@@ -145,7 +147,7 @@ def run_pass_task(task: Task, spec_d: Any, rel_wire: Any, body: Body) -> None:
             log.exception("unexpected error in %s (%s)", task.name, display(where))
             tally[C.FAILED] += 1
             failures.append(Failure(where, task.name, 0, f"internal error: {type(exc).__name__}: {exc}"))
-    ctx.stats.add(run_id, tally, str(getattr(task.request, "hostname", "") or ""))
+    ctx.stats.add(run_id, tally, str(getattr(task.request, "hostname", "") or ""), began)
     if failures:
         try:
             ctx.errors.record(run_id, failures)

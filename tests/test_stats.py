@@ -134,9 +134,9 @@ def test_worker_record_carries_a_rate_window(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(stats.time, "time", lambda: clock[0])
     w = MemcacheStats(_client, worker="h:1")
-    for _ in range(10):  # 10 files per 10 s for 100 s
+    for _ in range(10):  # 10 files per 10 s for 100 s, each batch of work started 10 s before its report
         clock[0] += 10
-        w.add(run_id, Counter({C.COPIED: 10}))
+        w.add(run_id, Counter({C.COPIED: 10}), began=clock[0] - 10)
     rec = MemcacheStats(_client).workers(run_id)[0]
     assert rec.totals == {C.COPIED: 100}
     assert rec.at == 1100.0 and rec.since == 1040.0  # newest report at least a minute old
@@ -147,8 +147,9 @@ class _Recorder:
     def __init__(self):
         self.calls = []
 
-    def add(self, run_id, tally, node=""):
+    def add(self, run_id, tally, node="", began=0.0):
         self.calls.append((run_id, dict(tally), node))
+        self.began = began
 
     def totals(self, run_id):
         return None
@@ -164,13 +165,14 @@ def test_batched_reports_once_when_idle():
 
     rec = _Recorder()
     b = BatchedStats(rec, interval=3600, idle=0.1)
-    for _ in range(5):
-        b.add("r", Counter({C.COPIED: 1, C.TASKS: 1}), "n@h")
+    for i in range(5):
+        b.add("r", Counter({C.COPIED: 1, C.TASKS: 1}), "n@h", began=1000.0 + i)
     assert rec.calls == []  # nothing sent while the interval has not passed and the process is busy
     deadline = time.monotonic() + 5
     while not rec.calls and time.monotonic() < deadline:
         time.sleep(0.02)
     assert rec.calls == [("r", {C.COPIED: 5, C.TASKS: 5}, "n@h")]
+    assert rec.began == 1000.0  # the earliest start of the reported work
     b.add("r", Counter({C.COPIED: 1}))
     b.flush()  # process shutdown
     assert rec.calls[-1] == ("r", {C.COPIED: 1}, "")
@@ -206,3 +208,14 @@ def test_activity_and_estimate_are_pure():
                  "seconds_left": 30.0}
     assert estimate({}, {}) is None
     assert estimate({C.DIRS: 5, C.DIRS_FOUND: 4}, {})["seconds_left"] is None
+
+
+def test_first_report_rate_counts_from_when_the_work_began(monkeypatch):
+    import cmover.stats as stats
+
+    run_id = f"test-rate0-{uuid.uuid4().hex}"
+    monkeypatch.setattr(stats.time, "time", lambda: 2000.0)
+    w = MemcacheStats(_client, worker="h:2")
+    w.add(run_id, Counter({C.COPIED: 300}), began=1970.0)  # 300 files in the 30 s before the first report
+    rec = MemcacheStats(_client).workers(run_id)[0]
+    assert rec.since == 1970.0 and rec.rate(C.COPIED) == 10.0
