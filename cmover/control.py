@@ -9,6 +9,7 @@ whenever the ledger cannot vouch for its count (memcached restarted or unreachab
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from cmover.ledger import LedgerLost
 from cmover.passes import PassKind, PassSpec
 from cmover.settings import Settings
 from cmover.stats import C, MemcacheStats, WorkerStats, merge_totals
+
+log = logging.getLogger(__name__)
 
 #: Counters whose rates `cmover status` shows (per second, over about the last minute).
 RATED: tuple[str, ...] = (C.DIRS, C.SCANNED, C.COPIED, C.BYTES, C.DELETED, C.DIRTIMES, C.FAILED)
@@ -202,7 +205,10 @@ def retry_failed(settings: Settings, kind: str, run_id: str | None = None) -> tu
         commit()
     resolved = plan.retried + len(plan.gone)
     if resolved:
-        MemcacheStats(lambda: _mc(settings)).add(spec.run_id, Counter({C.RETRIED: resolved}))
+        try:
+            MemcacheStats(lambda: _mc(settings)).add_to_run(spec.run_id, Counter({C.RETRIED: resolved}))
+        except Exception as exc:  # the retry is published: only the display of what it settled is off
+            log.warning("could not count %d retried failure(s) in memcached: %s", resolved, exc)
     return spec, plan
 
 

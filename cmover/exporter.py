@@ -6,6 +6,9 @@ scrape, never cached:
 - ``cmover_<counter>_total{pass,run}`` (counter) for every name in :data:`cmover.stats.C.ALL`: the
   cumulative totals of the pass's current run (0 while a counter is still absent). A new run of a pass
   is a new ``run`` label, so the series of a run only go up.
+- ``cmover_node_<counter>_total{pass,run,host}`` (counter) for every name in :data:`cmover.control.RATED`:
+  the part of those totals counted on one node (a host of worker processes), summed over the run's worker
+  records of that host (0 while absent); ``host`` is the host name as the workers report it.
 - ``cmover_queue_messages{pass,queue}`` (gauge): ready messages per pass queue, read from the broker.
 - ``cmover_outstanding_tasks{pass}`` (gauge): tasks published and not done, the completion ledger's
   count; absent while the ledger cannot vouch for it.
@@ -36,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from cmover import graphite
+from cmover import control, graphite
 from cmover.errors import EXIT_OK, ConfigError
 from cmover.graphite import PassReading, ReadError
 from cmover.settings import Settings
@@ -101,7 +104,8 @@ def _duration(t0: float) -> GaugeMetricFamily:
 
 
 def pass_families(readings: list[PassReading]) -> list[Metric]:
-    """The metric families of ``readings``: every counter of :data:`C.ALL`, queue depths, outstanding tasks.
+    """The metric families of ``readings``: every counter of :data:`C.ALL`, the per-node counters of
+    :data:`cmover.control.RATED`, queue depths, outstanding tasks.
 
     Every family is returned, empty when no pass has a current run, so the metric names are always listed.
     """
@@ -111,6 +115,14 @@ def pass_families(readings: list[PassReading]) -> list[Metric]:
                                   "(restarts at 0 under a new run label)", labels=["pass", "run"])
         for r in readings:
             fam.add_metric([r.kind, r.run_id], r.totals.get(name, 0))
+        families.append(fam)
+    for name in control.RATED:
+        fam = CounterMetricFamily(f"cmover_node_{name}", f"cmover counter {name} of the pass's current run "
+                                  "counted on one host (restarts at 0 under a new run label)",
+                                  labels=["pass", "run", "host"])
+        for r in readings:
+            for host, sums in r.nodes.items():
+                fam.add_metric([r.kind, r.run_id, host], sums.get(name, 0))
         families.append(fam)
     queues = GaugeMetricFamily("cmover_queue_messages", "ready messages in the pass's broker queue",
                                labels=["pass", "queue"])

@@ -7,6 +7,12 @@ run (the run ``cmover start`` recorded last, :func:`cmover.control.current_run`)
   cumulative totals from memcached (0 while a counter is still absent). They only go up during a run
   and restart from 0 with the next run of that pass, so graph them with ``perSecond`` or
   ``nonNegativeDerivative`` (both ignore the drop at a new run).
+- ``<GRAPHITE_PREFIX>.<pass>.node.<host>.<counter>`` for every name in :data:`cmover.control.RATED`: the
+  part of those totals counted on one node (a host of worker processes), the sum of the run's worker
+  records of that host (0 while absent). The host becomes one word of the path (:func:`metric_word`:
+  dots and every character outside ``[A-Za-z0-9_-]`` replaced by ``_``, ``node1.example.org`` ->
+  ``node1_example_org``); hosts that come out as the same word are added up. Cumulative per run like the
+  totals; a host that has not reported for the run sends nothing.
 - ``<GRAPHITE_PREFIX>.<pass>.queue.<queue>``: ready messages per pass queue, read from the broker, the
   queue name's dots replaced by ``_`` (``cmover.copy.dirs`` -> ``cmover_copy_dirs``).
 - ``<GRAPHITE_PREFIX>.<pass>.outstanding``: tasks published and not done (the completion ledger's
@@ -21,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import graphyte
 
@@ -33,7 +41,7 @@ from cmover.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, CmoverError, Fa
 from cmover.ledger import MemcacheLedger
 from cmover.passes import PassKind
 from cmover.settings import Settings, load_settings
-from cmover.stats import C, MemcacheStats
+from cmover.stats import C, MemcacheStats, WorkerStats, merge_totals
 
 #: The pass kinds, in the order their metrics are collected.
 PASSES: tuple[str, ...] = tuple(k.value for k in PassKind)
@@ -49,6 +57,42 @@ class GraphiteError(FatalError):
 def queue_metric(name: str) -> str:
     """A queue name as one word of a metric path: ``cmover.copy.dirs`` -> ``cmover_copy_dirs``."""
     return name.replace(".", "_")
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def metric_word(name: str) -> str:
+    """Any name (a host) as one safe word of a metric path: dots and every character outside
+    ``[A-Za-z0-9_-]`` replaced by ``_`` (``node1.example.org`` -> ``node1_example_org``); ``""`` -> ``_``."""
+    return _UNSAFE.sub("_", name) or "_"
+
+
+def node_totals(workers: Iterable[WorkerStats]) -> dict[str, dict[str, int]]:
+    """host -> every counter of :data:`cmover.control.RATED` summed over that host's worker records (pure).
+
+    A counter a record lacks counts 0; hosts are sorted. The same per-node totals as ``cmover status``.
+    """
+    nodes: dict[str, dict[str, int]] = {}
+    for w in workers:
+        sums = nodes.setdefault(w.host, dict.fromkeys(control.RATED, 0))
+        for name in control.RATED:
+            sums[name] += int(w.totals.get(name, 0))
+    return dict(sorted(nodes.items()))
+
+
+def node_metrics(base: str, nodes: dict[str, dict[str, int]]) -> list[tuple[str, int]]:
+    """``(base.node.<host word>.<counter>, value)`` of ``nodes`` (:func:`node_totals`), hosts sorted.
+
+    Hosts that become the same word (:func:`metric_word`) are added up: a metric is never sent twice.
+    """
+    words: dict[str, dict[str, int]] = {}
+    for host, sums in nodes.items():
+        acc = words.setdefault(metric_word(host), dict.fromkeys(control.RATED, 0))
+        for name in control.RATED:
+            acc[name] += sums.get(name, 0)
+    return [(f"{base}.node.{word}.{name}", acc[name]) for word, acc in sorted(words.items())
+            for name in control.RATED]
 
 
 class ReadError(FatalError):
@@ -69,7 +113,8 @@ class PassReading:
     ``totals`` holds every name of :data:`cmover.stats.C.ALL` (0 while a counter is still absent);
     ``queues`` maps each pass queue (``cmover.<pass>.dirs|files``) to its ready messages, by name;
     ``outstanding`` is the completion ledger's count of tasks published and not done, None while the
-    ledger cannot vouch for it.
+    ledger cannot vouch for it; ``nodes`` maps each host that reported for the run to every counter of
+    :data:`cmover.control.RATED` summed over its worker records (:func:`node_totals`).
     """
 
     kind: str
@@ -77,6 +122,7 @@ class PassReading:
     totals: dict[str, int]
     queues: dict[str, int]
     outstanding: int | None
+    nodes: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def read_passes(settings: Settings) -> list[PassReading]:
@@ -102,8 +148,10 @@ def read_passes(settings: Settings) -> list[PassReading]:
         readings: list[PassReading] = []
         for kind, info in infos.items():
             run_id = str(info["spec"]["run_id"])
-            totals = stats.totals(run_id)
-            if totals is None:
+            # One read of the worker records for both the totals (MemcacheStats.totals) and the nodes.
+            counters = stats.run_counters(run_id)
+            workers = stats.workers(run_id) if counters is not None else None
+            if counters is None or workers is None:
                 raise ReadError("memcached", f"cannot read the counters of run {run_id} from memcached at "
                                 f"{settings.memcached}; check that memcached is running (memcached -M) and "
                                 "MEMCACHED in config.py")
@@ -113,8 +161,10 @@ def read_passes(settings: Settings) -> list[PassReading]:
                 raise ReadError("broker", f"cannot read the {kind} queue depths from the broker at "
                                 f"{settings.broker_host} ({exc}); start RabbitMQ there or fix "
                                 "rabbitmq/rabbitmq.conf") from None
+            totals = merge_totals(counters, workers)
             readings.append(PassReading(kind, run_id, {name: int(totals.get(name, 0)) for name in C.ALL},
-                                        dict(sorted(depths.items())), ledger.outstanding(run_id)))
+                                        dict(sorted(depths.items())), ledger.outstanding(run_id),
+                                        node_totals(workers)))
         return readings
     finally:
         mc.close()
@@ -127,6 +177,7 @@ def _collect(settings: Settings) -> tuple[list[tuple[str, float]], dict[str, str
     for r in readings:
         base = f"{settings.graphite_prefix}.{r.kind}"
         metrics.extend((f"{base}.{name}", r.totals[name]) for name in C.ALL)
+        metrics.extend(node_metrics(base, r.nodes))
         metrics.extend((f"{base}.queue.{queue_metric(q)}", n) for q, n in r.queues.items())
         if r.outstanding is not None:
             metrics.append((f"{base}.outstanding", r.outstanding))
@@ -134,7 +185,8 @@ def _collect(settings: Settings) -> tuple[list[tuple[str, float]], dict[str, str
 
 
 def collect(settings: Settings) -> list[tuple[str, float]]:
-    """``(metric path, value)`` of every pass's current run: counters, queue depths, outstanding tasks.
+    """``(metric path, value)`` of every pass's current run: counters, per-node counters, queue depths,
+    outstanding tasks.
 
     Reads memcached (``settings.memcached``), then checks the broker of the Celery app, which must be
     configured for the same site (:func:`cmover.app.install_settings`, as the commands do), and reads the
@@ -205,5 +257,5 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-__all__ = ["collect", "send", "run", "main", "GraphiteError", "PASSES", "queue_metric", "read_passes", "PassReading",
-           "ReadError"]
+__all__ = ["collect", "send", "run", "main", "GraphiteError", "PASSES", "queue_metric", "metric_word", "node_totals",
+           "node_metrics", "read_passes", "PassReading", "ReadError"]

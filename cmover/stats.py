@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -169,19 +169,12 @@ class MemcacheStats:
             mine = self._runs[run_id] = _ProcessTotals(min(began, now) if began > 0 else now)
             while len(self._runs) > self.RUNS_KEPT:
                 del self._runs[next(iter(self._runs))]
-        lost = False
+        created = self._add_to_run(mc, run_id, tally)
+        lost = bool(created & mine.written)
         for name, n in tally.items():
-            if n <= 0:
-                continue
-            key = f"cm:{run_id}:c:{name}"
-            # Missing key: create it; if another process won the race to create it, incr again.
-            if mc.incr(key, n) is None:
-                if mc.add(key, str(n), expire=self.TTL, noreply=False):
-                    lost = lost or name in mine.written
-                else:
-                    mc.incr(key, n)
-            mine.written.add(name)
-            mine.totals[name] += n
+            if n > 0:
+                mine.written.add(name)
+                mine.totals[name] += n
         mine.node = node or mine.node
         now = time.time()
         mine.snapshot(now)
@@ -200,6 +193,25 @@ class MemcacheStats:
             if not mc.append(reg, item, noreply=False) and not mc.add(reg, item, expire=self.TTL, noreply=False):
                 mc.append(reg, item, noreply=False)
             mine.registered = True
+
+    def _add_to_run(self, mc: Any, run_id: str, tally: Counter[str]) -> set[str]:
+        """Add to the run counters; return the names whose key was missing (and has been created)."""
+        created = set()
+        for name, n in tally.items():
+            if n <= 0:
+                continue
+            key = f"cm:{run_id}:c:{name}"
+            # Missing key: create it; if another process won the race to create it, incr again.
+            if mc.incr(key, n) is None:
+                if mc.add(key, str(n), expire=self.TTL, noreply=False):
+                    created.add(name)
+                else:
+                    mc.incr(key, n)
+        return created
+
+    def add_to_run(self, run_id: str, tally: Counter[str]) -> None:
+        """Add to the run's counters only, as an operator command does (it is no worker). May raise."""
+        self._add_to_run(self._mc(), run_id, tally)
 
     def run_counters(self, run_id: str) -> dict[str, int] | None:
         """The run's counters alone (``add``/``incr`` keys), or None when memcached cannot be read."""

@@ -70,11 +70,19 @@ def all_totals(**counts: int) -> dict[str, int]:
     return {name: counts.get(name, 0) for name in C.ALL}
 
 
+def node(**counts: int) -> dict[str, int]:
+    """A reading's per-node sums: every rated counter, 0 unless given."""
+    return {name: counts.get(name, 0) for name in control.RATED}
+
+
 COPY = PassReading("copy", "copy-run-1", all_totals(files_scanned=40, files_copied=32, bytes_copied=123_456_789,
                                                     failed=1),
-                   {"cmover.copy.dirs": 3, "cmover.copy.files": 0}, 2)
+                   {"cmover.copy.dirs": 3, "cmover.copy.files": 0}, 2,
+                   {"node-a.example.org": node(files_scanned=30, files_copied=30, bytes_copied=123_000_000),
+                    "node-b": node(files_scanned=10, files_copied=2, bytes_copied=456_789, failed=1)})
 DELETE = PassReading("delete", "delete-run-7", all_totals(entries_deleted=11, entries_kept=5),
-                     {"cmover.delete.dirs": 0, "cmover.delete.files": 7}, None)
+                     {"cmover.delete.dirs": 0, "cmover.delete.files": 7}, None,
+                     {"node-a.example.org": node(entries_deleted=11)})
 
 
 # -- collector ----------------------------------------------------------------------------------------------
@@ -88,6 +96,10 @@ def test_a_reading_becomes_counters_queue_gauges_and_outstanding() -> None:
     for r in (COPY, DELETE):
         for name in C.ALL:
             want[(f"cmover_{name}_total", lab(**{"pass": r.kind, "run": r.run_id}))] = r.totals[name]
+        for host, sums in r.nodes.items():  # the host label as the workers report it, dots and all
+            for name in control.RATED:
+                want[(f"cmover_node_{name}_total", lab(**{"pass": r.kind, "run": r.run_id, "host": host}))] = \
+                    sums[name]
         for q, n in r.queues.items():
             want[("cmover_queue_messages", lab(**{"pass": r.kind, "queue": q}))] = n
     want[("cmover_outstanding_tasks", lab(**{"pass": "copy"}))] = 2  # delete: the ledger cannot vouch, absent
@@ -97,6 +109,8 @@ def test_a_reading_becomes_counters_queue_gauges_and_outstanding() -> None:
     assert 0 <= duration < 1
     kinds = types(text)
     assert all(kinds[f"cmover_{name}"] == "counter" for name in C.ALL)
+    assert all(kinds[f"cmover_node_{name}"] == "counter" for name in control.RATED)
+    assert len(want) == 2 * len(C.ALL) + 3 * len(control.RATED) + 4 + 1 + 1  # totals, nodes, queues, outstanding, up
     assert (kinds["cmover_queue_messages"], kinds["cmover_outstanding_tasks"], kinds["cmover_up"]) == \
         ("gauge", "gauge", "gauge")
 
@@ -107,6 +121,7 @@ def test_no_pass_started_is_up_with_the_names_listed_and_no_samples() -> None:
     got.pop(("cmover_scrape_duration_seconds", lab()))
     assert got == {("cmover_up", lab()): 1}
     assert "# TYPE cmover_files_copied_total counter" in text  # names are listed even before the first run
+    assert "# TYPE cmover_node_files_copied_total counter" in text
 
 
 def test_every_scrape_reads_anew() -> None:
@@ -197,7 +212,9 @@ def test_exporter_and_graphite_give_the_same_numbers(monkeypatch: pytest.MonkeyP
     mc.set(control._current_key(site, "copy"), json.dumps({"spec": spec.as_dict(), "started": time.time()}),
            expire=600)
     try:
-        MemcacheStats(lambda: mc).add(run_id, Counter({C.COPIED: 5, C.BYTES: 2**40 + 3, C.DIRS: 2}))
+        MemcacheStats(lambda: mc, worker="ex-node.example.org:5").add(
+            run_id, Counter({C.COPIED: 5, C.BYTES: 2**40 + 3, C.DIRS: 2}))
+        MemcacheStats(lambda: mc, worker="ex-node.example.org:6").add(run_id, Counter({C.COPIED: 1, C.SCANNED: 6}))
         ledger = MemcacheLedger(lambda: mc)
         ledger.open_run(run_id)
         ledger.enqueue(run_id, "t1")
@@ -207,12 +224,19 @@ def test_exporter_and_graphite_give_the_same_numbers(monkeypatch: pytest.MonkeyP
         prom = samples(text)
         sent = dict(graphite.collect(site))
     finally:
-        mc.delete(control._current_key(site, "copy"))
+        mc.delete_many([control._current_key(site, "copy"), f"cm:{run_id}:workers",
+                        f"cm:{run_id}:w:ex-node.example.org:5", f"cm:{run_id}:w:ex-node.example.org:6"])
     assert [r.run_id for r in readings] == [run_id]
     labels = lab(**{"pass": "copy", "run": run_id})
     for name in C.ALL:
         assert prom[(f"cmover_{name}_total", labels)] == sent[f"p.copy.{name}"], name
     assert prom[(f"cmover_{C.BYTES}_total", labels)] == 2**40 + 3
+    assert [r.nodes for r in readings] == [{"ex-node.example.org": {**dict.fromkeys(control.RATED, 0), C.COPIED: 6,
+                                                                    C.BYTES: 2**40 + 3, C.DIRS: 2, C.SCANNED: 6}}]
+    node_labels = lab(**{"pass": "copy", "run": run_id, "host": "ex-node.example.org"})
+    for name in control.RATED:
+        assert prom[(f"cmover_node_{name}_total", node_labels)] == sent[f"p.copy.node.ex-node_example_org.{name}"], name
+    assert {dict(labels)["host"] for n, labels in prom if n.startswith("cmover_node_")} == {"ex-node.example.org"}
     for q in ("dirs", "files"):
         assert prom[("cmover_queue_messages", lab(**{"pass": "copy", "queue": f"cmover.copy.{q}"}))] == \
             sent[f"p.copy.queue.cmover_copy_{q}"]

@@ -29,7 +29,7 @@ from cmover.errors import ConfigError, FatalError
 from cmover.ledger import MemcacheLedger
 from cmover.passes import PassKind, PassSpec
 from cmover.settings import Settings, from_mapping, load_settings
-from cmover.stats import C, MemcacheStats
+from cmover.stats import C, MemcacheStats, WorkerStats
 
 REPO = Path(__file__).resolve().parents[1]
 SHIM = REPO / "send_graphite.py"
@@ -106,7 +106,10 @@ def site() -> Iterator[Settings]:
             if (raw := mc.get(control._current_key(s, kind)))]
     mc.delete_many([control._current_key(s, kind) for kind in graphite.PASSES])
     for run_id in runs:
-        mc.delete_many([f"cm:{run_id}:c:{name}" for name in C.ALL] + [f"cm:{run_id}:out", f"cm:{run_id}:epoch"])
+        reg = mc.get(f"cm:{run_id}:workers")
+        records = [f"cm:{run_id}:w:{w}" for w in (reg.decode().split() if reg else [])]
+        mc.delete_many([f"cm:{run_id}:c:{name}" for name in C.ALL] + [f"cm:{run_id}:out", f"cm:{run_id}:epoch",
+                                                                      f"cm:{run_id}:workers", *records])
 
 
 def make_current(s: Settings, kind: str) -> str:
@@ -172,6 +175,43 @@ def test_queue_metric_is_one_word() -> None:
     assert graphite.PASSES == ("copy", "delete", "dirtime")
 
 
+@pytest.mark.parametrize(("host", "word"), [
+    ("node1", "node1"), ("node1.example.org", "node1_example_org"), ("gpu-07_b", "gpu-07_b"),
+    ("n\u00f6de b", "n_de_b"), ("a:b/c*d;e=f", "a_b_c_d_e_f"), ("fe80::1%eth0", "fe80__1_eth0"), ("", "_"),
+])
+def test_metric_word_keeps_only_safe_characters(host: str, word: str) -> None:
+    assert graphite.metric_word(host) == word
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", graphite.metric_word(host))
+
+
+def worker(name: str, **totals: int) -> WorkerStats:
+    return WorkerStats(worker=name, node=f"copy_f@{name.rsplit(':', 1)[0]}", at=1.0, started=0.0, totals=totals,
+                       since=0.0, then={})
+
+
+def test_node_totals_sum_the_rated_counters_per_host() -> None:
+    assert control.RATED == (C.DIRS, C.SCANNED, C.COPIED, C.BYTES, C.DELETED, C.DIRTIMES, C.FAILED)
+    nodes = graphite.node_totals([
+        worker("n2.example.org:20", files_copied=5, bytes_copied=500, tasks=9),  # tasks is not rated: left out
+        worker("n1:10", dirs=2, files_scanned=7, files_copied=3),
+        worker("n1:11.1", files_scanned=1, failed=1, layout_mismatches=4),
+        worker("n1:12"),  # a record without counts: the host is still listed, with zeros
+    ])
+    zero = dict.fromkeys(control.RATED, 0)
+    assert nodes == {"n1": {**zero, C.DIRS: 2, C.SCANNED: 8, C.COPIED: 3, C.FAILED: 1},
+                     "n2.example.org": {**zero, C.COPIED: 5, C.BYTES: 500}}
+    assert list(nodes) == ["n1", "n2.example.org"] and all(list(v) == list(control.RATED) for v in nodes.values())
+    assert graphite.node_totals([]) == {}
+
+
+def test_node_metrics_are_one_word_per_host_and_never_sent_twice() -> None:
+    zero = dict.fromkeys(control.RATED, 0)
+    metrics = graphite.node_metrics("p.copy", {"a.b": {**zero, C.COPIED: 2}, "a_b": {**zero, C.COPIED: 3},
+                                               "c": {C.DIRS: 1}})
+    assert metrics == [*((f"p.copy.node.a_b.{n}", 5 if n == C.COPIED else 0) for n in control.RATED),
+                       *((f"p.copy.node.c.{n}", 1 if n == C.DIRS else 0) for n in control.RATED)]
+
+
 # -- collect ------------------------------------------------------------------------------------------------
 
 
@@ -180,7 +220,10 @@ def test_collect_sends_the_current_runs_counters_queues_and_outstanding(
     depths = {"copy": {"cmover.copy.dirs": 3, "cmover.copy.files": 0},
               "delete": {"cmover.delete.dirs": 0, "cmover.delete.files": 7}}
     calls = no_broker(monkeypatch, depths)
-    stats = MemcacheStats(lambda: appmod.memcache_client(site))
+    # Worker processes on two hosts: two processes on node-a.example.org, one on a host with an unsafe name.
+    stats = MemcacheStats(lambda: appmod.memcache_client(site), worker="node-a.example.org:101")
+    other = MemcacheStats(lambda: appmod.memcache_client(site), worker="node-a.example.org:102")
+    host_b = MemcacheStats(lambda: appmod.memcache_client(site), worker="node+b:7")
     ledger = MemcacheLedger(lambda: appmod.memcache_client(site))
 
     old_copy = make_current(site, "copy")
@@ -188,7 +231,8 @@ def test_collect_sends_the_current_runs_counters_queues_and_outstanding(
     copy_run = make_current(site, "copy")
     delete_run = make_current(site, "delete")
     stats.add(copy_run, Counter({C.SCANNED: 40, C.COPIED: 30, C.BYTES: 123_456_789}))
-    stats.add(copy_run, Counter({C.COPIED: 2, C.FAILED: 1, C.LAYOUT_MISMATCH: 4}))
+    other.add(copy_run, Counter({C.DIRS: 3, C.SCANNED: 2}))
+    host_b.add(copy_run, Counter({C.COPIED: 2, C.FAILED: 1, C.LAYOUT_MISMATCH: 4}))
     stats.add(delete_run, Counter({C.DELETED: 11, C.KEPT: 5}))
     ledger.open_run(copy_run)
     for i in range(3):
@@ -203,15 +247,22 @@ def test_collect_sends_the_current_runs_counters_queues_and_outstanding(
     assert len(names) == len(set(names)), "a metric sent twice"
     got = dict(metrics)
     want: dict[str, float] = {}
-    for kind, totals in (("copy", {C.SCANNED: 40, C.COPIED: 32, C.BYTES: 123_456_789, C.FAILED: 1,
-                                   C.LAYOUT_MISMATCH: 4}),
+    for kind, totals in (("copy", {C.SCANNED: 42, C.COPIED: 32, C.BYTES: 123_456_789, C.FAILED: 1,
+                                   C.LAYOUT_MISMATCH: 4, C.DIRS: 3}),
                          ("delete", {C.DELETED: 11, C.KEPT: 5})):
         want.update({f"t.cmover.{kind}.{name}": totals.get(name, 0) for name in C.ALL})
+    for kind, word, sums in (("copy", "node-a_example_org", {C.DIRS: 3, C.SCANNED: 42, C.COPIED: 30,
+                                                               C.BYTES: 123_456_789}),
+                             ("copy", "node_b", {C.COPIED: 2, C.FAILED: 1}),  # layout_mismatches: not rated
+                             ("delete", "node-a_example_org", {C.DELETED: 11})):
+        want.update({f"t.cmover.{kind}.node.{word}.{name}": sums.get(name, 0) for name in control.RATED})
     want.update({"t.cmover.copy.queue.cmover_copy_dirs": 3, "t.cmover.copy.queue.cmover_copy_files": 0,
                  "t.cmover.delete.queue.cmover_delete_dirs": 0, "t.cmover.delete.queue.cmover_delete_files": 7,
                  "t.cmover.copy.outstanding": 2})
     assert got == want
     assert not any(".dirtime." in n for n in names)  # never started: nothing sent
+    readings = {r.kind: r for r in graphite.read_passes(site)}
+    assert list(readings["copy"].nodes) == ["node+b", "node-a.example.org"]  # the hosts as reported
     assert all(isinstance(v, int) for v in got.values())  # sent as integers, exact in the plaintext line
 
 
@@ -229,6 +280,17 @@ def test_collect_reports_an_unreachable_memcached(monkeypatch: pytest.MonkeyPatc
                                          r"\(memcached -M\) or fix MEMCACHED in config\.py"):
         graphite.collect(s)
     assert calls == []
+
+
+def test_collect_reports_unreadable_worker_records(memcached: None, site: Settings,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    no_broker(monkeypatch, {"copy": {}})
+    run_id = make_current(site, "copy")
+    monkeypatch.setattr(MemcacheStats, "workers", lambda self, run: None)  # memcached could not be read
+    with pytest.raises(graphite.ReadError, match=rf"cannot read the counters of run {run_id} from memcached at "
+                                                 r"127\.0\.0\.1:11211; check that memcached is running") as info:
+        graphite.collect(site)
+    assert info.value.service == "memcached"
 
 
 def test_collect_reports_unreadable_queue_depths(memcached: None, site: Settings,
@@ -347,7 +409,8 @@ def test_shim_bad_setting(tmp_path: Path) -> None:
 
 # -- dashboard ----------------------------------------------------------------------------------------------
 
-_METRIC_RE = re.compile(r"\$prefix\.([A-Za-z0-9_*]+)\.([A-Za-z0-9_*]+)(?:\.([A-Za-z0-9_*]+))?")
+_METRIC_RE = re.compile(r"\$prefix\.([A-Za-z0-9_*]+)\.([A-Za-z0-9_*]+)(?:\.([A-Za-z0-9_*]+))?"
+                        r"(?:\.([A-Za-z0-9_*]+))?")
 
 
 def test_dashboard_is_valid_and_names_only_metrics_we_send() -> None:
@@ -368,15 +431,21 @@ def test_dashboard_is_valid_and_names_only_metrics_we_send() -> None:
             assert t["datasource"] == {"type": "graphite", "uid": "${datasource}"}
             found = _METRIC_RE.findall(t["target"])
             assert found, t["target"]
-            for kind, name, sub in found:
+            for kind, name, sub, leaf in found:
                 assert kind in (*graphite.PASSES, "*"), t["target"]
-                if name == "queue":
-                    assert sub == "*", t["target"]
+                if name == "node":  # <pass>.node.<host>.<counter>: every host, a counter sent per node
+                    assert sub == "*" and leaf in control.RATED, t["target"]
+                    assert "aliasByNode(" in t["target"] and t["target"].endswith(", -2)"), t["target"]
+                    seen.add(f"{kind}.node.{leaf}")
+                elif name == "queue":
+                    assert sub == "*" and not leaf, t["target"]
                 else:
+                    assert not leaf, t["target"]
                     assert not sub and (name in C.ALL or name in ("outstanding", "*")), t["target"]
                     seen.add(f"{kind}.{name}")
     for metric in ("copy.files_copied", "copy.files_scanned", "copy.failed", "copy.bytes_copied",
-                   "delete.entries_deleted", "dirtime.dir_times_set", "copy.layout_mismatches"):
+                   "delete.entries_deleted", "dirtime.dir_times_set", "copy.layout_mismatches",
+                   "copy.node.files_copied", "copy.node.bytes_copied"):
         assert metric in seen, f"no panel shows {metric}"
     targets = json.dumps(panels)
     assert "perSecond(" in targets and "nonNegativeDerivative(" in targets and ".queue.*" in targets

@@ -56,6 +56,20 @@ def copy_labels(run_id: str) -> frozenset[tuple[str, str]]:
     return lab(**{"pass": "copy", "run": run_id})
 
 
+#: The one node of these tests: the workers and the test process run on this host.
+HOST = socket.gethostname()
+
+
+def node_samples(got: Samples) -> dict[tuple[str, str, str, str], float]:
+    """(counter, pass, run, host) -> value of every cmover_node_<counter>_total sample."""
+    out: dict[tuple[str, str, str, str], float] = {}
+    for (name, labels), v in got.items():
+        if name.startswith("cmover_node_") and name.endswith("_total"):
+            d = dict(labels)
+            out[(name.removeprefix("cmover_node_").removesuffix("_total"), d["pass"], d["run"], d["host"])] = v
+    return out
+
+
 class Exporter:
     """``cmover exporter --port PORT`` of a site, in its own process, with its output in files."""
 
@@ -173,6 +187,9 @@ def test_scrapes_give_the_totals_of_a_distributed_copy_pass(deployments: Deploym
     assert got[("cmover_outstanding_tasks", lab(**{"pass": "copy"}))] == st["outstanding"] == 0
     assert {dict(labels)["pass"] for name, labels in got if dict(labels).get("pass")} == {"copy"}
     assert {dict(labels)["run"] for name, labels in got if "run" in dict(labels)} == {run_id}
+    # One host: its worker processes counted everything, so the node's counters are the run's totals.
+    assert node_samples(got) == {(name, "copy", run_id, HOST): totals.get(name, 0) for name in control.RATED}
+    assert (totals[C.SCANNED], totals[C.DIRS]) == (12, 4), totals
 
     # Scrapes are served for as long as it runs; each opens and closes its own connections.
     for _ in range(5):
@@ -236,6 +253,9 @@ def test_memcached_away_is_up_0_and_logged_once_then_up_again(deployments: Deplo
         assert got[(f"cmover_{C.DELETED}_total", lab(**{"pass": "delete", "run": run_id}))] == 40
         assert got[(f"cmover_{C.KEPT}_total", lab(**{"pass": "delete", "run": run_id}))] == 900
         assert ("cmover_outstanding_tasks", lab(**{"pass": "delete"})) not in got  # no ledger: cannot vouch
+        # Counted by this process, on HOST (entries_kept is not rated).
+        assert node_samples(got) == {(name, "delete", run_id, HOST): 40 if name == C.DELETED else 0
+                                     for name in control.RATED}
 
         os.kill(mc.pid, signal.SIGKILL)
         mc.wait()

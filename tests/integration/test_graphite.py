@@ -25,7 +25,7 @@ import pytest
 from kombu import Connection, Exchange, Queue
 
 from cmover import app as appmod
-from cmover import control
+from cmover import control, graphite
 from cmover.ledger import MemcacheLedger
 from cmover.passes import PassKind, PassSpec
 from cmover.settings import Settings, load_settings
@@ -123,9 +123,16 @@ def stored_metrics(carbon: Carbon, prefix: str, kind: str) -> set[str]:
     return {".".join((prefix, kind, *p.relative_to(base).with_suffix("").parts)) for p in base.rglob("*.wsp")}
 
 
+#: The one node of these tests: the workers and the test process run on this host.
+HOST = socket.gethostname()
+
+
 def expected_for(prefix: str, kind: str, totals: dict[str, int], queues: dict[str, int],
-                 outstanding: int | None) -> dict[str, float]:
+                 outstanding: int | None, node: dict[str, int]) -> dict[str, float]:
+    """Every metric of a pass; ``node`` holds the rated counters counted on HOST (0 unless given)."""
     want: dict[str, float] = {f"{prefix}.{kind}.{name}": totals.get(name, 0) for name in C.ALL}
+    word = graphite.metric_word(HOST)
+    want.update({f"{prefix}.{kind}.node.{word}.{name}": node.get(name, 0) for name in control.RATED})
     want.update({f"{prefix}.{kind}.queue.{q.replace('.', '_')}": n for q, n in queues.items()})
     if outstanding is not None:
         want[f"{prefix}.{kind}.outstanding"] = outstanding
@@ -143,10 +150,12 @@ def test_a_distributed_copy_pass_reaches_graphite(site: Deployment, carbon: Carb
     r = send_graphite(site, "-v")
 
     assert r.stderr == ""
-    n_metrics = len(C.ALL) + 2 + 1  # counters, two queues, outstanding
+    n_metrics = len(C.ALL) + len(control.RATED) + 2 + 1  # counters, one node's counters, two queues, outstanding
     assert r.stdout == (f"send_graphite: sent {n_metrics} metrics to {carbon.host}:{carbon.port} as {prefix}.* "
                         f"(copy run {run_id})\n")
-    want = expected_for(prefix, "copy", totals, {"cmover.copy.dirs": 0, "cmover.copy.files": 0}, 0)
+    # One host: its worker processes counted everything, so the node's counters are the run's totals.
+    want = expected_for(prefix, "copy", totals, {"cmover.copy.dirs": 0, "cmover.copy.files": 0}, 0, totals)
+    assert (totals[C.SCANNED], totals[C.DIRS]) == (12, 4), totals  # the root, a, a/b, c
     read_back(carbon, want)
     assert stored_metrics(carbon, prefix, "copy") == set(want)  # nothing else was sent for the pass
 
@@ -195,9 +204,12 @@ def test_current_runs_of_every_pass_and_their_queues_reach_graphite(site: Deploy
 
     delete_totals = {C.DELETED: 40, C.DIRS_DELETED: 6, C.KEPT: 900, C.FAILED: 2}
     dirtime_totals = {C.DIRTIMES: 321, C.DIRS_MISSING: 1}
-    want = expected_for(prefix, "delete", delete_totals, {"cmover.delete.dirs": 3, "cmover.delete.files": 2}, 5)
+    # Counted by this process, on HOST: the node holds the rated counters (dirs_deleted, kept: not rated).
+    want = expected_for(prefix, "delete", delete_totals, {"cmover.delete.dirs": 3, "cmover.delete.files": 2}, 5,
+                        {C.DELETED: 40, C.FAILED: 2})
     want_dirtime = expected_for(prefix, "dirtime", dirtime_totals, {"cmover.dirtime.dirs": 0,
-                                                                    "cmover.dirtime.files": 0}, None)
+                                                                    "cmover.dirtime.files": 0}, None,
+                                {C.DIRTIMES: 321})
     read_back(carbon, {**want, **want_dirtime})
     assert stored_metrics(carbon, prefix, "delete") == set(want)
     assert stored_metrics(carbon, prefix, "dirtime") == set(want_dirtime)
@@ -207,4 +219,5 @@ def test_current_runs_of_every_pass_and_their_queues_reach_graphite(site: Deploy
     ledger.done(delete_run, "delete-task-0")
     send_graphite(site)  # within the same second it overwrites the point: the newest value is the one read
     read_back(carbon, {f"{prefix}.delete.{C.DELETED}": 50, f"{prefix}.delete.outstanding": 4,
-                       f"{prefix}.delete.{C.KEPT}": 900})
+                       f"{prefix}.delete.{C.KEPT}": 900,
+                       f"{prefix}.delete.node.{graphite.metric_word(HOST)}.{C.DELETED}": 50})
