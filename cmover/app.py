@@ -72,7 +72,13 @@ app.conf.update(
     task_reject_on_worker_lost=True,  # a killed pool child's message is redelivered, not lost
     task_acks_on_failure_or_timeout=True,
     worker_prefetch_multiplier=1,  # nothing waits unacked behind a long copy
-    worker_cancel_long_running_tasks_on_connection_loss=True,  # no second concurrent copy after reconnect
+    # A channel the broker closed (consumer_timeout under a task longer than it, design §6) is reconnected
+    # like a lost connection instead of shutting the worker down. The running task is left to finish: its
+    # message is requeued and may run again meanwhile elsewhere, which tasks are built to bear (a file is
+    # replaced by rename, a chunk rewritten with the same bytes, the ledger counts the task done once).
+    # Cancelling it instead would cancel a task longer than the timeout at every delivery, for ever.
+    broker_channel_error_retry=True,
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     task_default_delivery_mode="persistent",
     task_queues=[_queue(q) for kind in ("copy", "delete", "dirtime") for q in pass_queues(kind)],
     task_routes={name: {"queue": queue_name(kind, "dirs" if what == "dir" else "files")}

@@ -201,9 +201,16 @@ class Chunker:
                 # write again: the file may be finished meanwhile, and a write would move its mtime.
                 if not self.claims.claimed([_done_key(part, job.index)]):
                     offset, length = cs.extent(job.index)
-                    got = fsio.copy_extent(fin, fout, offset, length, sparse=st.st_blocks * 512 < st.st_size)
-                    # On stable storage before it counts as done: a crashed node's page cache is lost.
-                    os.fdatasync(fout)
+                    try:
+                        got = fsio.copy_extent(fin, fout, offset, length, sparse=st.st_blocks * 512 < st.st_size)
+                        # On stable storage before it counts as done: a crashed node's page cache is lost.
+                        os.fdatasync(fout)
+                    except OSError:
+                        # This chunk fails (a per-item failure, e.g. ENOSPC) and is never marked done, so
+                        # this run cannot finish the file: remove the part instead of leaving it (and the
+                        # space it holds) on the target. Other chunks of it then find no part.
+                        _remove_part(dst_dir_fd, part)
+                        raise
                     if got != length or not cs.matches(os.fstat(fin)):
                         self._abandon(dst_dir_fd, part, "source changed during chunked copy")
                     self.tally[C.CHUNKS] += 1
@@ -233,12 +240,16 @@ class Chunker:
         self.tally[C.COPIED] += 1
 
     def _abandon(self, dst_dir_fd: int, part: str, why: str) -> None:
-        try:
-            os.unlink(part, dir_fd=dst_dir_fd)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                log.warning("could not remove part file %s: %s", part, exc)
+        _remove_part(dst_dir_fd, part)
         raise SourceChangedError(why, op="copy")
+
+
+def _remove_part(dst_dir_fd: int, part: str) -> None:
+    try:
+        os.unlink(part, dir_fd=dst_dir_fd)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("could not remove part file %s: %s", part, exc)
 
 
 def _done_key(part: str, index: int) -> str:

@@ -8,6 +8,7 @@ whenever the ledger cannot vouch for its count (memcached restarted or unreachab
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -178,8 +179,8 @@ def run_spec(settings: Settings, run_id: str | None, kind: str) -> PassSpec:
 def retry_failed(settings: Settings, kind: str, run_id: str | None = None) -> tuple[PassSpec, Any]:
     """Publish the failed items of the run again (see :mod:`cmover.retry`); return the spec and the plan."""
     from cmover.errorlist import BrokerErrors
-    from cmover.ledger import task_id
     from cmover.retry import plan_retry
+    from cmover.taskbase import job_task_id
 
     check_broker(settings)
     spec = run_spec(settings, run_id, kind)
@@ -194,9 +195,10 @@ def retry_failed(settings: Settings, kind: str, run_id: str | None = None) -> tu
             except (TimeoutError, OSError, LedgerLost) as exc:
                 raise FatalError(f"memcached at {settings.memcached} is unreachable ({exc}); start it "
                                  "(memcached -M): a retry cannot be tracked without it") from None
-            spec_d = spec.as_dict()
+            retry = dataclasses.replace(spec, attempt=attempt)
+            spec_d = retry.as_dict()
             for job in plan.jobs:
-                tid = task_id(spec.run_id, f"retry{attempt}.{job.kind}", job.rel, job.index, job.ident())
+                tid = job_task_id(retry, job)
                 ctx.ledger.enqueue(spec.run_id, tid)
                 appmod.app.send_task(appmod.TASK_NAMES[(spec.kind.value, job.kind)],
                                      args=[spec_d, *job.wire_args()], task_id=tid)

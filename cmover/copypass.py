@@ -87,7 +87,7 @@ class CopyPass:
         links = HardLinker(claims.claim, spec.dst_root) if claims is not None else None
         self.chunker = None
         if claims is not None:
-            self.chunker = Chunker(spec.run_id, fs, tally, self._emit_chunk, claims, spec.chunk_size)
+            self.chunker = Chunker(spec.generation, fs, tally, self._emit_chunk, claims, spec.chunk_size)
         self.copier = Copier(fs, self.filt, tally, links, self.chunker, spec.chunk_threshold)
         self._budget = 0
         self._deadline = 0.0

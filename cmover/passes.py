@@ -55,7 +55,14 @@ class PassSpec:
     layout: str = "keep"  # Lustre layout policy, see cmover.lustre.layout
     restripe: bool = False  # rewrite otherwise identical files whose layout differs
     max_deliveries: int = 5
+    attempt: int = 0  # n-th `retry-failed` of the run: task ids and part files differ from earlier attempts
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def generation(self) -> str:
+        """The run id, with the retry attempt when there is one: names what must not be shared between
+        attempts (a retried chunked file gets a new part file and new chunk claims)."""
+        return f"{self.run_id}.r{self.attempt}" if self.attempt else self.run_id
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +85,7 @@ class PassSpec:
             "layout": self.layout,
             "restripe": self.restripe,
             "max_deliveries": self.max_deliveries,
+            "attempt": self.attempt,
             "options": dict(self.options),
         }
 
@@ -107,6 +115,7 @@ class PassSpec:
                 layout=check_policy(d.get("layout", "keep")),
                 restripe=_bool(d.get("restripe", False)),
                 max_deliveries=_int(d.get("max_deliveries", 5), lo=1),
+                attempt=_int(d.get("attempt", 0)),
                 options=_options(d.get("options") or {}),
             )
         except (KeyError, ValueError, TypeError) as exc:

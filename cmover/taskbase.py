@@ -84,9 +84,16 @@ class Emitter:
 
     def __call__(self, job: Job) -> None:
         name = TASK_NAMES[(self.spec.kind.value, job.kind)]
-        tid = task_id(self.spec.run_id, job.kind, job.rel, job.index, job.ident())
+        tid = job_task_id(self.spec, job)
         _LedgerGuard.call(self.ctx.ledger.enqueue, self.spec.run_id, tid)
         app.send_task(name, args=[self.spec_d, *job.wire_args()], task_id=tid)
+
+
+def job_task_id(spec: PassSpec, job: Job) -> str:
+    """The deterministic id of ``job`` of pass ``spec``; a retry attempt's jobs get ids of their own, so
+    that the tasks of `retry-failed` (and their children) are never taken for ones already done."""
+    kind = f"retry{spec.attempt}.{job.kind}" if spec.attempt else job.kind
+    return task_id(spec.run_id, kind, job.rel, job.index, job.ident())
 
 
 def seed(app: Any, spec: PassSpec, ctx: WorkerContext) -> str:

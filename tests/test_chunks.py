@@ -223,6 +223,37 @@ def test_source_changed_after_last_chunk_is_not_finished(roots, chunk_spec, monk
     assert run.tally[C.CHANGED] == 1 and run.tally[C.COPIED] == 0
 
 
+def test_chunk_write_failure_removes_the_part(roots, chunk_spec, monkeypatch):
+    """A chunk that cannot be written (a full target) is a per-item failure and is never marked done, so
+    the run cannot finish the file: its part is removed (not left holding space on the full target), the
+    other chunks find no part, and the next pass copies the file."""
+    import errno
+
+    import cmover.chunks as chunks_mod
+
+    src, dst = roots
+    path = big(src, b"f", 3 * MiB)
+    run = Run(chunk_spec())
+    chunks = [j for j in run.walk() if j.kind == "chunk"]
+    run.chunk(chunks[0])
+    real = chunks_mod.fsio.copy_extent
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(chunks_mod.fsio, "copy_extent", full)
+    run.chunk(chunks[1])
+    monkeypatch.setattr(chunks_mod.fsio, "copy_extent", real)
+    assert [(f.path, f.errno, f.side) for f in run.failures] == [(b"f", errno.ENOSPC, "target")]
+    assert parts(dst) == [] and not os.path.lexists(os.path.join(dst, b"f"))
+    run.chunk(chunks[2])  # nothing to write into any more
+    assert parts(dst) == [] and not os.path.lexists(os.path.join(dst, b"f")) and len(run.failures) == 1
+    nxt = Run(chunk_spec(run_id="copy-next"))
+    for j in nxt.walk():
+        nxt.chunk(j)
+    assert read(os.path.join(dst, b"f")) == read(path) and nxt.failures == []
+
+
 def test_old_target_version_and_its_links_stay_intact_until_finished(roots, chunk_spec):
     src, dst = roots
     path = big(src, b"f", 3 * MiB)

@@ -1,0 +1,61 @@
+"""Run ``celery`` with test-only fault seams: ``python tests/faults/seams.py CELERY_SCRIPT ARGS...``.
+
+The fault tests start every worker through this file. It wraps :meth:`cmover.copier.Copier.copy_entry`
+(the engine's "handle one non-directory entry") before Celery starts, so the prefork pool children
+inherit the wrapper; with no ``CMFAULT_*`` variable set it changes nothing. Nothing of this lives in
+cmover itself.
+
+* ``CMFAULT_POISON=<relative path>``: copying that entry kills the pool process with SIGKILL, on every
+  delivery (a file that always crashes its worker, e.g. one that drives it out of memory).
+* ``CMFAULT_SLOW=<relative path>=<seconds>``: copying that entry first sleeps that long, on every delivery
+  (a copy that takes longer than the broker's consumer timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+
+
+def install() -> None:
+    poison = os.environ.get("CMFAULT_POISON")
+    slow = os.environ.get("CMFAULT_SLOW")
+    if not poison and not slow:
+        return
+    from cmover import copier
+
+    poison_rel = os.fsencode(poison) if poison else None
+    slow_rel, slow_s = None, 0.0
+    if slow:
+        rel, _, secs = slow.rpartition("=")
+        slow_rel, slow_s = os.fsencode(rel), float(secs)
+    log = logging.getLogger("cmover.faultseam")
+    original = copier.Copier.copy_entry
+
+    def copy_entry(self, src_dir_fd, dst_dir_fd, name, st, rel=None):  # type: ignore[no-untyped-def]
+        if rel is not None and rel == poison_rel:
+            log.warning("fault seam: %r kills its worker process %d", rel, os.getpid())
+            for h in logging.getLogger().handlers:
+                h.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        if rel is not None and rel == slow_rel:
+            log.warning("fault seam: copying %r takes %.1f s more", rel, slow_s)
+            time.sleep(slow_s)
+        return original(self, src_dir_fd, dst_dir_fd, name, st, rel)
+
+    copier.Copier.copy_entry = copy_entry  # type: ignore[method-assign]
+
+
+def main() -> None:
+    install()
+    from celery.__main__ import main as celery_main
+
+    sys.argv = ["celery", *sys.argv[2:]]  # argv[1] is the celery script the worker command names
+    celery_main()
+
+
+if __name__ == "__main__":
+    main()
