@@ -180,6 +180,15 @@ class CopyPass:
         """Open directory ``rel`` on the source or target side; report a failure and return None if it can't."""
         try:
             return fsio.open_dir(self.spec.src_root if source else self.spec.dst_root, rel, source=source)
+        except FileNotFoundError as exc:
+            if source and rel:
+                # Listed by its parent, then removed or renamed before its task ran: a race on a live
+                # source, counted like a vanished file (the next pass copies it under its new name).
+                self.tally[C.VANISHED] += 1
+                return None
+            self._fail(rel, "open directory" if source else "open target directory", exc,
+                       side="source" if source else "target")
+            return None
         except OSError as exc:
             self._fail(rel, "open directory" if source else "open target directory", exc,
                        side="source" if source else "target")

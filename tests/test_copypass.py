@@ -516,3 +516,19 @@ def test_redelivered_dir_with_a_different_split_loses_nothing(roots, make_spec, 
         if task_id(spec.run_id, j.kind, j.rel, j.index, j.names) not in done:
             run_copy(spec, rel=j.rel, names=list(j.names))
     assert set(os.listdir(os.path.join(src, b"big"))) <= set(os.listdir(os.path.join(dst, b"big")))
+
+
+def test_directory_gone_before_its_task_ran_is_vanished_not_failed(roots, make_spec, run_copy):
+    """A directory listed by its parent and removed (or renamed) before its own task runs is a race on a
+    live source: counted as vanished, no failure; the pass root itself missing stays a failure."""
+    src, _ = roots
+    os.makedirs(os.path.join(src, b"a"))
+    spec = make_spec()
+    res = run_copy(spec, rel=b"a/gone")
+    assert res.failures == [] and res.tally[C.VANISHED] == 1
+    res = run_copy(spec, rel=b"a/gone", names=[b"x"])  # a batch of a directory that is gone
+    assert res.failures == [] and res.tally[C.VANISHED] == 1
+    os.rmdir(os.path.join(src, b"a"))
+    os.rmdir(src)
+    res = run_copy(spec)
+    assert [f.op for f in res.failures] == ["open directory"]
