@@ -70,30 +70,38 @@ class BrokerErrors:
 
     def read(self, run_id: str, limit: int = 1000) -> tuple[list[Failure], int]:
         """Up to ``limit`` failures and the total count, without removing anything from the queue."""
-        q = errors_queue(run_id)
         out: list[Failure] = []
         total = 0
+        with self._records(run_id) as records:
+            for _, failures in records:
+                total += len(failures)
+                out.extend(failures[:max(0, limit - len(out))])
+        return out, total
+
+    @contextmanager
+    def _records(self, run_id: str) -> Iterator[Iterator[tuple[Any, list[Failure]]]]:
+        """The list's messages, each with its failures, read without acknowledging: whatever the caller
+        does not ``ack()`` returns to the queue when the channel closes (no queue: nothing recorded)."""
+        q = errors_queue(run_id)
         with self.app.connection_for_read() as conn:
             channel = conn.channel()
             try:
                 try:
                     _, messages, _ = channel.queue_declare(q.name, passive=True)
                 except Exception:
-                    return [], 0  # no queue: no failure was ever recorded
-                bound = q(channel)
-                for _ in range(messages):
-                    msg = bound.get(no_ack=False, accept=["json"])
-                    if msg is None:
-                        break
-                    body = msg.payload if isinstance(msg.payload, dict) else json.loads(msg.body)
-                    for d in body.get("failures", []):
-                        total += 1
-                        if len(out) < limit:
-                            out.append(Failure.from_dict(d))
+                    messages = 0
+                yield self._each(q(channel), messages)
             finally:
-                # Closing the channel without acks returns every message to the queue.
                 channel.close()
-        return out, total
+
+    @staticmethod
+    def _each(bound: Any, messages: int) -> Iterator[tuple[Any, list[Failure]]]:
+        for _ in range(messages):
+            msg = bound.get(no_ack=False, accept=["json"])
+            if msg is None:
+                return
+            body = msg.payload if isinstance(msg.payload, dict) else json.loads(msg.body)
+            yield msg, [Failure.from_dict(d) for d in body.get("failures", [])]
 
     @contextmanager
     def take(self, run_id: str) -> Iterator[tuple[list[Failure], Callable[[], None]]]:
@@ -101,30 +109,11 @@ class BrokerErrors:
 
         Without ``commit`` (or when the caller raises or dies) every record stays on the list.
         """
-        q = errors_queue(run_id)
-        with self.app.connection_for_read() as conn:
-            channel = conn.channel()
-            try:
-                try:
-                    _, messages, _ = channel.queue_declare(q.name, passive=True)
-                except Exception:
-                    yield [], lambda: None  # no queue: no failure was ever recorded
-                    return
-                bound = q(channel)
-                taken = []
-                failures: list[Failure] = []
-                for _ in range(messages):
-                    msg = bound.get(no_ack=False, accept=["json"])
-                    if msg is None:
-                        break
-                    taken.append(msg)
-                    body = msg.payload if isinstance(msg.payload, dict) else json.loads(msg.body)
-                    failures.extend(Failure.from_dict(d) for d in body.get("failures", []))
+        with self._records(run_id) as records:
+            taken = list(records)
 
-                def commit() -> None:
-                    for m in taken:
-                        m.ack()
+            def commit() -> None:
+                for msg, _ in taken:
+                    msg.ack()
 
-                yield failures, commit
-            finally:
-                channel.close()  # unacknowledged records return to the queue
+            yield [f for _, failures in taken for f in failures], commit

@@ -43,11 +43,16 @@ def open_root(root: bytes, *, source: bool) -> int:
     parts = [p for p in root.split(b"/") if p]
     if not root.startswith(b"/") or any(p in (b".", b"..") for p in parts):
         raise ConfinementError(f"pass root {root!r} is not a normalised absolute path")
-    fd = os.open(b"/", _DIR_FLAGS)
+    # Only the root itself is listed: its ancestors are opened plainly (an open moves no atime).
+    return _descend(os.open(b"/", _DIR_FLAGS), parts, source=source, only_last=True)
+
+
+def _descend(fd: int, parts: list[bytes], *, source: bool, only_last: bool = False) -> int:
+    """Open ``parts`` each inside the previous one, from ``fd`` (taken over: closed whatever happens),
+    without following a symlink; return the last. ``source`` asks for O_NOATIME (on the last only)."""
     try:
         for i, part in enumerate(parts):
-            # Only the root itself is listed: its ancestors are opened plainly (an open moves no atime).
-            nfd = open_subdir(fd, part, source=source and i == len(parts) - 1)
+            nfd = open_subdir(fd, part, source=source and (not only_last or i == len(parts) - 1))
             os.close(fd)
             fd = nfd
     except BaseException:
@@ -68,16 +73,7 @@ def open_dir(root: bytes, rel: bytes, *, source: bool) -> int:
     from here whoever the caller is. Returns a new descriptor the caller closes.
     """
     check_rel(rel)
-    fd = open_root(root, source=source)
-    try:
-        for part in components(rel):
-            nfd = open_subdir(fd, part, source=source)
-            os.close(fd)
-            fd = nfd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _descend(open_root(root, source=source), components(rel), source=source)
 
 
 def entry_is_dir(entry: os.DirEntry[str]) -> bool:
