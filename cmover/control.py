@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -130,8 +131,17 @@ def check_broker(settings: Settings) -> None:
         ) from None
 
 
+_clients: dict[tuple[str, int], Any] = {}
+
+
 def _mc(settings: Settings):
-    return appmod.memcache_client(settings)
+    """One memcached client per server and process (thread-safe, reconnects by itself), not one per call:
+    `status --watch` and the exporter read several times a second."""
+    key = (settings.memcached, os.getpid())
+    client = _clients.get(key)
+    if client is None:
+        client = _clients[key] = appmod.memcache_client(settings)
+    return client
 
 
 def start(settings: Settings, spec: PassSpec) -> str:
