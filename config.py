@@ -1,8 +1,10 @@
 # cmover site configuration.
 #
-# Plain constants only: this file is read as data by cmover/settings.py, which rejects unknown names
-# (a typo is an error, not a silently ignored setting). Point $CMOVER_CONFIG at another file to use it
-# instead of this one. Command-line options override the filter settings for one run.
+# Plain constants only: this file is read as data by cmover/core/settings.py, which rejects unknown names
+# (a typo is an error, not a silently ignored setting, whatever the command). cmover reads the file
+# named by --config, else by $CMOVER_CONFIG, else ./config.py in the current directory, else this one
+# (beside the cmover package); `cmover -v ...` names the file used. Command-line options override the
+# filter settings for one run.
 
 # ---- Settings with the classic tool's names and meanings -------------------------------------------
 
@@ -18,6 +20,12 @@ OLDEST_DATE = 0
 # Filter files by mtime: files modified less than NEWEST_DATE seconds ago are not copied. Useful for
 # early passes (recently changed files are likely to change again); set to 0 for the final pass.
 NEWEST_DATE = 0
+
+# Filter files by size: regular files larger than MAX_SIZE bytes, or smaller than MIN_SIZE bytes, are
+# not copied (counted as files_size_filtered). A number, or a string with a K/M/G/T suffix ("10G");
+# 0 disables each bound. The target entry of a file left out is neither replaced nor deleted.
+MAX_SIZE = 0
+MIN_SIZE = 0
 
 # Minimal time in seconds between two counter reports of one worker process to memcached.
 REPORT_INTERVAL = 30
@@ -83,6 +91,16 @@ LUSTRE_LAYOUT = "keep"
 # from what LUSTRE_LAYOUT gives (costs two layout reads per file; `cmover copy --restripe`).
 LUSTRE_RESTRIPE = False
 
+# What a copy pass from a Lustre source does with HSM-released files (data only in the archive):
+#   "import" a released file becomes a released stub on the target bound to the same archive id
+#            (llapi_hsm_import): its data is never read; an archived, clean file is copied and marked
+#            archived; `cmover hsm-rebind-list` then gives the copytool the (old FID, new FID) pairs;
+#   "recall" released files are read like any other (the copytool restores each one first);
+#   "skip"   released files are listed and left out; nothing of them is read.
+# Without Lustre HSM on the source (or a liblustreapi with the HSM functions) this has no effect.
+# `cmover copy --hsm` overrides it for one run. See "Migrating an HSM filesystem" in README.md.
+HSM_POLICY = "import"
+
 # liblustreapi to load. "" = the system's (liblustreapi.so.1 / liblustreapi.so). The environment
 # variable CMOVER_LUSTREAPI overrides this.
 LUSTREAPI = ""
@@ -95,11 +113,31 @@ MEMCACHED = "127.0.0.1:11211"
 # is moved to the pass's dead-letter queue and listed as a failure instead of looping forever.
 MAX_DELIVERIES = 5
 
-# Worker threads of the embedded mode (`cmover copy` with no broker). 0 = twice the number of cores.
+# Pool processes (not threads) of the embedded mode (`cmover copy` with no broker, or --embedded):
+# 0 = twice the number of cores. `cmover copy -j N` overrides it for one run (-j 0: this setting).
 LOCAL_JOBS = 0
 
 # Directory for node-local logs (relative paths are relative to this file's directory).
 LOG_DIR = "var/log"
+
+# Directory of the change journals written by `cmover watch` and of the records of passes that completed
+# with no failure, which decide whether a journal may replace the walk (`--changes`); relative paths are
+# relative to this file's directory. Node-local: run `cmover watch` and the journal-driven passes on the
+# same machine.
+CHANGES_DIR = "var/changes"
+
+# Lustre changelog users cmover reads for journal-driven passes (--changes) over a Lustre source: one per
+# MDT of the source filesystem, registered on the MDS with
+#   lctl --device FSNAME-MDTxxxx changelog_register        (prints the user id, e.g. cl1)
+# e.g. {"lustre-MDT0000": "cl1", "lustre-MDT0001": "cl1"}. An MDT of the source without a user here makes
+# every --changes pass over it a full walk. cmover clears each user's records only up to what a pass
+# that completed with no failure has read; give cmover users of its own.
+CHANGELOG_USERS = {}
+
+# Log lines of the workers (their log files) and of the cmover command (stderr): "text", or "json" for
+# one JSON object per line with time, level, node, pass, run, path, message (names that are not UTF-8
+# as {"b64": ...}), which a log shipper sends to Elasticsearch or Loki unchanged.
+LOG_FORMAT = "text"
 
 # Graphite (carbon) receiving the counters from send_graphite.py, run every minute from cron: its
 # plaintext port (2003 by default) and the first part of every metric path, dot-separated words of
@@ -108,3 +146,19 @@ LOG_DIR = "var/log"
 GRAPHITE_HOST = "127.0.0.1"
 GRAPHITE_PORT = 2003
 GRAPHITE_PREFIX = "cmover"
+
+# Identity maps for a migration between sites whose users or groups have other numbers: a source uid
+# (gid) FROM is written as TO on the target, in owners and in POSIX ACL entries, and the copy, delete,
+# dirtime passes compare with the mapped ids. {FROM: TO, ...}, a list of "FROM:TO" strings, or a string
+# naming a mapping file ("@users.map": one FROM:TO per line, # comments; relative to this file). Numeric
+# ids only; ids not listed are kept. The command line's --usermap / --groupmap give a map for one pass
+# when the setting here is empty; both at once is refused (see "Migrating between sites" in README.md).
+UID_MAP = {}
+GID_MAP = {}
+
+# Clean-pass records (README, "The final pass: clean-pass proofs"): where the node that plans passes
+# keeps the start of the last copy pass that completed with no failure ("" = $CMOVER_STATE_DIR, else
+# ~/.local/state/cmover; relative paths are relative to this file's directory), and how many seconds
+# the clocks of the mover nodes and file servers may differ (subtracted from that start).
+# STATE_DIR = ""
+# CLOCK_SKEW = 2

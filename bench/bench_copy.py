@@ -22,10 +22,10 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# treeutil lives with the tests rather than in an installed package.
+# The tree builder and snapshot live with the tests (tests/support) rather than in an installed package.
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-import treeutil  # noqa: E402
+from support import snap, tree  # noqa: E402
 
 MAX_SIZE = 16384
 FULL = "full copy"
@@ -68,7 +68,7 @@ def prepare_source(workdir: str, params: dict, name: str = "src") -> dict:
     _rmtree(src)
     _log(f"generating source tree {src} ...")
     start = time.perf_counter()
-    counts = treeutil.make_tree(
+    counts = tree.random_tree(
         os.fsencode(src),
         seed=params["seed"],
         n_files=params["files"],
@@ -115,9 +115,9 @@ def check_copy(source: dict, target: str) -> dict:
     """Compare target with the source snapshot: counts of differences and the first few of them."""
     if not os.path.isdir(target):
         return {"differences": None, "differences_with_dir_times": None, "first": [], "error": "no target directory"}
-    target_snapshot = treeutil.snapshot(target)
-    problems = treeutil.diff_snapshots(source, target_snapshot)
-    with_dir_times = treeutil.diff_snapshots(source, target_snapshot, dir_times=True)
+    target_snapshot = snap.snapshot(target)
+    problems = snap.diff(source, target_snapshot)
+    with_dir_times = snap.diff(source, target_snapshot, dir_times=True)
     return {
         "differences": len(problems),
         "differences_with_dir_times": len(with_dir_times),
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
-    with open(treeutil.__file__, "rb") as f:
+    with open(tree.__file__, "rb") as f:
         # A changed generator means a different tree even for the same numbers.
         generator = hashlib.blake2b(f.read(), digest_size=8).hexdigest()
     params = {"files": args.files, "dirs": args.dirs, "seed": args.seed, "max_size": MAX_SIZE, "generator": generator}
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = ["--jobs", str(args.jobs)] if args.jobs else []
 
     _log("reading the source tree (snapshot for the final check; also warms the page cache) ...")
-    source_snapshot = treeutil.snapshot(src)
+    source_snapshot = snap.snapshot(src)
 
     def target(tool: str) -> str:
         path = os.path.join(workdir, f"dst-{tool}")

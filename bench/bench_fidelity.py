@@ -3,7 +3,7 @@
 Usage: python bench/bench_fidelity.py [--files 20000] [--dirs 200] [--seed 1] [--workdir bench/_work]
                                       [--jobs N] [--cmover CMD] [--repeat R] [--baseline] [--sample 100]
 
-The tree (tests/treeutil.make_tree) is generated once under WORKDIR/fid-src and reused while the parameters
+The tree (tests/support/tree.random_tree) is generated once under WORKDIR/fid-src and reused while the parameters
 are unchanged; every run then (re)applies, idempotently, a user xattr to every file and directory, an
 access ACL to all of them (one recursive setfacl) and a default ACL to the directories. Timed: full copy
 with cp -a, rsync -aHAX and cmover, then a no-change pass with rsync -aHAX and cmover; ratios are against
@@ -31,9 +31,10 @@ from bench_copy import (
     find_cmover,
     prepare_source,
     print_check,
+    snap,
     summarize,
     timed_run,
-    treeutil,
+    tree,
 )
 
 MAX_SIZE = 16384
@@ -69,14 +70,14 @@ def decorate(src: str) -> None:
     subprocess.run(["find", src, "-type", "d", "-exec", "setfacl", "-d", "-m", DEFAULT_ACL, "{}", "+"], check=True)
 
 
-def count_decorations(snap: dict) -> dict[str, int]:
-    """How many entries of a treeutil.snapshot carry the xattr and ACLs; files and dirs for comparison."""
+def count_decorations(records: dict) -> dict[str, int]:
+    """How many entries of a support.snap.snapshot carry the xattr and ACLs; files and dirs for comparison."""
     counts = {"files": 0, "dirs": 0, XATTR: 0, ACL_ACCESS: 0, ACL_DEFAULT: 0}
-    for rec in snap.values():
+    for rec in records.values():
         if rec["type"] in ("file", "dir"):
             counts[rec["type"] + "s"] += 1
         for name in (XATTR, ACL_ACCESS, ACL_DEFAULT):
-            if name in rec.get("xattrs", {}):
+            if name in rec.get("xattrs", {}) or name in rec.get("acls", {}):
                 counts[name] += 1
     return counts
 
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = os.path.abspath(args.workdir)
     logdir = os.path.join(workdir, "fid-logs")
     os.makedirs(os.path.join(logdir, "plain"), exist_ok=True)
-    with open(treeutil.__file__, "rb") as gen:
+    with open(tree.__file__, "rb") as gen:
         # A changed generator means a different tree even for the same numbers.
         generator = hashlib.blake2b(gen.read(), digest_size=8).hexdigest()
     params = {"files": args.files, "dirs": args.dirs, "seed": args.seed, "max_size": MAX_SIZE, "generator": generator}
@@ -181,10 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     jobs = ["--jobs", str(args.jobs)] if args.jobs else []
 
     _log("reading the source tree (snapshot for the final check; also warms the page cache) ...")
-    source_snapshot = treeutil.snapshot(src)
+    source_snapshot = snap.snapshot(src)
     decorations = count_decorations(source_snapshot)
     if args.baseline:
-        treeutil.snapshot(plain)
+        snap.snapshot(plain)
     rng = random.Random(args.seed)
     files = sorted(rel for rel, rec in source_snapshot.items() if rec["type"] == "file")
     dirs = sorted(rel for rel, rec in source_snapshot.items() if rec["type"] == "dir")

@@ -1,4 +1,4 @@
-"""Generate a deterministic test tree (tests/treeutil.make_tree) and print its counts.
+"""Generate a deterministic test tree (tests/support/tree.random_tree) and print its counts.
 
 Usage: python bench/gen_tree.py DIR --files N --dirs M --seed S [--max-size B] [--no-weird] [--no-owners]
 """
@@ -9,10 +9,10 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# treeutil lives with the tests rather than in an installed package.
+# The tree builder lives with the tests (tests/support) rather than in an installed package.
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-import treeutil  # noqa: E402
+from support import tree  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-owners", action="store_true", help="do not chown entries to uids/gids 1000-1005")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    counts = treeutil.make_tree(
+    counts = tree.random_tree(
         os.fsencode(args.dir),
         seed=args.seed,
         n_files=args.files,

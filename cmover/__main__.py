@@ -1,5 +1,5 @@
 """``python -m cmover`` is the ``cmover`` command."""
 
-from cmover.cli import main
+from cmover.cli.main import main
 
 raise SystemExit(main())

@@ -1,19 +1,29 @@
-"""Dirtime-pass task: ``cmover.dirtime.dir(spec, rel, mdt)`` sets the times of target directory ``rel``
-and its subtree (see :mod:`cmover.dirtimepass`)."""
+"""Dirtime-pass tasks: ``cmover.dirtime.dir(spec, rel, mdt)`` sets the times of target directory ``rel``
+and its subtree; ``cmover.dirtime.files(spec, rel, names)`` (journal-driven passes) those of the
+subdirectories ``names`` of ``rel`` only, or of ``rel`` itself when ``names`` is empty (see
+:mod:`cmover.engine.dirtimepass`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from cmover.app import app
-from cmover.dirtimepass import DirtimePass
-from cmover.paths import rel_from_wire
-from cmover.taskbase import PassTask, run_pass_task
+from cmover.core.paths import names_from_wire, rel_from_wire
+from cmover.engine.dirtimepass import DirtimePass
+from cmover.worker import bodies
+from cmover.worker.passtask import PassTask
+from cmover.worker.taskbase import run_pass_task
 
 
 @app.task(name="cmover.dirtime.dir", base=PassTask, bind=True)
 def dirtime_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None) -> None:
+    run_pass_task(self, spec, rel, bodies.dirtime_dir(rel, mdt))
+
+
+@app.task(name="cmover.dirtime.files", base=PassTask, bind=True)
+def dirtime_files(self: PassTask, spec: Any, rel: Any, names: Any) -> None:
     def body(spec_, ctx, tally, fail, emit):
-        DirtimePass(spec_, tally, fail, emit).run_dir(rel_from_wire(rel))
+        batch = names_from_wire(names)
+        DirtimePass(spec_, tally, fail, emit).run_files(rel_from_wire(rel), batch)
 
     run_pass_task(self, spec, rel, body)

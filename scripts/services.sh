@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# Service helpers for cmover's scripts: Debian packages, RabbitMQ, memcached, carbon (Graphite) and the
-# project virtualenv.
+# Service helpers for cmover's scripts: Debian packages, RabbitMQ, memcached, carbon (Graphite), the readers
+# of the metrics the tests check (Prometheus and promtool, graphite-web) and the project virtualenv
+# (ensure_runtime_venv for a mover node, ensure_venv for the tests).
+#
+# ensure_apt_packages, ensure_test_tools, ensure_rabbitmq, ensure_rabbitmq_api, ensure_memcached, ensure_carbon, ensure_prometheus
+# and ensure_graphite_web assume Debian or Ubuntu (apt-get, dpkg, the memcache user of the Debian package);
+# elsewhere install the same programs with the system's package manager (see "What cmover needs" in
+# README.md). The venv functions only need python3 >= 3.11 with its venv module.
 #
 # Sourced by scripts/test.sh (and any other script that needs the services):
 #     source "$REPO/scripts/services.sh"; ensure_rabbitmq
@@ -15,6 +21,8 @@
 #   CMOVER_PYTHON       interpreter used to create .venv (default: python3 on PATH)
 #   CMOVER_CARBON_PORT  plaintext port of the tests' carbon-cache (default 2003)
 #   CMOVER_CARBON_DIR   its config, whisper files, logs and pid file (default /var/tmp/cmover-carbon)
+#   CMOVER_CARBON_RETENTION  its storage schema for metric paths starting with "cmover" (default 1s:30m:
+#                       one point per second, so the tests read back exactly what was sent)
 
 # When sourced, leave the caller's shell options alone (the caller decides about set -e);
 # the functions below are written to work under `set -euo pipefail`.
@@ -84,9 +92,10 @@ ensure_apt_packages() {
 }
 
 # ensure_test_tools: what the tests call besides Python (setfacl/getfacl, getfattr/setfattr,
-# rsync as a reference copier, gcc to build small helpers).
+# rsync as a reference copier, gcc to build small helpers, mkfs.xfs and xfs_io for the project-id tests on a
+# loop-mounted XFS, b3sum: the checker of verify manifests).
 ensure_test_tools() {
-    ensure_apt_packages rsync acl attr gcc
+    ensure_apt_packages rsync acl attr gcc xfsprogs b3sum
 }
 
 _rabbitmq_node_up() {
@@ -129,6 +138,36 @@ ensure_rabbitmq() {
         sleep 2
     done
     _svc_die "rabbitmq-server did not start within 90 s, see $startlog and /var/log/rabbitmq/"
+}
+
+# The management HTTP API of the local node: the tests create their vhosts and users through it
+# (`rabbitmq_init.sh --api`), each in a few milliseconds where a rabbitmqctl call starts an Erlang VM.
+CMOVER_RABBITMQ_API=http://127.0.0.1:15672
+
+_rabbitmq_api_answers() {
+    # Any HTTP answer (401 included) means the plugin listens; only a refused connection means it does not.
+    [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$CMOVER_RABBITMQ_API/api/overview" || true)" != 000 ]]
+}
+
+# ensure_rabbitmq_api: the rabbitmq_management plugin enabled on the running node and its API answering.
+ensure_rabbitmq_api() {
+    ensure_apt_packages curl
+    if _rabbitmq_api_answers; then
+        return 0
+    fi
+    _svc_log "enabling the rabbitmq_management plugin (the tests' broker set-up goes through its HTTP API)"
+    if ! _svc_as_root rabbitmq-plugins enable rabbitmq_management </dev/null >/dev/null; then
+        _svc_die "rabbitmq-plugins enable rabbitmq_management failed"
+        return 1
+    fi
+    local deadline=$((SECONDS + 60))
+    while ((SECONDS < deadline)); do
+        if _rabbitmq_api_answers; then
+            return 0
+        fi
+        sleep 1
+    done
+    _svc_die "the RabbitMQ management API does not answer at $CMOVER_RABBITMQ_API 60 s after enabling the plugin"
 }
 
 # True when something on the memcached port answers the text protocol's `version` command.
@@ -199,6 +238,7 @@ ensure_memcached() {
 CMOVER_CARBON_HOST=127.0.0.1
 CMOVER_CARBON_PORT="${CMOVER_CARBON_PORT:-2003}"
 CMOVER_CARBON_DIR="${CMOVER_CARBON_DIR:-/var/tmp/cmover-carbon}"
+CMOVER_CARBON_RETENTION="${CMOVER_CARBON_RETENTION:-1s:30m}"
 
 # True when something on the carbon port accepts a TCP connection (the plaintext protocol has no
 # greeting to check).
@@ -263,12 +303,12 @@ ENABLE_LOGROTATION = False
 LOG_LISTENER_CONN_SUCCESS = False
 WHISPER_AUTOFLUSH = False
 EOF
-    # First match wins. 1-second points for the tests' prefixes (cmover...), carbon's own metrics as
-    # shipped, and the usual minute resolution for anything else.
-    cat >"$dir/conf/storage-schemas.conf" <<'EOF'
+    # First match wins. 1-second points for the tests' prefixes (cmover...; CMOVER_CARBON_RETENTION),
+    # carbon's own metrics as shipped, and the usual minute resolution for anything else.
+    cat >"$dir/conf/storage-schemas.conf" <<EOF
 [cmover_tests]
 pattern = ^cmover
-retentions = 1s:30m
+retentions = $CMOVER_CARBON_RETENTION
 
 [carbon]
 pattern = ^carbon\.
@@ -301,12 +341,64 @@ EOF
         "$startlog and $dir/log/"
 }
 
-# ensure_venv: $REPO/.venv with the project installed in editable mode plus the test extras.
-# pip only runs when pyproject.toml changed since the last successful install (sha256 stamp),
-# because a no-op `pip install -e` still costs several seconds of resolving.
-ensure_venv() {
+# _svc_stop_packaged_service NAME: stop (and on systemd, disable) the service a package install just started.
+# Called only right after this script installed the package, so a service the machine already ran is left
+# alone. Without systemd the Debian packages' maintainer scripts start daemons through invoke-rc.d unless a
+# policy-rc.d forbids it (as in most containers), so both cases end here.
+_svc_stop_packaged_service() {
+    local name="$1"
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+        _svc_log "stopping and disabling the $name service the package install started"
+        _svc_as_root systemctl disable --now "$name" >/dev/null 2>&1 || true
+    elif [[ -x "/etc/init.d/$name" ]]; then
+        _svc_as_root "/etc/init.d/$name" stop </dev/null >/dev/null 2>&1 || true
+    fi
+}
+
+# ensure_prometheus: the prometheus package, for its server and promtool. The tests start private servers
+# (loopback, a free port, data under a temporary directory) and check the alert rules with promtool; the
+# package's own daemon (port 9090, as the prometheus user) is stopped when installing it started one, so
+# that nothing of the install is left listening.
+ensure_prometheus() {
+    local fresh=
+    _svc_pkg_installed prometheus || fresh=1
+    ensure_apt_packages prometheus
+    if [[ -n "$fresh" ]]; then
+        _svc_stop_packaged_service prometheus
+        if pgrep -u prometheus -x prometheus >/dev/null 2>&1; then
+            _svc_die "the prometheus package started a daemon that does not stop (pid $(pgrep -u prometheus -x \
+prometheus | tr '\n' ' ')); stop it by hand"
+            return 1
+        fi
+    fi
+    local tool
+    for tool in prometheus promtool; do
+        if ! "$tool" --version >/dev/null 2>&1; then
+            _svc_die "$tool --version failed after installing the prometheus package"
+            return 1
+        fi
+    done
+}
+
+# ensure_graphite_web: the graphite-web package (Django application, run by the system's python3). It has no
+# daemon: the tests serve it themselves on loopback, with settings of their own pointing at the whisper
+# files of their carbon-cache (CMOVER_CARBON_DIR) and its database in a temporary directory.
+ensure_graphite_web() {
+    ensure_apt_packages graphite-web
+    if ! /usr/bin/python3 -c 'import django, graphite.settings, whisper' >/dev/null 2>&1; then
+        _svc_die "graphite-web is installed but /usr/bin/python3 cannot import it (django, graphite.settings, whisper)"
+        return 1
+    fi
+}
+
+# _ensure_project_venv SPEC STAMP [STAMP...]: $REPO/.venv with `pip install -e SPEC`. pip only runs when
+# pyproject.toml changed since the last successful install recorded in one of the STAMP files (sha256 of
+# pyproject.toml), because a no-op `pip install -e` still costs several seconds of resolving; the first
+# STAMP is the one written.
+_ensure_project_venv() {
+    local spec="$1"
+    shift
     local venv="$REPO/.venv"
-    local stamp="$venv/.cmover-stamp"
     local python="${CMOVER_PYTHON:-python3}"
 
     # A venv whose interpreter is gone (e.g. the base Python was replaced) cannot be repaired in place.
@@ -320,30 +412,50 @@ ensure_venv() {
             return 1
         fi
         _svc_log "creating virtualenv $venv"
-        "$python" -m venv "$venv"
+        if ! "$python" -m venv "$venv"; then
+            rm -rf -- "$venv"
+            _svc_die "$python -m venv failed (on Debian and Ubuntu: apt-get install python3-venv)"
+            return 1
+        fi
     fi
 
-    local want have=
+    local want have stamp
     want="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
-    [[ -r "$stamp" ]] && have="$(<"$stamp")"
-    if [[ "$want" == "$have" ]]; then
-        return 0
-    fi
-    _svc_log "pip install -e ${REPO}[test]"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "${REPO}[test]"
+    for stamp in "$@"; do
+        have=
+        [[ -r "$stamp" ]] && have="$(<"$stamp")"
+        if [[ "$want" == "$have" ]]; then
+            return 0
+        fi
+    done
+    _svc_log "pip install -e $spec"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$spec"
     # Written only after a successful install, so a failed one is retried next time.
-    printf '%s\n' "$want" >"$stamp"
+    printf '%s\n' "$want" >"$1"
+}
+
+# ensure_runtime_venv: what a mover node needs to run cmover and its workers: $REPO/.venv with the project
+# installed in editable mode (`pip install -e .`: Celery, kombu, pymemcache, rich, ...), no test tools.
+# A test environment (ensure_venv) already holds all of it.
+ensure_runtime_venv() {
+    _ensure_project_venv "$REPO" "$REPO/.venv/.cmover-runtime-stamp" "$REPO/.venv/.cmover-stamp"
+}
+
+# ensure_venv: the test environment, used by scripts/test.sh: the runtime plus the test extras
+# (pytest, ruff, mypy, hypothesis, whisper; pyproject.toml's [test]).
+ensure_venv() {
+    _ensure_project_venv "${REPO}[test]" "$REPO/.venv/.cmover-stamp"
 }
 
 # Direct execution: `scripts/services.sh FUNCTION [ARGS...]`.
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     case "${1:-}" in
-    ensure_apt_packages | ensure_test_tools | ensure_rabbitmq | ensure_memcached | ensure_carbon | carbon_info | \
-        ensure_venv)
+    ensure_apt_packages | ensure_test_tools | ensure_rabbitmq | ensure_rabbitmq_api | ensure_memcached | ensure_carbon | carbon_info | \
+        ensure_prometheus | ensure_graphite_web | ensure_runtime_venv | ensure_venv)
         "$@"
         ;;
     *)
-        echo "usage: $0 {ensure_apt_packages PKG...|ensure_test_tools|ensure_rabbitmq|ensure_memcached|ensure_carbon|carbon_info|ensure_venv}" >&2
+        echo "usage: $0 {ensure_apt_packages PKG...|ensure_test_tools|ensure_rabbitmq|ensure_rabbitmq_api|ensure_memcached|ensure_carbon|carbon_info|ensure_prometheus|ensure_graphite_web|ensure_runtime_venv|ensure_venv}" >&2
         exit 2
         ;;
     esac

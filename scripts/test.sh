@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (also what CI runs through .ci/run):
 #     scripts/test.sh [PYTEST ARGS...]
-# Brings up what the tests need (system tools, RabbitMQ, memcached, carbon, .venv), then lint, type check
-# and pytest. Arguments go to pytest unchanged, e.g. `scripts/test.sh -x -k walk`.
+# Brings up what the tests need (system tools, RabbitMQ, memcached, carbon, Prometheus, graphite-web, .venv),
+# then lint, type check, import contracts and pytest. Arguments go to pytest unchanged, e.g. `scripts/test.sh -x -k walk`.
 set -euo pipefail
 
 # Work from the repository root whatever the caller's cwd: every path below is relative to it.
@@ -18,8 +18,11 @@ section() {
 section "services"
 ensure_test_tools
 ensure_rabbitmq
+ensure_rabbitmq_api
 ensure_memcached
 ensure_carbon
+ensure_prometheus
+ensure_graphite_web
 ensure_venv
 
 section "lustre stand-in"
@@ -33,7 +36,7 @@ section "ruff check"
 # would be passed on literally.
 shopt -s nullglob
 lint_paths=()
-for p in cmover tests bench *.py; do
+for p in cmover tests bench dashboards *.py; do
     if [[ -e "$p" ]]; then
         lint_paths+=("$p")
     fi
@@ -43,6 +46,10 @@ shopt -u nullglob
 
 section "mypy"
 .venv/bin/mypy cmover
+
+section "import contracts"
+# The package layers, the platform layer's imports and no import cycles (pyproject.toml [tool.importlinter]).
+.venv/bin/lint-imports
 
 section "pytest"
 rc=0

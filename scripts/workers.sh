@@ -78,7 +78,7 @@ if [[ -x "$repo/.venv/bin/celery" ]]; then
 elif command -v celery >/dev/null 2>&1; then
     celery="$(command -v celery)"
 else
-    die "celery not found: run scripts/services.sh ensure_venv, or put celery on PATH"
+    die "celery not found: run scripts/services.sh ensure_runtime_venv, or put celery on PATH"
 fi
 
 # Names carry the short host name so that several hosts can share one checkout (and one var/)

@@ -1,26 +1,34 @@
-"""Shared fixtures of the unit tests: pass specs on tmp trees, a copy-pass runner, tree snapshots."""
+"""Shared fixtures of the unit tests: pass specs on tmp trees and one copy-task delivery.
+
+What else the tests share is in the ``support`` package (trees, snapshots, the job runner).
+"""
 
 from __future__ import annotations
 
 import os
-import stat
-from collections import Counter
-from dataclasses import dataclass, field
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from support.lustre import LustreEnv, build_standin
+from support.runner import Run
+from support.xfs import mounted_xfs
 
-from cmover.copypass import CopyPass, Job
-from cmover.errors import Failure
-from cmover.ledger import MemoryLedger, RunClaims
-from cmover.lustre.base import PosixFs
-from cmover.passes import PassKind, PassSpec
+from cmover import lustre
+from cmover.core.passes import PassKind, PassSpec
+from cmover.engine.jobs import DirJob, FilesJob
+from cmover.lustre import llapi
 
+# Clean-pass records of the passes the tests run go to a directory of their own, never to the home directory.
+os.environ.setdefault("CMOVER_STATE_DIR", tempfile.mkdtemp(prefix="cmover-test-state-"))
 
-@dataclass
-class CopyResult:
-    tally: Counter = field(default_factory=Counter)
-    failures: list[Failure] = field(default_factory=list)
-    jobs: list[Job] = field(default_factory=list)
+# A shell without job control starts a background command (`scripts/test.sh &`) with SIGINT ignored, and every
+# process the tests start would inherit that: the tests of Ctrl-C (SIGINT to a command, expecting exit 130)
+# would then wait for a command that cannot hear it. The tests run as from a terminal, whatever started them.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
@@ -47,67 +55,53 @@ def make_spec(roots):
 
 @pytest.fixture
 def run_copy():
-    """Run one copy-pass task: ``run_copy(spec)`` walks the root, ``names=`` runs a file batch."""
+    """``run_copy(spec)``: one delivery of the copy pass's root task (``rel=``: of that directory's task;
+    ``names=``: of that batch), on a run of its own (:class:`support.runner.Run`); returns the Run, whose
+    ``emitted`` lists the jobs the task published. ``fs``: see :class:`~support.runner.Run`."""
 
-    def run(spec: PassSpec, rel: bytes = b"", names: list[bytes] | None = None, fs=None) -> CopyResult:
-        """``fs``: a function of the task's tally returning its FsApi (default: POSIX)."""
-        res = CopyResult()
-        ledger = MemoryLedger()  # a fresh run each call, as every pass has its own run id
-        cp = CopyPass(spec, fs(res.tally) if fs else PosixFs(), res.tally, res.failures.append, res.jobs.append,
-                      RunClaims(ledger, spec.run_id))
-        if names is None:
-            cp.run_dir(rel)
-        else:
-            cp.run_files(rel, names)
-        return res
+    def run(spec: PassSpec, rel: bytes = b"", names: list[bytes] | None = None, fs=None) -> Run:
+        r = Run(spec, fs=fs)
+        r.deliver(DirJob(rel) if names is None else FilesJob(rel, tuple(names)))
+        return r
 
     return run
 
 
-def read_noatime(path: bytes) -> bytes:
-    """File content, read without moving the file's atime (tests compare atimes)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOATIME)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _entry_state(path: bytes, st: os.stat_result) -> dict:
-    d = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid, "ino": st.st_ino}
-    if stat.S_ISREG(st.st_mode):
-        d["data"] = read_noatime(path)
-        d["mtime_ns"] = st.st_mtime_ns
-        d["atime_ns"] = st.st_atime_ns
-    elif stat.S_ISLNK(st.st_mode):
-        d["link"] = os.readlink(path)
-        d["mtime_ns"] = st.st_mtime_ns
-    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        d["rdev"] = st.st_rdev
-        d["mtime_ns"] = st.st_mtime_ns
-    elif stat.S_ISFIFO(st.st_mode):
-        d["mtime_ns"] = st.st_mtime_ns
-    return d
+@pytest.fixture(scope="session")
+def standin_build() -> Path:
+    """The liblustreapi stand-in, built (a build failure fails the tests, never skips)."""
+    return build_standin()
 
 
 @pytest.fixture
-def snapshot():
-    """``snapshot(root)``: {relative path: type, mode, owner, inode, data/link target, times} of a tree."""
+def lenv(tmp_path, monkeypatch, standin_build) -> Iterator[LustreEnv]:
+    """A fake Lustre for one test (:class:`support.lustre.LustreEnv`), the stand-in loaded through it."""
+    env = LustreEnv(tmp_path, standin_build / "liblustreapi.so.1")
+    monkeypatch.setenv(llapi.ENV_LIBRARY, str(env.lib_path))
+    monkeypatch.setenv("STANDIN_FS", env.fs_env())
+    monkeypatch.setenv("STANDIN_CALL_LOG", str(env.calls))
+    for var in ("STANDIN_IGNORE_SETSTRIPE", "STANDIN_MKDIR_EPERM", "STANDIN_NO_DOM"):
+        monkeypatch.delenv(var, raising=False)
+    lustre.reset()
+    yield env
+    lustre.reset()
 
-    def snap(root: bytes, *, inodes: bool = True) -> dict[bytes, dict]:
-        out: dict[bytes, dict] = {}
-        for dirpath, dirnames, filenames in os.walk(root):
-            for name in dirnames + filenames:
-                path = os.path.join(dirpath, name)
-                rel = os.path.relpath(path, root)
-                st = os.lstat(path)
-                state = _entry_state(path, st)
-                if not inodes:
-                    del state["ino"]
-                out[rel] = state
-        return out
 
-    return snap
+@pytest.fixture(scope="module")
+def xfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh XFS mounted for the whole test module; its mount point."""
+    with mounted_xfs(tmp_path_factory.mktemp("xfs")) as mnt:
+        yield mnt
+
+
+_GROUPS = {"integration": pytest.mark.integration, "faults": pytest.mark.faults}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration carries the ``integration`` marker and every one under tests/faults
+    ``faults``, whether or not its module says so, so that ``-m`` selects (or leaves out) each group whole."""
+    tests = Path(__file__).parent
+    for item in items:
+        parts = item.path.relative_to(tests).parts if item.path.is_relative_to(tests) else ()
+        if len(parts) > 1 and parts[0] in _GROUPS:
+            item.add_marker(_GROUPS[parts[0]])

@@ -1,4 +1,4 @@
-"""Chunked copies of huge files (cmover.chunks) driven through the engine, with one shared run ledger.
+"""Chunked copies of huge files (cmover.engine.chunks) driven through the engine, with one shared run ledger.
 
 The tests run the split, then the chunk jobs in chosen orders, as separate tasks would: the target name
 must appear only complete, with the source's mtime, and every failure mode must leave no complete-looking
@@ -8,67 +8,32 @@ file behind.
 from __future__ import annotations
 
 import os
-from collections import Counter
 
 import pytest
+from support.runner import Run, drain
+from support.snap import compare_trees, read_noatime
+from support.tree import Dir, File, build
 
-from cmover.chunks import MAX_CHUNKS, ChunkSpec, aligned, chunk_geometry, part_name
-from cmover.copypass import CopyPass, Job
-from cmover.errors import ConfigError, ConfinementError
-from cmover.ledger import MemoryLedger, RunClaims, task_id
-from cmover.lustre.base import PosixFs
-from cmover.settings import from_mapping
-from cmover.stats import C
+from cmover.core.counters import C
+from cmover.core.errors import ConfigError, ConfinementError
+from cmover.core.settings import from_mapping
+from cmover.engine.chunks import MAX_CHUNKS, ChunkJob, ChunkSpec, aligned, chunk_geometry, part_name
+from cmover.engine.jobs import DirJob, FilesJob, Job
 
 MiB = 1 << 20
 T_MTIME = 1_600_000_000_987_654_321
 
 
-class Run:
-    """One pass's shared state: ledger, tally, failures; tasks are built per call like real deliveries."""
-
-    def __init__(self, spec, fs=None):
-        self.spec = spec
-        self.fs = fs or PosixFs()
-        self.ledger = MemoryLedger()
-        self.tally: Counter[str] = Counter()
-        self.failures: list = []
-
-    def task(self, jobs: list) -> CopyPass:
-        return CopyPass(self.spec, self.fs, self.tally, self.failures.append, jobs.append,
-                        RunClaims(self.ledger, self.spec.run_id))
-
-    def walk(self) -> list[Job]:
-        jobs: list[Job] = []
-        self.task(jobs).run_dir(b"")
-        return jobs
-
-    def chunk(self, job: Job, tid: str | None = None) -> None:
-        assert job.kind == "chunk" and job.chunk is not None
-        tid = tid or task_id(self.spec.run_id, "chunk", job.rel, job.index, (job.chunk.key(),))
-        self.task([]).run_chunk(job.rel, job.index, job.chunk, tid)
-
-
 def big(root: bytes, rel: bytes, size: int, mtime: int = T_MTIME) -> bytes:
-    path = os.path.join(root, rel)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(os.urandom(size))
-    os.chown(path, 1234, 567)
-    os.chmod(path, 0o4751)
-    os.setxattr(path, b"user.k", b"v")
-    os.utime(path, ns=(T_MTIME - 5, mtime))
-    return path
+    """A file of ``size`` random bytes with every attribute a finished copy must carry; its path."""
+    build(root, {rel: File(size=size, mode=0o4751, uid=1234, gid=567, xattrs={"user.k": b"v"},
+                           atime_ns=T_MTIME - 5, mtime_ns=mtime)})
+    return os.path.join(root, rel)
 
 
-def read(path: bytes) -> bytes:
-    """Content, read without moving the atime (the tests compare atimes)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOATIME)
-    try:
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    finally:
-        os.close(fd)
+def walk(run: Run) -> list[Job]:
+    """Deliver the pass's root directory task; the jobs it emitted."""
+    return run.deliver(DirJob(b""))
 
 
 def parts(d: bytes) -> list[bytes]:
@@ -129,7 +94,7 @@ def test_split_then_chunks_in_any_order(roots, chunk_spec):
     src, dst = roots
     path = big(src, b"d/f", 5 * MiB + 123)
     run = Run(chunk_spec())
-    jobs = run.walk()
+    jobs = walk(run)
     chunks = [j for j in jobs if j.kind == "chunk"]
     assert len(chunks) == 6 and {j.index for j in chunks} == set(range(6)) and all(j.rel == b"d/f" for j in chunks)
     assert run.tally[C.CHUNKED] == 1 and run.tally[C.COPIED] == 0
@@ -137,11 +102,11 @@ def test_split_then_chunks_in_any_order(roots, chunk_spec):
     [part] = parts(os.path.join(dst, b"d"))
     assert os.path.getsize(os.path.join(dst, b"d", part)) == 5 * MiB + 123
     for j in reversed(chunks[1:]):
-        run.chunk(j)
+        run.deliver(j)
         assert not os.path.lexists(os.path.join(dst, b"d/f")), "finished before its last chunk"
-    run.chunk(chunks[0])
+    run.deliver(chunks[0])
     out = os.path.join(dst, b"d/f")
-    assert read(out) == read(path)
+    assert read_noatime(out) == read_noatime(path)
     s, d = os.stat(path), os.stat(out)
     assert (d.st_mode, d.st_uid, d.st_gid, d.st_mtime_ns, d.st_atime_ns) == \
         (s.st_mode, s.st_uid, s.st_gid, s.st_mtime_ns, s.st_atime_ns)
@@ -150,7 +115,7 @@ def test_split_then_chunks_in_any_order(roots, chunk_spec):
     assert run.tally[C.COPIED] == 1 and run.tally[C.CHUNKS] == 6 and run.failures == []
     # The next pass finds it identical and splits nothing.
     again = Run(chunk_spec(run_id="copy-next"))
-    assert [j for j in again.walk() if j.kind == "chunk"] == []
+    assert [j for j in walk(again) if j.kind == "chunk"] == []
     assert again.tally[C.SKIPPED] == 1
 
 
@@ -158,17 +123,17 @@ def test_redelivered_split_and_chunks_are_harmless(roots, chunk_spec):
     src, dst = roots
     path = big(src, b"f", 3 * MiB)
     run = Run(chunk_spec())
-    first = [j for j in run.walk() if j.kind == "chunk"]
-    run.chunk(first[0])
-    run.chunk(first[0])  # redelivered: same range rewritten, still one done mark
-    second = [j for j in run.walk() if j.kind == "chunk"]  # the splitting task, redelivered
+    first = [j for j in walk(run) if j.kind == "chunk"]
+    run.deliver(first[0])
+    run.deliver(first[0])  # redelivered: same range rewritten, still one done mark
+    second = [j for j in walk(run) if j.kind == "chunk"]  # the splitting task, redelivered
     assert second == first  # same part, same chunk jobs (same task ids)
     assert len(parts(dst)) == 1
     for j in first[1:]:
-        run.chunk(j)
-    assert read(os.path.join(dst, b"f")) == read(path)
+        run.deliver(j)
+    assert read_noatime(os.path.join(dst, b"f")) == read_noatime(path)
     last = first[-1]
-    run.chunk(last)  # the finisher redelivered after the rename: its part is gone, nothing happens
+    run.deliver(last)  # the finisher redelivered after the rename: its part is gone, nothing happens
     assert run.tally[C.COPIED] == 1 and run.failures == []
 
 
@@ -176,12 +141,12 @@ def test_only_the_finish_claim_winner_finishes(roots, chunk_spec):
     src, dst = roots
     big(src, b"f", 2 * MiB)
     run = Run(chunk_spec())
-    a, b = [j for j in run.walk() if j.kind == "chunk"]
-    run.chunk(a)
+    a, b = [j for j in walk(run) if j.kind == "chunk"]
+    run.deliver(a)
     assert run.ledger.claim(run.spec.run_id, "finish:" + parts(dst)[0].decode(), "someone-else") == "someone-else"
-    run.chunk(b)  # all chunks done, but another task holds the finish claim
+    run.deliver(b)  # all chunks done, but another task holds the finish claim
     assert not os.path.lexists(os.path.join(dst, b"f")) and len(parts(dst)) == 1
-    run.chunk(a, tid="someone-else")  # that task (redelivered) finishes it
+    run.deliver(a, task_id="someone-else")  # that task (redelivered) finishes it
     assert os.path.isfile(os.path.join(dst, b"f")) and parts(dst) == []
 
 
@@ -189,27 +154,27 @@ def test_source_changed_between_chunks(roots, chunk_spec):
     src, dst = roots
     path = big(src, b"f", 3 * MiB)
     run = Run(chunk_spec())
-    chunks = [j for j in run.walk() if j.kind == "chunk"]
-    run.chunk(chunks[0])
+    chunks = [j for j in walk(run) if j.kind == "chunk"]
+    run.deliver(chunks[0])
     with open(path, "r+b") as f:
         f.write(b"changed")
-    run.chunk(chunks[1])
+    run.deliver(chunks[1])
     assert run.tally[C.CHANGED] == 1 and parts(dst) == [] and not os.path.lexists(os.path.join(dst, b"f"))
-    run.chunk(chunks[2])  # the part is gone: the remaining chunk has nothing to do
+    run.deliver(chunks[2])  # the part is gone: the remaining chunk has nothing to do
     assert run.tally[C.CHANGED] == 2 and run.failures == []
     nxt = Run(chunk_spec(run_id="copy-next"))
-    for j in nxt.walk():
-        nxt.chunk(j)
-    assert read(os.path.join(dst, b"f")) == read(path)
+    for j in walk(nxt):
+        nxt.deliver(j)
+    assert read_noatime(os.path.join(dst, b"f")) == read_noatime(path)
 
 
 def test_source_changed_after_last_chunk_is_not_finished(roots, chunk_spec, monkeypatch):
     src, dst = roots
     path = big(src, b"f", 2 * MiB)
     run = Run(chunk_spec())
-    a, b = [j for j in run.walk() if j.kind == "chunk"]
-    run.chunk(a)
-    import cmover.chunks as chunks_mod
+    a, b = [j for j in walk(run) if j.kind == "chunk"]
+    run.deliver(a)
+    import cmover.engine.chunks as chunks_mod
 
     real = chunks_mod.metadata.apply_fd
 
@@ -218,7 +183,7 @@ def test_source_changed_after_last_chunk_is_not_finished(roots, chunk_spec, monk
         real(fd, rec, **kw)
 
     monkeypatch.setattr(chunks_mod.metadata, "apply_fd", touch_then_apply)
-    run.chunk(b)
+    run.deliver(b)
     assert not os.path.lexists(os.path.join(dst, b"f")) and parts(dst) == []
     assert run.tally[C.CHANGED] == 1 and run.tally[C.COPIED] == 0
 
@@ -229,29 +194,29 @@ def test_chunk_write_failure_removes_the_part(roots, chunk_spec, monkeypatch):
     other chunks find no part, and the next pass copies the file."""
     import errno
 
-    import cmover.chunks as chunks_mod
+    import cmover.engine.chunks as chunks_mod
 
     src, dst = roots
     path = big(src, b"f", 3 * MiB)
     run = Run(chunk_spec())
-    chunks = [j for j in run.walk() if j.kind == "chunk"]
-    run.chunk(chunks[0])
+    chunks = [j for j in walk(run) if j.kind == "chunk"]
+    run.deliver(chunks[0])
     real = chunks_mod.fsio.copy_extent
 
     def full(*a, **kw):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(chunks_mod.fsio, "copy_extent", full)
-    run.chunk(chunks[1])
+    run.deliver(chunks[1])
     monkeypatch.setattr(chunks_mod.fsio, "copy_extent", real)
     assert [(f.path, f.errno, f.side) for f in run.failures] == [(b"f", errno.ENOSPC, "target")]
     assert parts(dst) == [] and not os.path.lexists(os.path.join(dst, b"f"))
-    run.chunk(chunks[2])  # nothing to write into any more
+    run.deliver(chunks[2])  # nothing to write into any more
     assert parts(dst) == [] and not os.path.lexists(os.path.join(dst, b"f")) and len(run.failures) == 1
     nxt = Run(chunk_spec(run_id="copy-next"))
-    for j in nxt.walk():
-        nxt.chunk(j)
-    assert read(os.path.join(dst, b"f")) == read(path) and nxt.failures == []
+    for j in walk(nxt):
+        nxt.deliver(j)
+    assert read_noatime(os.path.join(dst, b"f")) == read_noatime(path) and nxt.failures == []
 
 
 def test_old_target_version_and_its_links_stay_intact_until_finished(roots, chunk_spec):
@@ -263,76 +228,68 @@ def test_old_target_version_and_its_links_stay_intact_until_finished(roots, chun
         f.write(b"old version")
     os.link(old, os.path.join(dst, b"other-name"))
     run = Run(chunk_spec())
-    chunks = [j for j in run.walk() if j.kind == "chunk"]
+    chunks = [j for j in walk(run) if j.kind == "chunk"]
     for j in chunks[:-1]:
-        run.chunk(j)
-        assert read(old) == b"old version"
-    run.chunk(chunks[-1])
-    assert read(old) == read(path)
-    assert read(os.path.join(dst, b"other-name")) == b"old version"  # never written through
+        run.deliver(j)
+        assert read_noatime(old) == b"old version"
+    run.deliver(chunks[-1])
+    assert read_noatime(old) == read_noatime(path)
+    assert read_noatime(os.path.join(dst, b"other-name")) == b"old version"  # never written through
 
 
 def test_sparse_chunked_file_stays_sparse(roots, chunk_spec):
     src, dst = roots
     path = os.path.join(src, b"sparse")
-    with open(path, "wb") as f:
-        for _ in range(8):  # 8 x 512 KiB of data, each followed by a 4 MiB hole: 4 MiB allocated
-            f.write(os.urandom(512 << 10))
-            f.seek(4 * MiB, os.SEEK_CUR)
-        f.write(b"end")
+    step = (512 << 10) + 4 * MiB  # 8 x 512 KiB of data, each followed by a 4 MiB hole: 4 MiB allocated
+    data = {i * step: os.urandom(512 << 10) for i in range(8)}
+    build(src, {b"sparse": File(size=8 * step + 3, data={**data, 8 * step: b"end"})})
     run = Run(chunk_spec(chunk_threshold=4 * MiB))
-    chunks = [j for j in run.walk() if j.kind == "chunk"]
+    chunks = [j for j in walk(run) if j.kind == "chunk"]
     assert chunks
     for j in chunks:
-        run.chunk(j)
+        run.deliver(j)
     out = os.path.join(dst, b"sparse")
-    assert read(out) == read(path)
+    assert read_noatime(out) == read_noatime(path)
     assert os.stat(out).st_blocks <= os.stat(path).st_blocks + 64
 
 
 def test_mostly_hole_file_is_not_chunked(roots, chunk_spec):
     src, dst = roots
     path = os.path.join(src, b"holes")
-    with open(path, "wb") as f:
-        f.seek(64 * MiB)
-        f.write(b"x")
+    build(src, {b"holes": File(size=64 * MiB + 1, data={64 * MiB: b"x"})})
     run = Run(chunk_spec())
-    assert run.walk() == [] and run.tally[C.COPIED] == 1 and run.tally[C.CHUNKED] == 0
-    assert read(os.path.join(dst, b"holes")) == read(path)
+    assert walk(run) == [] and run.tally[C.COPIED] == 1 and run.tally[C.CHUNKED] == 0
+    assert read_noatime(os.path.join(dst, b"holes")) == read_noatime(path)
 
 
 def test_chunk_message_outside_its_file_is_refused(roots, chunk_spec):
     src, _ = roots
     big(src, b"f", 2 * MiB)
     run = Run(chunk_spec())
-    [a, _b] = [j for j in run.walk() if j.kind == "chunk"]
-    assert a.chunk is not None
+    [a, _b] = [j for j in walk(run) if j.kind == "chunk"]
+    assert isinstance(a, ChunkJob)
     with pytest.raises(ConfinementError):
-        run.task([]).run_chunk(b"f", 7, a.chunk, "tid")
+        run.deliver(ChunkJob(b"f", 7, a.cs))
     with pytest.raises(ConfinementError):
-        run.task([]).run_chunk(b"", 0, a.chunk, "tid")
+        run.deliver(ChunkJob(b"", 0, a.cs))
 
 
 def test_chunking_disabled_copies_inline(roots, chunk_spec):
     src, dst = roots
     path = big(src, b"f", 3 * MiB)
     run = Run(chunk_spec(chunk_threshold=0))
-    assert run.walk() == [] and read(os.path.join(dst, b"f")) == read(path)
+    assert walk(run) == [] and read_noatime(os.path.join(dst, b"f")) == read_noatime(path)
 
 
 def test_long_batch_hands_on_its_remainder(roots, make_spec):
     src, dst = roots
-    os.makedirs(os.path.join(src, b"d"))
-    os.makedirs(os.path.join(dst, b"d"))
     names = [b"f%d" % i for i in range(5)]
-    for n in names:
-        with open(os.path.join(src, b"d", n), "wb") as f:
-            f.write(n)
+    build(src, {b"d/" + n: n for n in names})
+    build(dst, {b"d": Dir()})
     run = Run(make_spec(batch_seconds=1e-9))
-    jobs: list[Job] = []
-    run.task(jobs).run_files(b"d", names)
+    jobs = run.deliver(FilesJob(b"d", tuple(names)))
     assert run.tally[C.COPIED] == 1  # the first entry is always done: progress is guaranteed
-    assert jobs == [Job("files", b"d", tuple(names[1:]))]
+    assert jobs == [FilesJob(b"d", tuple(names[1:]))]
 
 
 def test_hard_linked_chunked_file_links_on_the_next_pass(roots, chunk_spec):
@@ -341,12 +298,29 @@ def test_hard_linked_chunked_file_links_on_the_next_pass(roots, chunk_spec):
     os.makedirs(os.path.join(src, b"b"))
     os.link(path, os.path.join(src, b"b/g"))
     run = Run(chunk_spec())
-    chunks = [j for j in run.walk() if j.kind == "chunk"]
+    chunks = [j for j in walk(run) if j.kind == "chunk"]
     assert run.tally[C.LINK_DEFERRED] == 1 and run.failures == []  # did not wait for the chunks
     for j in chunks:
-        run.chunk(j)
+        run.deliver(j)
     # Whichever name led the group exists now; the other one waits for the next pass.
     assert os.path.lexists(os.path.join(dst, b"a/f")) != os.path.lexists(os.path.join(dst, b"b/g"))
     nxt = Run(chunk_spec(run_id="copy-next"))
-    assert nxt.walk() == [] and nxt.tally[C.LINKED] == 1
+    assert walk(nxt) == [] and nxt.tally[C.LINKED] == 1
     assert os.stat(os.path.join(dst, b"a/f")).st_ino == os.stat(os.path.join(dst, b"b/g")).st_ino
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_chunked_files_in_any_order_with_duplicate_deliveries(roots, chunk_spec, seed):
+    """Whole passes over several chunked files, jobs in random order and half of them delivered twice: the
+    target ends identical, no part left behind, and every file counted copied once."""
+    src, dst = roots
+    for i, size in enumerate((5 * MiB + 7, 3 * MiB, 2 * MiB + 1)):
+        big(src, b"d%d/f" % i, size)
+    build(src, {b"d0/small": b"s"})
+    run = drain(chunk_spec(), seed=seed, redeliver=0.5)
+    assert run.failures == []
+    assert any(j.kind == "chunk" for j in run.delivered)
+    assert len(run.delivered) > len(set(run.delivered)), "some job was delivered twice"
+    assert compare_trees(src, dst, atimes=True) == []
+    assert all(parts(os.path.join(dst, b"d%d" % i)) == [] for i in range(3))
+    assert run.tally[C.COPIED] == 4

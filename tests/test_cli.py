@@ -8,36 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-_ENTRY = Path(sys.executable).parent / "cmover"
-CMOVER = [str(_ENTRY)] if _ENTRY.exists() else [sys.executable, "-m", "cmover"]
-TIMEOUT = 120  # a hung embedded run fails the test instead of blocking the suite
-
-
-def run(args: list[str], cwd: Path, config: Path | None = None, cmd: list[str] | None = None,
-        **env_extra: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("CMOVER_CONFIG", "CMOVER_RABBITMQ_DIR")}
-    if config is not None:
-        env["CMOVER_CONFIG"] = str(config)
-    env.update(env_extra)
-    return subprocess.run((cmd or CMOVER) + args, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT)
-
-
-def tree_state(root: Path) -> dict[str, tuple]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            out[os.path.relpath(p, root)] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino)
-    return out
+from support.cli import REPO, assert_fatal, run
+from support.snap import snapshot, unchanged
 
 
 @pytest.fixture
@@ -56,15 +32,6 @@ def site(tmp_path):
     os.symlink("a/one", src / "link")
     (src / os.fsdecode(b"caf\xe9")).write_bytes(b"latin-1 name")
     return tmp_path, work, cfg, src
-
-
-def assert_fatal(res: subprocess.CompletedProcess, *words: str) -> str:
-    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cmover:"), res.stderr
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 # -- successful copies ---------------------------------------------------------------------------------
@@ -125,10 +92,10 @@ def test_copy_chunked_huge_file(site):
 
 def _fatal_case(site, args_fn, *words, config="default", **env):
     tmp, work, cfg, src = site
-    before = tree_state(tmp)
+    before = snapshot(tmp)
     res = run(args_fn(tmp, src), work, config=cfg if config == "default" else config, **env)
     assert_fatal(res, *words)
-    assert tree_state(tmp) == before
+    assert unchanged(before, snapshot(tmp)) == []
 
 
 def test_missing_src(site):
@@ -215,10 +182,101 @@ def test_exclude_outside_source(site):
 
 def test_control_script_without_args(site):
     tmp, work, cfg, src = site
-    before = tree_state(tmp)
+    before = snapshot(tmp)
     res = run([], work, config=cfg, cmd=[sys.executable, str(REPO / "cmover_control.py")])
     assert res.returncode == 2 and "usage" in res.stderr
-    assert tree_state(tmp) == before
+    assert unchanged(before, snapshot(tmp)) == []
+
+
+# -- the size filter (MIN_SIZE / MAX_SIZE, --min-size / --max-size) ------------------------------------------
+
+def _sized_site(tmp: Path) -> tuple[Path, Path]:
+    """A source with files around the window [10 B, 1 KiB] and a target holding older versions and extras."""
+    src, dst = tmp / "sized-src", tmp / "sized-dst"
+    (src / "d").mkdir(parents=True)
+    for rel, size in (("tiny", 5), ("empty", 0), ("mid", 100), ("d/edge-low", 10), ("d/edge-high", 1024),
+                      ("big", 2000), ("retyped", 3000), (os.fsdecode(b"gro\xdf"), 5000)):
+        (src / rel).write_bytes(b"s" * size)
+    os.link(src / "big", src / "d" / "big-link")  # a second name of a left-out file: left out too
+    os.symlink("big", src / "to-big")  # a symlink is never filtered, whatever it points to
+    dst.mkdir()
+    (dst / "big").write_bytes(b"old")  # an older version of a file now over the limit: kept as it is
+    (dst / "tiny").write_bytes(b"old tiny version")  # under the limit on the source: kept as it is
+    (dst / "retyped").mkdir()  # a directory where the source now has a file over the limit
+    (dst / "retyped" / "inner").write_bytes(b"i")
+    (dst / "gone-big").write_bytes(b"g" * 5000)  # big, and gone from the source: deleted
+    (dst / "gone-small").write_bytes(b"g")  # small, and gone from the source: deleted
+    return src, dst
+
+
+def test_size_filter_leaves_files_out_and_the_delete_pass_keeps_them(site):
+    tmp, work, cfg, _ = site
+    src, dst = _sized_site(tmp)
+    window = ["--min-size", "10", "--max-size", "1K"]
+    res = run(["copy", "--json", *window, str(src), str(dst)], work, config=cfg)
+    assert res.returncode == 0, res.stderr
+    t = json.loads(res.stdout)["totals"]
+    # tiny, empty, big, big-link, retyped and the 5000-byte file with a Latin-1 name
+    assert (t["files_size_filtered"], t["files_copied"], t.get("files_filtered", 0)) == (6, 4, 0), t
+    assert sorted(os.listdir(dst / "d")) == ["edge-high", "edge-low"]  # both bounds are inclusive
+    assert (dst / "mid").read_bytes() == b"s" * 100 and os.readlink(dst / "to-big") == "big"
+    assert not (dst / "empty").exists() and not (dst / os.fsdecode(b"gro\xdf")).exists()
+    assert (dst / "big").read_bytes() == b"old" and (dst / "tiny").read_bytes() == b"old tiny version"
+
+    text = run(["copy", *window, str(src), str(dst)], work, config=cfg)
+    assert text.returncode == 0, text.stderr
+    assert "  left out  0 by age filters, 6 by size, 0 excluded; 0 changed during copy" in text.stdout, text.stdout
+
+    # The delete pass, with the filter or without: only what is gone from the source goes.
+    for args in (window, []):
+        res = run(["delete", "--json", *args, str(src), str(dst)], work, config=cfg)
+        assert res.returncode == 0, res.stderr
+        deleted = json.loads(res.stdout)["totals"].get("entries_deleted", 0)
+        assert deleted == (2 if args else 0), res.stdout
+    assert (dst / "big").read_bytes() == b"old" and (dst / "tiny").read_bytes() == b"old tiny version"
+    assert (dst / "retyped" / "inner").read_bytes() == b"i"  # neither pass touches a name left out
+    assert not (dst / "gone-big").exists() and not (dst / "gone-small").exists()
+
+    # Without the filter the same target becomes the source.
+    res = run(["sync", "--max-size", "0", str(src), str(dst)], work, config=cfg)
+    assert res.returncode == 0, res.stderr
+    assert (dst / "big").read_bytes() == b"s" * 2000 and (dst / "retyped").read_bytes() == b"s" * 3000
+    assert os.stat(dst / "big").st_ino == os.stat(dst / "d" / "big-link").st_ino
+
+
+def test_size_filter_from_config_and_overridden_on_the_command_line(site):
+    tmp, work, cfg, src = site  # a/one has 100 bytes, top 3, a/b/two 2, a/b/three 0, caf\xe9 12
+    cfg.write_text(cfg.read_text() + 'MAX_SIZE = "64"\nMIN_SIZE = 1\n')
+    res = run(["copy", "--json", str(src), str(tmp / "dst")], work, config=cfg)
+    assert res.returncode == 0, res.stderr
+    t = json.loads(res.stdout)["totals"]
+    assert (t["files_size_filtered"], t["files_copied"]) == (2, 4), t  # a/one and the empty a/b/three
+    res = run(["copy", "--json", "--max-size", "0", "--min-size", "0", str(src), str(tmp / "dst")], work,
+              config=cfg)
+    assert res.returncode == 0, res.stderr
+    t = json.loads(res.stdout)["totals"]
+    assert (t.get("files_size_filtered", 0), t["files_copied"]) == (0, 2), t
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--max-size", "lots"], "not a size"),
+    (["--max-size", "-1"], "not a size"),
+    (["--min-size", "2K", "--max-size", "1K"], "above"),
+])
+def test_bad_size_options(site, args, word):
+    _fatal_case(site, lambda t, s: ["copy", *args, str(s), str(t / "dst")], word)
+
+
+@pytest.mark.parametrize("line, words", [
+    ("MAX_SIZE = -1", ("MAX_SIZE", "0 or more")),
+    ("MAX_SIZE = 'ten'", ("MAX_SIZE", "not a size")),
+    ("MAX_SIZE = 1.5", ("MAX_SIZE", "int or str")),
+    ("MIN_SIZE = '1M'\nMAX_SIZE = '1K'", ("MIN_SIZE", "above")),
+])
+def test_bad_size_settings(site, line, words):
+    tmp, work, cfg, src = site
+    cfg.write_text(cfg.read_text() + line + "\n")
+    _fatal_case(site, lambda t, s: ["copy", str(s), str(t / "dst")], *words)
 
 
 # -- start: broker configuration problems --------------------------------------------------------------
@@ -253,10 +311,10 @@ def test_control_script_start_unreachable_broker(broker_site):
     tmp, work, cfg, src = broker_site
     (cfg.parent / "rabbitmq" / "rabbitmq.conf").write_text("127.0.0.1:1\n")
     (cfg.parent / "rabbitmq" / "rabbitmq_cmover.conf").write_text("secret\n")
-    before = tree_state(tmp)
+    before = snapshot(tmp)
     res = run(["start"], work, config=cfg, cmd=[sys.executable, str(REPO / "cmover_control.py")])
     assert_fatal(res, "cannot reach the broker")
-    assert tree_state(tmp) == before
+    assert unchanged(before, snapshot(tmp)) == []
 
 
 def test_start_with_config_option_uses_that_config(broker_site):
@@ -265,3 +323,177 @@ def test_start_with_config_option_uses_that_config(broker_site):
     (cfg.parent / "rabbitmq" / "rabbitmq_cmover.conf").write_text("secret\n")
     _fatal_case(broker_site, lambda t, s: ["--config", str(cfg), "start", "copy"],
                 "cannot reach the broker", "127.0.0.1:1", config=None)
+
+
+# -- the config file: one that is found is always validated (issue 12) ---------------------------------
+
+def _typo_config(tmp: Path, work: Path) -> Path:
+    """./config.py in the cwd (found implicitly: no --config, no $CMOVER_CONFIG) with a typo appended."""
+    ex = tmp / "ex"
+    ex.write_text("a/b\n")
+    cfg = work / "config.py"
+    cfg.write_text(f"EXCLUDE_FILE = {str(ex)!r}\nBACTH = 500\n")
+    return cfg
+
+
+@pytest.mark.parametrize("command", ["copy", "delete", "dirtime", "sync", "lustre-info"])
+def test_typo_in_a_config_found_in_the_cwd_is_fatal(site, command):
+    """Before: the ConfigError of an implicitly found config.py was swallowed and the pass ran on defaults."""
+    tmp, work, cfg, src = site
+    found = _typo_config(tmp, work)
+    (tmp / "dst").mkdir()
+    before = snapshot(tmp)
+    args = [command, str(src)] if command == "lustre-info" else [command, str(src), str(tmp / "dst")]
+    line = assert_fatal(run(args, work), "BACTH", str(found))
+    assert "fix the spelling" in line
+    assert unchanged(before, snapshot(tmp)) == []  # nothing copied, deleted or touched
+
+
+def test_typo_in_a_config_with_a_broker_is_fatal_not_embedded(site):
+    """Before: with a broker configured, the typo made `cmover copy` run embedded on one node (exit 0)."""
+    tmp, work, cfg, src = site
+    (tmp / "dst").mkdir()
+    found = work / "config.py"
+    found.write_text(f"source_mount = {str(src)!r}\ntarget_mount = {str(tmp / 'dst')!r}\nBACTH = 500\n")
+    (work / "rabbitmq").mkdir()
+    (work / "rabbitmq" / "rabbitmq.conf").write_text("127.0.0.1:1\n")
+    (work / "rabbitmq" / "rabbitmq_cmover.conf").write_text("secret\n")
+    before = snapshot(tmp)
+    for args in (["copy", str(src), str(tmp / "dst")], ["status"], ["start", "copy"]):
+        assert_fatal(run(args, work), "BACTH", str(found))
+    assert unchanged(before, snapshot(tmp)) == []
+
+
+def test_verbose_names_the_config_file_used_and_the_lustre_line(site):
+    tmp, work, cfg, src = site
+    (work / "config.py").write_text("BATCH = 5\n")
+    res = run(["-v", "copy", "-q", str(src), str(tmp / "d1")], work)
+    assert res.returncode == 0, res.stderr
+    assert f"cmover: config {work / 'config.py'} (in the current directory)" in res.stderr.splitlines()
+    assert "cmover: Lustre layouts and MDT placement not handled:" in res.stderr  # asked for with -v
+    res = run(["-v", "lustre-info", str(src)], work, config=cfg)
+    assert res.returncode == 0 and f"cmover: config {cfg} (named by $CMOVER_CONFIG)" in res.stderr.splitlines()
+    res = run(["-v", "--config", str(cfg), "lustre-info", str(src)], work)
+    assert res.returncode == 0 and f"cmover: config {cfg} (named by --config)" in res.stderr.splitlines()
+    # Not asked: neither the config line nor, between two non-Lustre trees, the Lustre line (was printed
+    # by every copy, -q included).
+    quiet = run(["copy", "-q", str(src), str(tmp / "d3")], work)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_no_config_file_at_all_runs_embedded_on_defaults(site):
+    """The package without a config.py beside it, and none in the cwd: the embedded commands use the defaults."""
+    import shutil
+
+    tmp, work, cfg, src = site
+    pkg = tmp / "pkg"
+    shutil.copytree(REPO / "cmover", pkg / "cmover", ignore=shutil.ignore_patterns("__pycache__"))
+    cmd = [sys.executable, "-m", "cmover"]
+    res = run(["-v", "copy", "-q", str(src), str(tmp / "dst")], work, cmd=cmd, PYTHONPATH=str(pkg))
+    assert res.returncode == 0, res.stderr
+    assert (f"cmover: no config file found (looked for {work / 'config.py'}, then {pkg / 'config.py'}); "
+            "running on the default settings") in res.stderr.splitlines()
+    assert (tmp / "dst" / "a" / "b" / "two").read_bytes() == b"22"
+    # A command that needs the site's configuration still says there is none.
+    assert_fatal(run(["status"], work, cmd=cmd, PYTHONPATH=str(pkg)), "no config.py found", str(work / "config.py"))
+
+
+def test_help_says_which_config_file_is_read_and_what_jobs_0_means(site):
+    from cmover.core.settings import PACKAGE_CONFIG
+
+    tmp, work, cfg, src = site
+    top = " ".join(run(["--help"], work).stdout.split())
+    assert "--config, else by $CMOVER_CONFIG" in top and "./config.py in the current directory" in top
+    assert f"else {PACKAGE_CONFIG} (beside the cmover package)" in top and "always validated" in top
+    copy_help = " ".join(run(["copy", "--help"], work).stdout.split())
+    assert "0 (the default): LOCAL_JOBS, or 2 x cores" in copy_help
+    res = run(["copy", "-j", "0", "-q", str(src), str(tmp / "dst")], work, config=cfg)
+    assert res.returncode == 0, res.stderr
+
+
+# -- noise: the Lustre line and the rates of a tiny pass (issue 12) ----------------------------------------
+
+def test_tiny_pass_summary_shows_no_rates(site):
+    tmp, work, cfg, src = site
+    res = run(["copy", str(src), str(tmp / "dst")], work, config=cfg)
+    assert res.returncode == 0 and "Lustre" not in res.stderr, res.stderr
+    assert "/s" not in res.stdout and "rate" not in res.stdout, res.stdout  # was "(49 B/s)", "33 entries/s"
+    assert "  bytes     117 B" in res.stdout.splitlines()
+
+
+def test_summary_rates_only_when_they_mean_something():
+    from cmover.cli.render import summary_lines
+
+    def rates(seconds: float, nbytes: int, files: int) -> list[str]:
+        lines = summary_lines("copy", "complete", {"bytes_copied": nbytes, "files_scanned": files, "dirs": 1}, seconds)
+        return [ln for ln in lines if "/s" in ln]
+
+    assert rates(2.0, 4 << 20, 199) == ["  bytes     4.0 MiB (2.0 MiB/s)", "  rate      100 entries/s"]
+    assert rates(0.9, 4 << 20, 1000) == []  # under a second: no rate at all
+    assert rates(5.0, 3, 1000) == ["  rate      200 entries/s"]  # 3 bytes: no bytes rate
+    assert rates(5.0, 4 << 20, 98) == ["  bytes     4.0 MiB (819.2 KiB/s)"]  # 99 entries: no entries rate
+
+
+# -- cmover status rendering (issue 12): fitted to a terminal, plain when piped --------------------------
+
+def _copy_status(host: str = "node07.example.org"):
+    from cmover.ops.status import PassStatus
+
+    totals = {"dirs": 563, "dirs_created": 562, "files_scanned": 2228, "files_copied": 2228,
+              "bytes_copied": 17_406_362, "dirs_discovered": 1850}
+    node = {"host": host, "processes": 4, "active": 4, "last_report_s": 1.0, "totals": dict(totals),
+            "rates": {"dirs": 281.0, "files_scanned": 1123.0, "bytes_copied": 8.4 * 2**20}}
+    return PassStatus(run_id="copy-20261122T010217-7261f30f", kind="copy", state="running", outstanding=1474,
+                      queues={"cmover.copy.dirs": 1480, "cmover.copy.files": 0}, totals=totals, seconds=2.7,
+                      rates=dict(node["rates"]), nodes=[node],
+                      estimate={"dirs_processed": 563, "dirs_discovered": 1851, "dirs_left": 1288,
+                                "fraction_done": 0.3, "seconds_left": 4.0})
+
+
+@pytest.mark.parametrize("width", [80, 60, 100])
+def test_status_lines_fit_the_terminal_and_never_split_a_number_from_its_unit(width):
+    import re
+
+    from cmover.cli.render import status_lines
+
+    plain = status_lines(_copy_status(), None)
+    fitted = status_lines(_copy_status(), width)
+    assert all(len(line) <= width for line in fitted), [ln for ln in fitted if len(ln) > width]
+    units = re.compile(r"\s*(?:[KMGTP]i)?B(?:/s)?\b|\s*s ago|\s*\S+/s")
+    assert not [ln for ln in fitted if units.match(ln)], fitted  # no line starts with a unit
+    # Nothing is cut off or shortened: the same words as the plain text, node values included.
+    words = " ".join(fitted).split()
+    for needle in ("16.6 MiB", "8.4 MiB/s", "1 s ago", "node07.example.org", "processes 4", "(more may be found)"):
+        assert needle in " ".join(words), needle
+    assert "…" not in "".join(fitted)
+    # Piped: one line per field, two or more spaces between columns, the node table as aligned columns.
+    fields = {re.split(r"\s{2,}", ln)[0]: re.split(r"\s{2,}", ln)[1:] for ln in plain[1:]}
+    assert fields["files"] == ["2,228 scanned, 2,228 copied, 0 metadata updated, 0 hard-linked, 0 skipped, 0 failed"]
+    assert fields["node"] == ["processes", "active", "dirs", "files", "copied", "bytes", "files/s", "bytes/s",
+                              "last report"]
+    assert fields["node07.example.org"] == ["4", "4", "563", "2,228", "2,228", "16.6 MiB", "1,123", "8.4 MiB/s",
+                                            "1 s ago"]
+
+
+def test_status_node_table_of_each_pass_shows_its_own_counters():
+    import re
+
+    from cmover.cli.render import status_lines
+    from cmover.ops.status import PassStatus
+
+    def header(kind: str, totals: dict) -> list[str]:
+        node = {"host": "vm", "processes": 2, "active": 0, "last_report_s": 3.0, "totals": totals, "rates": {}}
+        st = PassStatus(run_id=f"{kind}-1", kind=kind, state="complete", outstanding=0, queues={}, totals=totals,
+                        nodes=[node])
+        lines = status_lines(st, None)
+        table = lines[-2:]
+        assert re.split(r"\s{2,}", table[1])[0] == "vm"
+        return re.split(r"\s{2,}", table[0])
+
+    assert header("delete", {"entries_deleted": 3, "entries_kept": 47}) == [
+        "node", "processes", "active", "dirs", "scanned", "deleted", "kept", "failed", "dirs/s", "deleted/s",
+        "last report"]
+    assert header("delete", {"entries_would_delete": 3}) == [
+        "node", "processes", "active", "dirs", "scanned", "would delete", "kept", "failed", "dirs/s", "last report"]
+    assert header("dirtime", {"dir_times_set": 9}) == [
+        "node", "processes", "active", "dirs", "times set", "missing", "failed", "dirs/s", "last report"]

@@ -13,8 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import treeutil
-from test_cli import assert_fatal, run, tree_state
+from support.cli import CMOVER, assert_fatal, run
+from support.snap import compare_trees, snapshot, unchanged
+from support.tree import mutate, random_tree
 
 
 @pytest.fixture
@@ -54,13 +55,13 @@ def listed(stdout: str, verb: str) -> set[str]:
 
 def test_delete_dry_run_then_real_run(pair):
     tmp, work, cfg, src, dst = pair
-    before = tree_state(tmp)
+    before = snapshot(tmp)
     dry = run(["delete", "--dry-run", str(src), str(dst)], work, config=cfg)
     assert dry.returncode == 0, dry.stderr
     assert listed(dry.stdout, "would delete") == EXPECTED
     assert listed(dry.stdout, "deleted") == set()
     assert "would delete 21 entries (7 directories) -- dry run" in dry.stdout
-    assert tree_state(tmp) == before
+    assert unchanged(before, snapshot(tmp)) == []
 
     js = run(["delete", "--dry-run", "--json", str(src), str(dst)], work, config=cfg)
     assert js.returncode == 0, js.stderr
@@ -68,7 +69,7 @@ def test_delete_dry_run_then_real_run(pair):
     assert doc["pass"] == "delete" and doc["state"] == "complete" and doc["failure_count"] == 0
     assert set(doc["deleted"]) == EXPECTED and doc["deleted_count"] == len(EXPECTED)
     assert doc["totals"]["entries_would_delete"] == 21 and doc["totals"].get("entries_deleted", 0) == 0
-    assert tree_state(tmp) == before
+    assert unchanged(before, snapshot(tmp)) == []
 
     real = run(["delete", str(src), str(dst)], work, config=cfg)
     assert real.returncode == 0, real.stderr
@@ -113,11 +114,11 @@ def _refused(pair, args, *words, config_text=None):
     tmp, work, cfg, src, dst = pair
     if config_text is not None:
         cfg.write_text(config_text)
-    before = tree_state(tmp)
+    before = snapshot(tmp)
     res = run(args, work, config=cfg)
     line = assert_fatal(res, *words)
     assert res.stdout == ""
-    assert tree_state(tmp) == before
+    assert unchanged(before, snapshot(tmp)) == []
     return line
 
 
@@ -200,77 +201,44 @@ def test_dirtime_lists_every_one_sided_directory(pair):
 
 # -- sync -----------------------------------------------------------------------------------------------------
 
-def _real_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())
-
-
-def _real_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
-
-
-def mutate(src: Path) -> None:
-    """Every kind of change between two passes: added, changed, removed, renamed, moved, type changes."""
-    files = _real_files(src)
-    dirs = [d for d in _real_dirs(src) if d.name.startswith("d")]
-    (src / "new-file").write_bytes(b"new")
-    (dirs[0] / "new-in-dir").write_bytes(os.urandom(3000))
-    (src / "new-dir" / "sub").mkdir(parents=True)
-    (src / "new-dir" / "sub" / "f").write_bytes(b"f")
-    files[0].write_bytes(files[0].read_bytes() + b"grown")  # changed: size and mtime
-    data = files[1].read_bytes()
-    files[1].write_bytes(bytes(reversed(data)) if data else b"z")  # changed: content and mtime
-    files[2].chmod(0o600)  # metadata only
-    os.utime(files[3], ns=(1_000_000_000_123_456_789, 1_100_000_000_987_654_321))  # mtime only
-    files[4].unlink()  # removed
-    files[5].rename(files[5].with_name(files[5].name + "-renamed"))  # renamed in place
-    files[6].rename(dirs[1] / ("moved-" + files[6].name))  # moved to another directory
-    # a file replaced by a directory, a directory (with its subtree) replaced by a file
-    files[7].unlink()
-    (files[7] / "now-a-dir").mkdir(parents=True)
-    (files[7] / "now-a-dir" / "f").write_bytes(b"d")
-    leaf = next(d for d in reversed(dirs) if d != dirs[0] and d != dirs[1] and not dirs[1].is_relative_to(d))
-    shutil.rmtree(leaf)
-    leaf.write_bytes(b"was a directory")
-    # a directory moved elsewhere (with its subtree), and one renamed
-    top = sorted(p for p in src.iterdir() if p.is_dir() and p.name.startswith("d0") and p.exists())
-    top[-1].rename(top[0] / "moved-dir")
-    top[-2].rename(src / (top[-2].name + "-renamed"))
-    # a directory whose times the dirtime pass must bring over although nothing in it changed
-    if dirs[2].exists():
-        os.utime(dirs[2], ns=(1_200_000_000_000_000_001, 1_300_000_000_000_000_003))
-
-
 def test_sync_after_every_kind_of_change(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     cfg = tmp_path / "config.py"
     cfg.write_text("BATCH = 7\nINLINE_ENTRIES = 5\n")
     src, dst = tmp_path / "src", tmp_path / "dst"
-    treeutil.make_tree(src, seed=5, n_files=150, n_dirs=20)
+    random_tree(src, seed=5, n_files=150, n_dirs=20)
     first = run(["copy", str(src), str(dst)], work, config=cfg)
     assert first.returncode == 0, first.stderr
     mutate(src)
-    diffs = "\n".join(treeutil.compare_trees(src, dst))
+    diffs = "\n".join(compare_trees(src, dst))
     for what in ("missing on target", "extra on target", "type differs: source=dir target=file",
                  "type differs: source=file target=dir", "size differs", "digest differs", "mode differs",
                  "mtime_ns differs"):
         assert what in diffs, what
-    res = run(["sync", str(src), str(dst)], work, config=cfg)
+    trace = tmp_path / "execve.trace"
+    res = run(["sync", str(src), str(dst)], work, config=cfg,
+              cmd=["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=execve", "-o", str(trace), *CMOVER])
     assert res.returncode == 0, (res.stdout, res.stderr)
     for name in ("copy", "delete", "dirtime"):
         assert f"cmover {name}: complete" in res.stdout, res.stdout
     assert "deleted: " in res.stdout
-    assert treeutil.compare_trees(src, dst, dir_times=True) == []
+    # The passes ran in the sync process itself (one hub, one worker): cmover was started once, by strace.
+    # Before: sync started `python -m cmover copy|delete|dirtime --json` and parsed their output.
+    execs = [line for line in trace.read_text().splitlines()
+             if "execve(" in line and line.endswith("= 0") and ('"cmover"' in line or f'execve("{CMOVER[0]}"' in line)]
+    assert len(execs) == 1, execs
+    assert compare_trees(src, dst, dir_times=True) == []
     again = run(["sync", "--json", str(src), str(dst)], work, config=cfg)
     assert again.returncode == 0, again.stderr
-    assert treeutil.compare_trees(src, dst, dir_times=True) == []
+    assert compare_trees(src, dst, dir_times=True) == []
 
 
 def test_sync_dry_run_only_lists(pair):
     tmp, work, cfg, src, dst = pair
-    before = tree_state(tmp)
+    before = snapshot(tmp)
     res = run(["sync", "--dry-run", str(src), str(dst)], work, config=cfg)
     assert res.returncode == 0, res.stderr
     assert listed(res.stdout, "would delete") == EXPECTED
     assert "cmover copy" not in res.stdout and "cmover dirtime" not in res.stdout
-    assert tree_state(tmp) == before
+    assert unchanged(before, snapshot(tmp)) == []

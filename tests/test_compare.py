@@ -1,4 +1,4 @@
-"""cmover.compare.decide_copy: the full decision table, on records built directly."""
+"""cmover.engine.compare.decide_copy: the full decision table, on records built directly."""
 
 import dataclasses
 import os
@@ -6,8 +6,9 @@ import stat
 
 import pytest
 
-from cmover.compare import Action, decide_copy, unchanged
-from cmover.record import Kind, Record
+from cmover.core.privileges import ALL, Privileges
+from cmover.core.record import Kind, Record
+from cmover.engine.compare import Action, decide_copy, unchanged
 
 
 def rec(kind=Kind.REG, **kw) -> Record:
@@ -172,3 +173,55 @@ def test_unchanged_never_skips_what_decide_copy_would_act_on(src_kind, dst_kind,
         assert fast == skip  # the fast path takes every regular-file and symlink skip
     if src_kind not in (Kind.REG, Kind.LNK):
         assert not fast
+
+
+# -- a regular user's compare: only what the process can set ----------------------------------------------
+
+USER = Privileges(uid=1000, groups=frozenset({1000, 50}), chown=False, fsetid=False, mknod=False, dac=False,
+                  sys_admin=False, setfcap=False)
+
+
+@pytest.mark.parametrize("src_owner, dst_owner, action", [
+    ((0, 0), (1000, 1000), Action.SKIP),  # another user's file: the copy can only be this user's
+    ((2000, 2000), (1000, 1000), Action.SKIP),
+    ((2000, 50), (1000, 50), Action.SKIP),  # a group of this user's is kept...
+    ((2000, 50), (1000, 1000), Action.UPDATE_META),  # ...and compared
+    ((1000, 1000), (1000, 50), Action.UPDATE_META),
+])
+def test_user_compares_only_the_owner_it_can_set(src_owner, dst_owner, action):
+    s = rec(uid=src_owner[0], gid=src_owner[1])
+    d = with_(s, uid=dst_owner[0], gid=dst_owner[1])
+    assert decide_copy(s, d, USER).action is action
+    assert decide_copy(s, d).action is (Action.SKIP if src_owner == dst_owner else Action.UPDATE_META)
+
+
+@pytest.mark.parametrize("owner, src_perm, kept_perm", [
+    ((0, 0), 0o4755, 0o755),  # another user's setuid program does not become this user's
+    ((1000, 0), 0o4755, 0o4755),  # this user's own: kept
+    ((1000, 0), 0o2755, 0o755),  # setgid of a group it is not a member of: the kernel would clear it
+    ((2000, 50), 0o2750, 0o2750),  # a group of its own: kept
+    ((2000, 50), 0o6755, 0o2755),
+    ((0, 0), 0o1777, 0o1777),  # sticky stays
+])
+def test_user_compares_set_id_bits_it_can_keep(owner, src_perm, kept_perm):
+    assert USER.perm(src_perm, *owner) == kept_perm
+    s = rec(uid=owner[0], gid=owner[1], perm=src_perm)
+    copy = with_(s, uid=1000, gid=owner[1] if owner[1] in USER.groups else 1000, perm=kept_perm)
+    assert decide_copy(s, copy, USER).action is Action.SKIP
+    assert decide_copy(s, with_(copy, perm=0o700), USER).action is Action.UPDATE_META
+    assert unchanged(as_stat(s), as_stat(copy), USER)
+
+
+@pytest.mark.parametrize("variant", _VARIANTS + [{"uid": 1000, "gid": 50}, {"perm": 0o4755}], ids=str)
+@pytest.mark.parametrize("src", [rec(), rec(uid=0, gid=0, perm=0o4755), rec(uid=2000, gid=50, perm=0o2750),
+                                 rec(Kind.LNK, perm=0o777, uid=0)], ids=["own", "root-setuid", "member-setgid", "link"])
+def test_unchanged_agrees_with_decide_copy_for_a_user(src, variant):
+    d = with_(src, **variant)
+    assert unchanged(as_stat(src), as_stat(d), USER) == (decide_copy(src, d, USER).action is Action.SKIP)
+
+
+def test_user_xattr_namespaces():
+    assert [USER.xattr(n) for n in ("user.a", "system.posix_acl_access", "trusted.a", "security.selinux",
+                                    "security.capability")] == [True, True, False, False, False]
+    assert all(ALL.xattr(n) for n in ("trusted.a", "security.capability"))
+    assert ALL.notice() == "" and "CAP_CHOWN" in USER.notice() and "uid 1000" in USER.notice()

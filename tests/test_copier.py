@@ -1,4 +1,4 @@
-"""cmover.copier.Copier.copy_entry on real files: one entry at a time, every action of the decision table.
+"""cmover.engine.copier.Copier.copy_entry on real files: one entry at a time, every action of the decision table.
 
 Runs as root (as CI does): ownership changes and device nodes need it.
 """
@@ -10,16 +10,18 @@ import os
 import socket
 import stat
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from support.tree import File, build
 
-from cmover import fsio
-from cmover.copier import Copier
-from cmover.errors import SourceChangedError
-from cmover.filters import Filter
+from cmover.core import fsio
+from cmover.core.counters import C
+from cmover.core.errors import SourceChangedError
+from cmover.engine.copier import Copier
+from cmover.engine.filters import Filter
 from cmover.lustre.base import PosixFs
-from cmover.stats import C
 
 T_ATIME = 1_500_000_000_123_456_789
 T_MTIME = 1_600_000_000_987_654_321
@@ -45,13 +47,7 @@ def env(roots):
     os.close(dfd)
 
 
-def make_file(path: bytes, data: bytes = b"hello\n", mode: int = 0o644, uid: int = 0, gid: int = 0,
-              times: tuple[int, int] = (T_ATIME, T_MTIME)) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-    os.chown(path, uid, gid)
-    os.chmod(path, mode)
-    os.utime(path, ns=times)
+T = {"atime_ns": T_ATIME, "mtime_ns": T_MTIME}  # the times of every source file unless a test gives others
 
 
 def no_temp_files(d: bytes) -> bool:
@@ -60,7 +56,7 @@ def no_temp_files(d: bytes) -> bool:
 
 def test_regular_file_created(env):
     data = os.urandom(100_000)
-    make_file(env.s("f"), data, mode=0o4755, uid=1234, gid=5678)
+    build(env.src, {"f": File(data, mode=0o4755, uid=1234, gid=5678, **T)})
     env.copy("f")
     st = os.lstat(env.d("f"))
     with open(env.d("f"), "rb") as f:
@@ -73,13 +69,13 @@ def test_regular_file_created(env):
 
 @pytest.mark.parametrize("mode", [0o2750, 0o1777, 0o6711, 0o000])
 def test_special_mode_bits_kept(env, mode):
-    make_file(env.s("f"), mode=mode, uid=42, gid=43)
+    build(env.src, {"f": File(b"hello\n", mode=mode, uid=42, gid=43, **T)})
     env.copy("f")
     assert stat.S_IMODE(os.lstat(env.d("f")).st_mode) == mode
 
 
 def test_empty_file(env):
-    make_file(env.s("e"), b"")
+    build(env.src, {"e": File(b"", **T)})
     env.copy("e")
     st = os.lstat(env.d("e"))
     assert st.st_size == 0 and st.st_mtime_ns == T_MTIME and env.tally[C.COPIED] == 1
@@ -87,7 +83,7 @@ def test_empty_file(env):
 
 def test_source_atime_not_moved(env):
     # atime before mtime: a plain read would update it under relatime; O_NOATIME must keep it.
-    make_file(env.s("f"), b"x" * 10, times=(1_000_000_007, T_MTIME))
+    build(env.src, {"f": File(b"x" * 10, atime_ns=1_000_000_007, mtime_ns=T_MTIME)})
     env.copy("f")
     assert os.lstat(env.s("f")).st_atime_ns == 1_000_000_007
     assert os.lstat(env.d("f")).st_atime_ns == 1_000_000_007
@@ -149,17 +145,33 @@ def test_device_number_change_replaces(env):
     assert os.lstat(env.d("n")).st_rdev == os.makedev(1, 3)
 
 
-def test_socket_skipped(env, monkeypatch):
+def test_socket_recreated_with_its_metadata(env, monkeypatch):
+    """A socket is made on the target with mknod(S_IFSOCK), as rsync -D does: mode, owner, times, xattrs."""
     monkeypatch.chdir(env.src)
     with socket.socket(socket.AF_UNIX) as s:
         s.bind("sock")
+        os.chmod("sock", 0o751)
+        os.chown("sock", 5, 6)
+        os.setxattr("sock", "trusted.cmover", b"sock")
+        os.utime("sock", ns=(T_ATIME, T_MTIME), follow_symlinks=False)
         env.copy("sock")
-    assert not os.path.lexists(env.d("sock"))
-    assert env.tally == Counter({C.SOCKETS: 1})
+        st = os.lstat(env.d("sock"))
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o751
+        assert (st.st_uid, st.st_gid, st.st_mtime_ns, st.st_atime_ns) == (5, 6, T_MTIME, T_ATIME)
+        assert os.getxattr(env.d("sock"), "trusted.cmover", follow_symlinks=False) == b"sock"
+        assert env.tally == Counter({C.COPIED: 1})
+        env.tally.clear()
+        env.copy("sock")  # identical now
+        assert env.tally == Counter({C.SKIPPED: 1})
+        os.utime("sock", ns=(T_ATIME, T_MTIME + 1), follow_symlinks=False)
+        env.tally.clear()
+        env.copy("sock")
+        assert env.tally == Counter({C.META: 1}) and os.lstat(env.d("sock")).st_mtime_ns == T_MTIME + 1
+        assert os.lstat(env.d("sock")).st_ino == st.st_ino  # times only: the node is kept
 
 
 def test_identical_skipped_untouched(env):
-    make_file(env.s("f"), mode=0o4755, uid=3, gid=4)
+    build(env.src, {"f": File(b"hello\n", mode=0o4755, uid=3, gid=4, **T)})
     env.copy("f")
     before = os.lstat(env.d("f"))
     env.copy("f")
@@ -171,14 +183,14 @@ def test_identical_skipped_untouched(env):
 
 @pytest.mark.parametrize("change", ["size", "mtime"])
 def test_changed_file_replaced_by_rename(env, change):
-    make_file(env.s("f"), b"old data")
+    build(env.src, {"f": File(b"old data", **T)})
     env.copy("f")
     os.link(env.d("f"), env.d("other-link"))
     old_ino = os.lstat(env.d("f")).st_ino
     if change == "size":
-        make_file(env.s("f"), b"new data, longer")
+        build(env.src, {"f": File(b"new data, longer", **T)})
     else:
-        make_file(env.s("f"), b"NEW DATA", times=(T_ATIME, T_MTIME + 1))
+        build(env.src, {"f": File(b"NEW DATA", atime_ns=T_ATIME, mtime_ns=T_MTIME + 1)})
     env.copy("f")
     st = os.lstat(env.d("f"))
     assert st.st_ino != old_ino
@@ -193,7 +205,7 @@ def test_changed_file_replaced_by_rename(env, change):
 
 @pytest.mark.parametrize("change", ["owner", "mode", "setuid-owner"])
 def test_metadata_only_change_in_place(env, change):
-    make_file(env.s("f"), b"data", mode=0o644, uid=10, gid=10)
+    build(env.src, {"f": File(b"data", mode=0o644, uid=10, gid=10, **T)})
     env.copy("f")
     ino = os.lstat(env.d("f")).st_ino
     if change == "owner":
@@ -234,9 +246,9 @@ def test_fifo_mtime_change_updates_meta(env):
 
 def test_directory_on_target_replaced_by_file(env):
     os.makedirs(env.d("x/deep/er"))
-    make_file(env.d("x/deep/er/f"))
+    build(env.dst, {"x/deep/er/f": File(b"hello\n", **T)})
     os.symlink(b"/", env.d("x/root-link"))
-    make_file(env.s("x"), b"now a file")
+    build(env.src, {"x": File(b"now a file", **T)})
     env.copy("x")
     assert stat.S_ISREG(os.lstat(env.d("x")).st_mode)
     with open(env.d("x"), "rb") as f:
@@ -248,7 +260,7 @@ def test_symlink_on_target_replaced_not_followed(env, tmp_path):
     outside = tmp_path / "outside"
     outside.write_bytes(b"precious")
     os.symlink(os.fsencode(outside), env.d("f"))
-    make_file(env.s("f"), b"source data")
+    build(env.src, {"f": File(b"source data", **T)})
     env.copy("f")
     assert outside.read_bytes() == b"precious"
     assert stat.S_ISREG(os.lstat(env.d("f")).st_mode)
@@ -257,16 +269,31 @@ def test_symlink_on_target_replaced_not_followed(env, tmp_path):
 
 
 def test_age_filter(env):
-    make_file(env.s("old"), times=(1_000, T_MTIME))
+    build(env.src, {"old": File(b"hello\n", atime_ns=1_000, mtime_ns=T_MTIME)})
     env.copy("old", Filter(frozenset(), oldest_atime_ns=2_000, newest_mtime_ns=0))
-    make_file(env.s("new"), times=(T_ATIME, T_MTIME))
+    build(env.src, {"new": File(b"hello\n", atime_ns=T_ATIME, mtime_ns=T_MTIME)})
     env.copy("new", Filter(frozenset(), oldest_atime_ns=0, newest_mtime_ns=T_MTIME - 1))
     assert not os.path.lexists(env.d("old")) and not os.path.lexists(env.d("new"))
     assert env.tally == Counter({C.FILTERED: 2})
 
 
+def test_size_filter_only_regular_files_and_the_target_left_as_it_is(env):
+    window = Filter(frozenset(), 0, 0, min_size=4, max_size=8)
+    for name, size in (("small", 3), ("low", 4), ("high", 8), ("large", 9), ("empty", 0)):
+        build(env.src, {name: File(b"x" * size, **T)})
+    build(env.dst, {"large": File(b"older", **T)})  # an older version on the target: neither replaced nor removed
+    os.mkdir(env.d("small"))  # a directory where the source holds a small file: left too
+    os.symlink("large", env.s("link"))
+    os.mkfifo(env.s("fifo"))
+    for name in ("small", "low", "high", "large", "empty", "link", "fifo"):
+        env.copy(name, window)
+    assert env.tally == Counter({C.SIZE_FILTERED: 3, C.COPIED: 4, C.BYTES: 4 + 8})
+    assert sorted(os.listdir(env.dst)) == [b"fifo", b"high", b"large", b"link", b"low", b"small"]
+    assert Path(env.d("large").decode()).read_bytes() == b"older" and stat.S_ISDIR(os.lstat(env.d("small")).st_mode)
+
+
 def test_source_changed_during_copy_not_committed(env, monkeypatch):
-    make_file(env.s("f"), b"a" * 1000)
+    build(env.src, {"f": File(b"a" * 1000, **T)})
     real = fsio.copy_data
 
     def copy_then_grow(src_fd, dst_fd, size, **kw):
@@ -288,10 +315,10 @@ def test_source_changed_during_copy_not_committed(env, monkeypatch):
 
 
 def test_source_replaced_after_listing(env):
-    make_file(env.s("f"), b"first")
+    build(env.src, {"f": File(b"first", **T)})
     st = os.lstat(env.s("f"))
     os.link(env.s("f"), env.s("keep"))  # keeps the old inode alive, so the new file gets another number
-    make_file(env.s("f.new"), b"second")
+    build(env.src, {"f.new": File(b"second", **T)})
     os.rename(env.s("f.new"), env.s("f"))
     sfd = os.open(env.src, os.O_RDONLY | os.O_DIRECTORY)
     dfd = os.open(env.dst, os.O_RDONLY | os.O_DIRECTORY)
@@ -305,10 +332,10 @@ def test_source_replaced_after_listing(env):
 
 
 def test_failed_replace_keeps_old_version(env, monkeypatch):
-    make_file(env.s("f"), b"v1")
+    build(env.src, {"f": File(b"v1", **T)})
     env.copy("f")
     old = os.lstat(env.d("f"))
-    make_file(env.s("f"), b"version 2")
+    build(env.src, {"f": File(b"version 2", **T)})
 
     def no_space(*_a, **_kw):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -325,17 +352,27 @@ def test_failed_replace_keeps_old_version(env, monkeypatch):
 
 
 def test_failed_create_never_carries_source_mtime(env, monkeypatch):
-    make_file(env.s("f"), b"x" * 100)
+    """A new file is created under its own name (no rename): a copy that fails half-way leaves what it wrote
+    there, but never with the source's mtime, so the next pass sees it differs and copies it whole."""
+    build(env.src, {"f": File(b"x" * 100, **T)})
 
     def partial(src_fd, dst_fd, size, **kw):
         os.write(dst_fd, b"x" * 10)
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(fsio, "copy_data", partial)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as ei:
         env.copy("f")
-    if os.path.lexists(env.d("f")):
-        assert os.lstat(env.d("f")).st_mtime_ns != T_MTIME
+    assert ei.value.errno == errno.EIO
+    st = os.lstat(env.d("f"))
+    assert st.st_size == 10 and st.st_mtime_ns != T_MTIME
+    assert env.tally[C.COPIED] == 0 and no_temp_files(env.dst)
+    monkeypatch.undo()
+    env.copy("f")
+    st = os.lstat(env.d("f"))
+    with open(env.d("f"), "rb") as f:
+        assert f.read() == b"x" * 100
+    assert (st.st_size, st.st_mtime_ns) == (100, T_MTIME) and env.tally[C.COPIED] == 1
 
 
 def test_create_race_falls_back_to_replace(env, monkeypatch, tmp_path):
@@ -343,7 +380,7 @@ def test_create_race_falls_back_to_replace(env, monkeypatch, tmp_path):
     # the exclusive create fails and the entry is rebuilt under a temporary name, never through the link.
     outside = tmp_path / "outside"
     os.symlink(os.fsencode(outside), env.d("f"))
-    make_file(env.s("f"), b"payload")
+    build(env.src, {"f": File(b"payload", **T)})
     monkeypatch.setattr(fsio, "lstat_at", lambda dir_fd, name: None)
     env.copy("f")
     assert not outside.exists()
@@ -388,7 +425,7 @@ def test_sparse_holes_kept(env):
 
 
 def test_xattrs_copied(env):
-    make_file(env.s("f"))
+    build(env.src, {"f": File(b"hello\n", **T)})
     os.setxattr(env.s("f"), b"user.cmover", b"\x00value\xff")
     env.copy("f")
     assert os.getxattr(env.d("f"), b"user.cmover") == b"\x00value\xff"

@@ -1,60 +1,23 @@
-"""cmover.dirtimepass.DirtimePass on real trees: directory times after a copy, nanoseconds, one-sided
+"""cmover.engine.dirtimepass.DirtimePass on real trees: directory times after a copy, nanoseconds, one-sided
 directories, fan-out of subtrees as jobs. Runs as root (as CI does): make_tree gives entries other owners.
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
-from dataclasses import dataclass, field
 
 import pytest
-import treeutil
+from support.runner import drain
+from support.snap import compare_trees, diff, snapshot
+from support.tree import random_tree
 
-from cmover.copypass import Job
-from cmover.dirtimepass import DirtimePass
-from cmover.errors import Failure
-from cmover.passes import PassKind, PassSpec
-from cmover.stats import C
+from cmover.core.counters import C
+from cmover.core.passes import PassKind, PassSpec
+from cmover.engine.jobs import DirJob
 
 T_ATIME = 1_500_000_000_123_456_789
 T_MTIME = 1_600_000_000_987_654_321
 OTHER = 1_000_000_000_000_000_007
-
-
-@dataclass
-class DirtimeResult:
-    tally: Counter = field(default_factory=Counter)
-    failures: list[Failure] = field(default_factory=list)
-    jobs: list[Job] = field(default_factory=list)  # every job emitted
-
-    def failed(self) -> dict[bytes, Failure]:
-        return {f.path: f for f in self.failures}
-
-
-def run_dirtime(spec: PassSpec, rel: bytes = b"", *, follow: bool = True) -> DirtimeResult:
-    """Run the task of ``rel`` and (``follow``) every job emitted, each with a fresh DirtimePass."""
-    res = DirtimeResult()
-    pending = [Job("dir", rel)]
-    while pending:
-        job = pending.pop(0)
-        assert job.kind == "dir", job
-        emitted: list[Job] = []
-        DirtimePass(spec, res.tally, res.failures.append, emitted.append).run_dir(job.rel)
-        res.jobs.extend(emitted)
-        if follow:
-            pending.extend(emitted)
-    return res
-
-
-def copy_all(spec: PassSpec, run_copy) -> None:
-    """A whole copy pass: the root task and every job it emits."""
-    pending = [Job("dir", b"")]
-    while pending:
-        job = pending.pop(0)
-        res = run_copy(spec, job.rel, names=list(job.names) if job.kind == "files" else None)
-        assert res.failures == [], res.failures
-        pending.extend(res.jobs)
 
 
 @pytest.fixture
@@ -80,24 +43,24 @@ def times(path: bytes) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("inline_entries", [2000, 3])
-def test_copy_then_dirtime_gives_identical_trees(roots, make_spec, run_copy, dirtime_spec, inline_entries):
+def test_copy_then_dirtime_gives_identical_trees(roots, make_spec, dirtime_spec, inline_entries):
     src, dst = roots
-    treeutil.make_tree(src, seed=21, n_files=250, n_dirs=30)
-    copy_all(make_spec(batch=40, inline_entries=inline_entries), run_copy)
+    random_tree(src, seed=21, n_files=250, n_dirs=30)
+    assert drain(make_spec(batch=40, inline_entries=inline_entries), seed=inline_entries).failures == []
     dirs = dirs_of(dst)
     for rel in dirs:  # whatever the copy did to them, the dirtime pass alone must set them
         os.utime(os.path.join(dst, rel), ns=(OTHER, OTHER))
-    assert treeutil.compare_trees(src, dst) == []
-    assert treeutil.compare_trees(src, dst, dir_times=True) != []
-    src_before = treeutil.snapshot(src)
-    res = run_dirtime(dirtime_spec(inline_entries))
+    assert compare_trees(src, dst) == []
+    assert compare_trees(src, dst, dir_times=True) != []
+    src_before = snapshot(src)
+    res = drain(dirtime_spec(inline_entries), seed=1)  # any order, some jobs twice: the same times in the end
     assert res.failures == []
-    assert bool(res.jobs) == (inline_entries < 2000)
-    assert res.tally[C.DIRTIMES] == res.tally[C.DIRS] == len(dirs)
+    assert bool(res.emitted) == (inline_entries < 2000)
+    assert res.tally[C.DIRTIMES] == res.tally[C.DIRS] >= len(dirs)
     assert res.tally[C.DIRS_MISSING] == 0 and res.tally[C.FAILED] == 0
     assert os.stat(dst).st_mtime_ns == os.stat(src).st_mtime_ns  # the root too
-    assert treeutil.compare_trees(src, dst, dir_times=True) == []
-    assert treeutil.diff_snapshots(src_before, treeutil.snapshot(src), dir_times=True) == []
+    assert compare_trees(src, dst, dir_times=True) == []
+    assert diff(src_before, snapshot(src), dir_times=True) == []
 
 
 @pytest.mark.parametrize("inline_entries", [2000, 0])
@@ -114,7 +77,7 @@ def test_nanosecond_dir_times_copied_source_atimes_untouched(roots, dirtime_spec
         expect[rel] = (T_ATIME + i, T_MTIME + 1000 * i)
         os.utime(os.path.join(src, rel), ns=expect[rel])
         os.utime(os.path.join(dst, rel), ns=(OTHER, OTHER))
-    res = run_dirtime(dirtime_spec(inline_entries))
+    res = drain(dirtime_spec(inline_entries), redeliver=0)
     assert res.failures == []
     assert res.tally[C.DIRTIMES] == len(expect) == 8
     for rel, want in expect.items():
@@ -122,7 +85,7 @@ def test_nanosecond_dir_times_copied_source_atimes_untouched(roots, dirtime_spec
         assert times(os.path.join(src, rel)) == want, rel  # read with O_NOATIME: source atimes kept
 
 
-def test_dirs_missing_on_one_side_are_counted_listed_and_not_created(roots, dirtime_spec, snapshot):
+def test_dirs_missing_on_one_side_are_counted_listed_and_not_created(roots, dirtime_spec):
     src, dst = roots
     for rel in (b"both/inner", b"src-only/inner/deeper", b"type/x"):
         os.makedirs(os.path.join(src, rel))
@@ -135,9 +98,9 @@ def test_dirs_missing_on_one_side_are_counted_listed_and_not_created(roots, dirt
     os.symlink(b"both", os.path.join(dst, b"src-link"))  # not a directory: never followed
     os.symlink(b"both", os.path.join(src, b"src-link"))
     before = snapshot(dst)
-    res = run_dirtime(dirtime_spec(0))
+    res = drain(dirtime_spec(0), redeliver=0)
     after = snapshot(dst)
-    assert after == before  # nothing created or removed (dir times are not in this snapshot)
+    assert diff(before, after, inodes=True) == []  # nothing created or removed (dir times aside)
     failed = res.failed()
     assert set(failed) == {b"src-only", b"dst-only", b"type"}  # subtrees are skipped, not listed
     assert failed[b"src-only"].side == "target" and failed[b"type"].side == "target"
@@ -154,7 +117,7 @@ def test_directory_task_whose_directory_is_missing_on_one_side(roots, dirtime_sp
     """A job emitted for a directory that vanished from one side before it ran is a missing directory too."""
     src, dst = roots
     os.makedirs(os.path.join(dst if side == "source" else src, b"d/sub"))
-    res = run_dirtime(dirtime_spec(), b"d")
+    res = drain(dirtime_spec(), DirJob(b"d"), redeliver=0)
     assert [(f.path, f.side) for f in res.failures] == [(b"d", side)]
     assert res.tally[C.DIRS_MISSING] == 1
     assert not os.path.lexists(os.path.join(src if side == "source" else dst, b"d"))
@@ -168,17 +131,65 @@ def test_subtrees_fanned_out_as_jobs(roots, dirtime_spec):
     for rel in dirs_of(src):
         os.utime(os.path.join(src, rel), ns=(T_ATIME, T_MTIME))
         os.utime(os.path.join(dst, rel), ns=(OTHER, OTHER))
-    first = run_dirtime(dirtime_spec(0), follow=False)
-    assert first.jobs == [Job("dir", b"a"), Job("dir", b"b"), Job("dir", b"c"), Job("dir", b"\xe9")]
+    first = drain(dirtime_spec(0), follow=False, redeliver=0)
+    assert first.emitted == [DirJob(b"a"), DirJob(b"b"), DirJob(b"c"), DirJob(b"\xe9")]
     assert first.tally[C.DIRTIMES] == 1 and first.failures == []
     assert times(dst) == (T_ATIME, T_MTIME)
     assert times(os.path.join(dst, b"a")) == (OTHER, OTHER)
-    second = run_dirtime(dirtime_spec(0), b"a", follow=False)
-    assert second.jobs == [Job("dir", b"a/a1")]
+    second = drain(dirtime_spec(0), DirJob(b"a"), follow=False, redeliver=0)
+    assert second.emitted == [DirJob(b"a/a1")]
     assert times(os.path.join(dst, b"a/a1")) == (OTHER, OTHER)
-    everything = run_dirtime(dirtime_spec(0))
-    assert len(everything.jobs) == 7 and everything.tally[C.DIRTIMES] == 8
+    everything = drain(dirtime_spec(0), redeliver=0)
+    assert len(everything.emitted) == 7 and everything.tally[C.DIRTIMES] == 8
     for rel in dirs_of(src):
         assert times(os.path.join(dst, rel)) == (T_ATIME, T_MTIME), rel
-    inline = run_dirtime(dirtime_spec(2000))
-    assert inline.jobs == [] and inline.tally[C.DIRTIMES] == 8
+    inline = drain(dirtime_spec(2000), redeliver=0)
+    assert inline.emitted == [] and inline.tally[C.DIRTIMES] == 8
+
+
+def test_failures_are_logged_under_the_dirtime_logger(roots, dirtime_spec, caplog):
+    """A dirtime failure is a line of ``cmover.engine.dirtimepass``, not of another pass's logger."""
+    src, _ = roots
+    os.makedirs(os.path.join(src, b"src-only"))
+    with caplog.at_level("WARNING", logger="cmover.engine"):
+        res = drain(dirtime_spec(), redeliver=0)
+    assert [f.path for f in res.failures] == [b"src-only"]
+    lines = [(r.name, r.getMessage()) for r in caplog.records if "src-only" in r.getMessage()]
+    assert lines == [("cmover.engine.dirtimepass", res.failures[0].line())]
+
+
+@pytest.mark.parametrize("fails", [1, 99])
+def test_transient_error_setting_times_is_retried(roots, dirtime_spec, monkeypatch, fails):
+    """ESTALE from utime is tried again after a pause (1 failure: then set); when it never clears, the
+    directory is a failure that names the errno."""
+    import errno
+
+    from cmover.engine import jobs
+
+    src, dst = roots
+    for root in roots:
+        os.makedirs(os.path.join(root, b"d"))
+    os.utime(os.path.join(src, b"d"), ns=(T_ATIME, T_MTIME))
+    d_ino = os.stat(os.path.join(dst, b"d")).st_ino
+    real_utime = os.utime
+    calls = []
+
+    def utime(path, *args, **kw):
+        if isinstance(path, int) and os.fstat(path).st_ino == d_ino:
+            calls.append(path)
+            if len(calls) <= fails:
+                raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+        return real_utime(path, *args, **kw)
+
+    pauses: list[float] = []
+    monkeypatch.setattr(os, "utime", utime)
+    monkeypatch.setattr(jobs.time, "sleep", pauses.append)
+    res = drain(dirtime_spec(), redeliver=0)
+    if fails == 1:
+        assert res.failures == [] and res.tally[C.DIRTIMES] == 2
+        assert times(os.path.join(dst, b"d")) == (T_ATIME, T_MTIME)
+        assert len(calls) == 2 and pauses == [jobs.TRANSIENT_PAUSES[0]]
+    else:
+        assert [(f.path, f.op, f.errno) for f in res.failures] == [(b"d", "set mode and times", errno.ESTALE)]
+        assert res.tally[C.DIRTIMES] == 1  # the root only
+        assert len(calls) == 1 + len(jobs.TRANSIENT_PAUSES) and pauses == list(jobs.TRANSIENT_PAUSES)

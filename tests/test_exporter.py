@@ -1,4 +1,4 @@
-"""cmover.exporter and ``cmover exporter``: the metric families of a reading, ``cmover_up 0`` when memcached or
+"""cmover.ops.exporter and ``cmover exporter``: the metric families of a reading, ``cmover_up 0`` when memcached or
 the broker cannot be read (logged once per outage), scrapes over HTTP, and the command's start, stop and
 one-line errors.
 
@@ -22,34 +22,28 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support.deploy import Samples
+from support.deploy import parse_samples as samples
 
-from cmover import app as appmod
-from cmover import control, exporter, graphite
-from cmover.errors import ConfigError
-from cmover.graphite import PassReading, ReadError
-from cmover.ledger import MemcacheLedger
-from cmover.passes import PassKind, PassSpec
-from cmover.settings import from_mapping
-from cmover.stats import C, MemcacheStats
+from cmover.core.counters import C
+from cmover.core.errors import ConfigError
+from cmover.core.passes import PassKind, PassSpec
+from cmover.core.settings import from_mapping
+from cmover.ops import broker, exporter, graphite, reading, runs
+from cmover.ops.reading import PassReading, ReadError
+from cmover.state import keys
+from cmover.state.ledger import MemcacheLedger
+from cmover.state.runstats import MemcacheStats
+
+# Some tests here read and write the real memcached: the module runs with the memcached group.
+pytestmark = pytest.mark.memcached
 
 REPO = Path(__file__).resolve().parents[1]
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(text: str) -> Samples:
-    """Every sample of an exposition: (sample name, labels) -> value; a sample seen twice fails."""
-    out: Samples = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            key = (s.name, frozenset(s.labels.items()))
-            assert key not in out, f"sample {key} exposed twice"
-            out[key] = s.value
-    return out
 
 
 def types(text: str) -> dict[str, str]:
@@ -72,7 +66,7 @@ def all_totals(**counts: int) -> dict[str, int]:
 
 def node(**counts: int) -> dict[str, int]:
     """A reading's per-node sums: every rated counter, 0 unless given."""
-    return {name: counts.get(name, 0) for name in control.RATED}
+    return {name: counts.get(name, 0) for name in reading.RATED}
 
 
 COPY = PassReading("copy", "copy-run-1", all_totals(files_scanned=40, files_copied=32, bytes_copied=123_456_789,
@@ -82,7 +76,7 @@ COPY = PassReading("copy", "copy-run-1", all_totals(files_scanned=40, files_copi
                     "node-b": node(files_scanned=10, files_copied=2, bytes_copied=456_789, failed=1)})
 DELETE = PassReading("delete", "delete-run-7", all_totals(entries_deleted=11, entries_kept=5),
                      {"cmover.delete.dirs": 0, "cmover.delete.files": 7}, None,
-                     {"node-a.example.org": node(entries_deleted=11)})
+                     {"node-a.example.org": node(entries_deleted=11)}, paused=True)
 
 
 # -- collector ----------------------------------------------------------------------------------------------
@@ -97,22 +91,25 @@ def test_a_reading_becomes_counters_queue_gauges_and_outstanding() -> None:
         for name in C.ALL:
             want[(f"cmover_{name}_total", lab(**{"pass": r.kind, "run": r.run_id}))] = r.totals[name]
         for host, sums in r.nodes.items():  # the host label as the workers report it, dots and all
-            for name in control.RATED:
+            for name in reading.RATED:
                 want[(f"cmover_node_{name}_total", lab(**{"pass": r.kind, "run": r.run_id, "host": host}))] = \
                     sums[name]
         for q, n in r.queues.items():
             want[("cmover_queue_messages", lab(**{"pass": r.kind, "queue": q}))] = n
     want[("cmover_outstanding_tasks", lab(**{"pass": "copy"}))] = 2  # delete: the ledger cannot vouch, absent
+    want[("cmover_pass_paused", lab(**{"pass": "copy"}))] = 0
+    want[("cmover_pass_paused", lab(**{"pass": "delete"}))] = 1
     want[("cmover_up", lab())] = 1
     duration = got.pop(("cmover_scrape_duration_seconds", lab()))
     assert got == want
     assert 0 <= duration < 1
     kinds = types(text)
     assert all(kinds[f"cmover_{name}"] == "counter" for name in C.ALL)
-    assert all(kinds[f"cmover_node_{name}"] == "counter" for name in control.RATED)
-    assert len(want) == 2 * len(C.ALL) + 3 * len(control.RATED) + 4 + 1 + 1  # totals, nodes, queues, outstanding, up
-    assert (kinds["cmover_queue_messages"], kinds["cmover_outstanding_tasks"], kinds["cmover_up"]) == \
-        ("gauge", "gauge", "gauge")
+    assert all(kinds[f"cmover_node_{name}"] == "counter" for name in reading.RATED)
+    # totals, nodes, queues, outstanding, paused, up
+    assert len(want) == 2 * len(C.ALL) + 3 * len(reading.RATED) + 4 + 1 + 2 + 1
+    assert (kinds["cmover_queue_messages"], kinds["cmover_outstanding_tasks"], kinds["cmover_pass_paused"],
+            kinds["cmover_up"]) == ("gauge", "gauge", "gauge", "gauge")
 
 
 def test_no_pass_started_is_up_with_the_names_listed_and_no_samples() -> None:
@@ -157,15 +154,28 @@ MC_DOWN = ("memcached at 127.0.0.1:1 is unreachable ([Errno 111] Connection refu
 BROKER_DOWN = "cannot reach the broker at 127.0.0.1:2 (refused); start RabbitMQ there or fix rabbitmq/rabbitmq.conf"
 
 
-def test_an_outage_is_up_0_with_the_reason_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    read = failing([ReadError("memcached", MC_DOWN), ReadError("memcached", MC_DOWN),
-                    ReadError("broker", BROKER_DOWN), None, None, ReadError("broker", BROKER_DOWN)])
+def test_an_outage_is_up_0_with_the_reason_and_logged_once(caplog: pytest.LogCaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    inner = failing([ReadError("memcached", MC_DOWN), ReadError("memcached", MC_DOWN),
+                     ReadError("broker", BROKER_DOWN), None, None, ReadError("broker", BROKER_DOWN)])
+    # The exporter's clock is one the reading moves: each reading takes a known time, failed or not, and
+    # the scrape must report exactly that (binary fractions: exact through the text format).
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(exporter, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    took = iter([0.25, 1.5, 0.125, 3.0, 0.5, 2.25, 0.75])
+    spent: list[float] = []
+
+    def read() -> list[PassReading]:
+        spent.append(next(took))
+        clock.now += spent[-1]
+        return inner()
+
     registry, _ = exporter.make_registry(read)
-    caplog.set_level(logging.INFO, logger="cmover.exporter")
+    caplog.set_level(logging.INFO, logger="cmover.ops.exporter")
 
     def scrape() -> Samples:
         got = samples(generate_latest(registry).decode())
-        assert got.pop(("cmover_scrape_duration_seconds", lab())) >= 0
+        assert got.pop(("cmover_scrape_duration_seconds", lab())) == spent[-1]
         return got
 
     for _ in range(2):
@@ -204,12 +214,13 @@ def test_exporter_and_graphite_give_the_same_numbers(monkeypatch: pytest.MonkeyP
     Client(("127.0.0.1", 11211), connect_timeout=2, timeout=5).version()  # memcached is required: fail if absent
     site = from_mapping({"USERNAME": f"ex_{uuid.uuid4().hex[:12]}", "MEMCACHED": "127.0.0.1:11211",
                          "GRAPHITE_PREFIX": "p"})
-    monkeypatch.setattr(control, "check_broker", lambda s: None)
-    monkeypatch.setattr(control, "queue_depths", lambda kind: {f"cmover.{kind}.dirs": 4, f"cmover.{kind}.files": 9})
-    mc = appmod.memcache_client(site)
+    monkeypatch.setattr(broker, "check_broker", lambda s: None)
+    monkeypatch.setattr(broker, "queue_depths", lambda kind: {f"cmover.{kind}.dirs": 4, f"cmover.{kind}.files": 9})
+    monkeypatch.setattr(broker, "dead_letter_depth", lambda kind: 0)
+    mc = keys.memcache_client(site)
     run_id = f"copy-ex-{uuid.uuid4().hex}"
     spec = PassSpec(run_id=run_id, kind=PassKind.COPY, src_root=b"/src", dst_root=b"/dst")
-    mc.set(control._current_key(site, "copy"), json.dumps({"spec": spec.as_dict(), "started": time.time()}),
+    mc.set(runs._current_key(site, "copy"), json.dumps({"spec": spec.as_dict(), "started": time.time()}),
            expire=600)
     try:
         MemcacheStats(lambda: mc, worker="ex-node.example.org:5").add(
@@ -219,22 +230,22 @@ def test_exporter_and_graphite_give_the_same_numbers(monkeypatch: pytest.MonkeyP
         ledger.open_run(run_id)
         ledger.enqueue(run_id, "t1")
 
-        readings = graphite.read_passes(site)
+        readings = reading.read_passes(site)
         text, _ = scrape_registry(lambda: readings)
         prom = samples(text)
         sent = dict(graphite.collect(site))
     finally:
-        mc.delete_many([control._current_key(site, "copy"), f"cm:{run_id}:workers",
+        mc.delete_many([runs._current_key(site, "copy"), f"cm:{run_id}:workers",
                         f"cm:{run_id}:w:ex-node.example.org:5", f"cm:{run_id}:w:ex-node.example.org:6"])
     assert [r.run_id for r in readings] == [run_id]
     labels = lab(**{"pass": "copy", "run": run_id})
     for name in C.ALL:
         assert prom[(f"cmover_{name}_total", labels)] == sent[f"p.copy.{name}"], name
     assert prom[(f"cmover_{C.BYTES}_total", labels)] == 2**40 + 3
-    assert [r.nodes for r in readings] == [{"ex-node.example.org": {**dict.fromkeys(control.RATED, 0), C.COPIED: 6,
+    assert [r.nodes for r in readings] == [{"ex-node.example.org": {**dict.fromkeys(reading.RATED, 0), C.COPIED: 6,
                                                                     C.BYTES: 2**40 + 3, C.DIRS: 2, C.SCANNED: 6}}]
     node_labels = lab(**{"pass": "copy", "run": run_id, "host": "ex-node.example.org"})
-    for name in control.RATED:
+    for name in reading.RATED:
         assert prom[(f"cmover_node_{name}_total", node_labels)] == sent[f"p.copy.node.ex-node_example_org.{name}"], name
     assert {dict(labels)["host"] for n, labels in prom if n.startswith("cmover_node_")} == {"ex-node.example.org"}
     for q in ("dirs", "files"):

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import treeutil
+from support.snap import compare_trees
+from support.tree import add_fidelity, random_tree
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,16 +22,16 @@ def _cmover(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_embedded_copy_keeps_every_fidelity_category(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
-    treeutil.make_tree(src, seed=11, n_files=300, n_dirs=20)
-    counts = treeutil.add_fidelity(src)
+    random_tree(src, seed=11, n_files=300, n_dirs=20)
+    counts = add_fidelity(src)
     assert counts["link_groups"] == 5
     first = _cmover("copy", "--json", str(src), str(dst), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert treeutil.compare_trees(src, dst) == []
+    assert compare_trees(src, dst) == []
     totals = json.loads(first.stdout)["totals"]
     assert totals["hardlinks_made"] == 15
     second = _cmover("copy", "--json", str(src), str(dst), cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     totals2 = json.loads(second.stdout)["totals"]
     assert totals2.get("files_copied", 0) == 0 and totals2.get("hardlinks_made", 0) == 0
-    assert treeutil.compare_trees(src, dst) == []
+    assert compare_trees(src, dst) == []

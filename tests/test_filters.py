@@ -1,10 +1,10 @@
-"""cmover.filters: exclusion prefixes on whole components and the age window (regular files only)."""
+"""cmover.engine.filters: exclusion prefixes on whole components and the age window (regular files only)."""
 
 import pytest
 
-from cmover.filters import Filter
-from cmover.passes import PassKind, PassSpec
-from cmover.record import Kind, Record
+from cmover.core.passes import PassKind, PassSpec
+from cmover.core.record import Kind, Record
+from cmover.engine.filters import Filter
 
 
 def rec(kind=Kind.REG, atime_ns=0, mtime_ns=0) -> Record:
@@ -31,8 +31,22 @@ def test_no_excludes():
 
 def test_from_spec():
     spec = PassSpec(run_id="r", kind=PassKind.COPY, src_root=b"/s", dst_root=b"/d", excludes=(b"x",),
-                    oldest_atime_ns=5, newest_mtime_ns=9)
-    assert Filter.from_spec(spec) == Filter(frozenset({b"x"}), 5, 9)
+                    oldest_atime_ns=5, newest_mtime_ns=9, min_size=3, max_size=7)
+    assert Filter.from_spec(spec) == Filter(frozenset({b"x"}), 5, 9, 3, 7)
+    assert Filter.from_spec(spec).has_size_window is True
+
+
+@pytest.mark.parametrize("lo, hi, size, skipped", [
+    (0, 0, 0, False), (0, 0, 1 << 60, False),  # no window
+    (0, 100, 100, False), (0, 100, 101, True), (0, 100, 0, False),  # max only, inclusive
+    (10, 0, 9, True), (10, 0, 10, False), (10, 0, 1 << 60, False), (10, 0, 0, True),  # min only, inclusive
+    (10, 100, 9, True), (10, 100, 10, False), (10, 100, 100, False), (10, 100, 101, True),
+    (5, 5, 5, False), (5, 5, 4, True), (5, 5, 6, True),
+])
+def test_size_skip_bounds(lo, hi, size, skipped):
+    f = Filter(frozenset(), 0, 0, lo, hi)
+    assert f.has_size_window is bool(lo or hi)
+    assert f.size_skip(size) is skipped
 
 
 OLD, NEW = 1_000, 5_000

@@ -24,13 +24,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from taskrunner import InProcessWorker, outside_state
+from support.snap import snapshot, unchanged
+from support.worker import InProcessWorker
 
-from cmover.chunks import MAX_CHUNKS, ChunkSpec
-from cmover.errors import ConfigError, ConfinementError
-from cmover.passes import PassKind, PassSpec
-from cmover.paths import check_rel, from_wire, is_within, names_from_wire, rel_from_wire, to_wire
-from cmover.settings import _SCHEMA, from_mapping, load_settings
+from cmover.core.errors import ConfigError, ConfinementError
+from cmover.core.passes import PassKind, PassSpec
+from cmover.core.paths import check_rel, from_wire, is_within, names_from_wire, rel_from_wire, to_wire
+from cmover.core.settings import _SCHEMA, from_mapping, load_settings
+from cmover.engine.chunks import MAX_CHUNKS, ChunkSpec
 from cmover.tasks_copy import copy_chunk, copy_dir, copy_files
 from cmover.tasks_delete import delete_dir, delete_files, delete_purge
 from cmover.tasks_dirtime import dirtime_dir
@@ -62,25 +63,78 @@ field_values = wire_like | edge_values | options
 # -- decoders ------------------------------------------------------------------------------------------------
 
 
+# What the wire contract of cmover.core.paths says each input means, written from the contract (not the code):
+# None where the input is not a valid name, relative path or batch. The decoders must accept exactly what is
+# valid, give back exactly this, and refuse everything else with a one-line ConfinementError.
+
+
+def contract_bytes(obj: Any) -> bytes | None:
+    """A wire name: a JSON string (its UTF-8 bytes) or ``{"b64": <standard base64>}`` and nothing else."""
+    if isinstance(obj, str):
+        try:
+            return obj.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate is no UTF-8 text
+            return None
+    if isinstance(obj, dict) and list(obj) == ["b64"] and isinstance(obj["b64"], str):
+        text = obj["b64"]
+        if not text.isascii() or len(text) % 4 or any(c not in B64_ALPHABET for c in text.rstrip("=")) \
+                or len(text) - len(text.rstrip("=")) > 2:
+            return None
+        return base64.b64decode(text)
+    return None
+
+
+B64_ALPHABET = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def contract_rel(obj: Any) -> bytes | None:
+    """A relative path: b"" (the root) or components that are not empty, "." or ".." with no NUL and no
+    leading slash, at most 64 KiB."""
+    raw = contract_bytes(obj)
+    if raw is None or (raw and (len(raw) > 64 * 1024 or b"\0" in raw or
+                                any(part in (b"", b".", b"..") for part in raw.split(b"/")))):
+        return None
+    return raw
+
+
+def contract_names(obj: Any) -> list[bytes] | None:
+    """A batch: a list of single, non-empty path components."""
+    if not isinstance(obj, list):
+        return None
+    names = [contract_rel(n) for n in obj]
+    return None if any(n is None or not n or b"/" in n for n in names) else names  # type: ignore[misc]
+
+
+def refused_clearly(exc: ConfinementError, obj: Any, expected: object) -> None:
+    """A refusal is a one-line message of its own, and only of what the contract calls invalid."""
+    message = str(exc)
+    assert message and "\n" not in message and "Traceback" not in message, message
+    assert expected is None, f"{obj!r} is valid ({expected!r}) but was refused: {message}"
+
+
 @FUZZ
 @given(wire_like)
 def test_from_wire_returns_bytes_or_confinement_error(obj: Any) -> None:
+    expected = contract_bytes(obj)
     try:
         raw = from_wire(obj)
-    except ConfinementError:
+    except ConfinementError as exc:
+        refused_clearly(exc, obj, expected)
         return
-    assert isinstance(raw, bytes)
+    assert raw == expected
     assert from_wire(to_wire(raw)) == raw
 
 
 @FUZZ
 @given(wire_like)
 def test_rel_from_wire_never_leaves_the_root(obj: Any) -> None:
+    expected = contract_rel(obj)
     try:
         rel = rel_from_wire(obj)
-    except ConfinementError:
+    except ConfinementError as exc:
+        refused_clearly(exc, obj, expected)
         return
-    assert check_rel(rel) is rel
+    assert rel == expected and check_rel(rel) is rel
     root = b"/mnt/target/root"
     joined = os.path.normpath(root + b"/" + rel) if rel else root
     assert is_within(joined, root) and b"\0" not in rel and not rel.startswith(b"/")
@@ -89,16 +143,30 @@ def test_rel_from_wire_never_leaves_the_root(obj: Any) -> None:
 @FUZZ
 @given(st.lists(wire_like, max_size=5) | json_values)
 def test_names_from_wire_gives_single_components(obj: Any) -> None:
+    expected = contract_names(obj)
     try:
         names = names_from_wire(obj)
-    except ConfinementError:
+    except ConfinementError as exc:
+        refused_clearly(exc, obj, expected)
         return
+    assert names == expected
     for n in names:
         assert n and b"/" not in n and n not in (b".", b"..") and b"\0" not in n
 
 
-GOOD_SPEC = PassSpec(run_id="copy-fuzz", kind=PassKind.COPY, src_root=b"/mnt/src", dst_root=b"/mnt/dst",
-                     excludes=(b"x",), mdt_list=(0, 1), options={"dry_run": False}).as_dict()
+def test_the_contract_oracles_accept_and_refuse_both():
+    """The oracles above are not vacuous: each accepts and refuses inputs of every shape the fuzz draws."""
+    assert contract_bytes("caf\u00e9") == "caf\u00e9".encode() and contract_bytes({"b64": "/w=="}) == b"\xff"
+    assert contract_bytes({"b64": "/w="}) is None and contract_bytes({"b64": 1}) is None and contract_bytes(3) is None
+    assert contract_bytes("\udce9") is None and contract_bytes({"b64": "/w==", "x": 1}) is None
+    assert contract_rel("a/b") == b"a/b" and contract_rel("") == b"" and contract_rel("a//b") is None
+    assert contract_rel("/a") is None and contract_rel("a/..") is None and contract_rel("a\0") is None
+    assert contract_names(["a", {"b64": "/w=="}]) == [b"a", b"\xff"] and contract_names([]) == []
+    assert contract_names(["a/b"]) is None and contract_names([""]) is None and contract_names("a") is None
+
+
+GOOD_SPEC = {**PassSpec(run_id="copy-fuzz", kind=PassKind.COPY, src_root=b"/mnt/src", dst_root=b"/mnt/dst",
+                        excludes=(b"x",), mdt_list=(0, 1)).as_dict(), "options": {"dry_run": False}}
 
 
 def near_miss_specs(good: dict[str, Any]) -> st.SearchStrategy[Any]:
@@ -228,7 +296,7 @@ def test_every_spec_field_times_every_edge_value_through_a_task(fuzz_site: FuzzS
     """Each field of a good spec replaced by each edge value, delivered: Reject, or runs; never a traceback."""
     kind = task.split(".")[0]
     good = fuzz_site.good[kind]
-    before = outside_state(fuzz_site.top)
+    before = snapshot(fuzz_site.top, include_root=True)
     outcomes = {"rejected": 0, "ran": 0}
     for key in sorted(good):
         for v in EDGES:
@@ -238,7 +306,7 @@ def test_every_spec_field_times_every_edge_value_through_a_task(fuzz_site: FuzzS
             assert fuzz_site.worker.tracebacks.records == [], (key, v)
     for run_id in {v for v in EDGES if isinstance(v, str)} | {good["run_id"]}:
         assert not [f for f in fuzz_site.worker.failures(run_id) if "internal error" in f.message]
-    assert outside_state(fuzz_site.top) == before
+    assert unchanged(before, snapshot(fuzz_site.top, include_root=True)) == []
     assert outcomes["rejected"] > 300 and outcomes["ran"] > 20, outcomes
 
 
@@ -249,13 +317,13 @@ GOOD_ARGS = {"copy.dir": ["", None], "copy.files": ["", ["link-out", "gone"]], "
 @pytest.mark.parametrize("name", sorted(GOOD_ARGS))
 def test_control_good_messages_run_and_change_nothing(fuzz_site: FuzzSite, name: str) -> None:
     """The fuzz below asserts "no write" for every delivery: legitimate ones on these roots write nothing too."""
-    before = outside_state(fuzz_site.top)
+    before = snapshot(fuzz_site.top, include_root=True)
     kind = name.split(".")[0]
     rej = fuzz_site.worker.deliver(TASKS[name], fuzz_site.good[kind], *GOOD_ARGS[name])
     assert rej is None
     assert fuzz_site.worker.failures(fuzz_site.good[kind]["run_id"]) == []
     assert fuzz_site.worker.ctx.stats.totals(fuzz_site.good[kind]["run_id"])["tasks"] >= 1
-    assert outside_state(fuzz_site.top) == before
+    assert unchanged(before, snapshot(fuzz_site.top, include_root=True)) == []
 
 
 @FUZZ
@@ -263,7 +331,7 @@ def test_control_good_messages_run_and_change_nothing(fuzz_site: FuzzSite, name:
 def test_any_delivery_is_rejected_or_recorded_never_a_traceback_or_a_write(fuzz_site: FuzzSite,
                                                                           data: st.DataObject) -> None:
     name, args = data.draw(deliveries(fuzz_site.good))
-    before = outside_state(fuzz_site.top)
+    before = snapshot(fuzz_site.top, include_root=True)
     fuzz_site.worker.tracebacks.records.clear()
     rej = fuzz_site.worker.deliver(TASKS[name], *args)  # any exception but Reject fails the test
     event(f"{name}: rejected" if rej is not None else f"{name}: ran")
@@ -275,7 +343,7 @@ def test_any_delivery_is_rejected_or_recorded_never_a_traceback_or_a_write(fuzz_
     if rej is None and isinstance(spec, dict) and isinstance(spec.get("run_id"), str):
         internal = [f for f in fuzz_site.worker.failures(spec["run_id"]) if "internal error" in f.message]
         assert internal == []
-    assert outside_state(fuzz_site.top) == before
+    assert unchanged(before, snapshot(fuzz_site.top, include_root=True)) == []
     assert fuzz_site.worker.sent == []  # the roots hold nothing to fan out: nothing may be published
 
 

@@ -1,4 +1,4 @@
-"""cmover.graphite and send_graphite.py: settings, collect() against the real memcached (127.0.0.1:11211),
+"""cmover.ops.graphite and send_graphite.py: settings, collect() against the real memcached (127.0.0.1:11211),
 the plaintext lines sent, and the one-line errors of the cron shim when a service cannot be reached.
 
 The broker is replaced here (check_broker, queue_depths); tests/integration/test_graphite.py runs the whole
@@ -23,13 +23,17 @@ from pathlib import Path
 import pytest
 from pymemcache.client.base import Client
 
-from cmover import app as appmod
-from cmover import control, graphite
-from cmover.errors import ConfigError, FatalError
-from cmover.ledger import MemcacheLedger
-from cmover.passes import PassKind, PassSpec
-from cmover.settings import Settings, from_mapping, load_settings
-from cmover.stats import C, MemcacheStats, WorkerStats
+from cmover.core.counters import C
+from cmover.core.errors import ConfigError, FatalError
+from cmover.core.passes import PassKind, PassSpec
+from cmover.core.settings import Settings, from_mapping, load_settings
+from cmover.ops import broker, graphite, reading, runs
+from cmover.state import keys, pauses
+from cmover.state.ledger import MemcacheLedger
+from cmover.state.runstats import MemcacheStats, WorkerStats
+
+# Some tests here read and write the real memcached: the module runs with the memcached group.
+pytestmark = pytest.mark.memcached
 
 REPO = Path(__file__).resolve().parents[1]
 SHIM = REPO / "send_graphite.py"
@@ -101,11 +105,12 @@ def site() -> Iterator[Settings]:
     s = from_mapping({"USERNAME": f"gt_{uuid.uuid4().hex[:12]}", "MEMCACHED": "127.0.0.1:11211",
                       "GRAPHITE_PREFIX": "t.cmover"})
     yield s
-    mc = appmod.memcache_client(s)
-    runs = [json.loads(raw)["spec"]["run_id"] for kind in graphite.PASSES
-            if (raw := mc.get(control._current_key(s, kind)))]
-    mc.delete_many([control._current_key(s, kind) for kind in graphite.PASSES])
-    for run_id in runs:
+    mc = keys.memcache_client(s)
+    run_ids = [json.loads(raw)["spec"]["run_id"] for kind in reading.PASSES
+               if (raw := mc.get(runs._current_key(s, kind)))]
+    mc.delete_many([runs._current_key(s, kind) for kind in reading.PASSES])
+    mc.delete_many([pauses.record_key(s, kind) for kind in reading.PASSES])
+    for run_id in run_ids:
         reg = mc.get(f"cm:{run_id}:workers")
         records = [f"cm:{run_id}:w:{w}" for w in (reg.decode().split() if reg else [])]
         mc.delete_many([f"cm:{run_id}:c:{name}" for name in C.ALL] + [f"cm:{run_id}:out", f"cm:{run_id}:epoch",
@@ -113,10 +118,10 @@ def site() -> Iterator[Settings]:
 
 
 def make_current(s: Settings, kind: str) -> str:
-    """A new run of pass ``kind`` recorded as the current one, as control.start does; its id."""
+    """A new run of pass ``kind`` recorded as the current one, as cmover.ops.start.start does; its id."""
     run_id = f"{kind}-gt-{uuid.uuid4().hex}"
     spec = PassSpec(run_id=run_id, kind=PassKind(kind), src_root=b"/src", dst_root=b"/dst")
-    appmod.memcache_client(s).set(control._current_key(s, kind),
+    keys.memcache_client(s).set(runs._current_key(s, kind),
                                   json.dumps({"spec": spec.as_dict(), "started": time.time()}), expire=600)
     return run_id
 
@@ -124,13 +129,14 @@ def make_current(s: Settings, kind: str) -> str:
 def no_broker(monkeypatch: pytest.MonkeyPatch, depths: dict[str, dict[str, int]]) -> list[str]:
     """Replace the broker: check_broker passes, queue_depths returns ``depths[kind]``; the calls are listed."""
     calls: list[str] = []
-    monkeypatch.setattr(control, "check_broker", lambda s: calls.append("check"))
+    monkeypatch.setattr(broker, "check_broker", lambda s: calls.append("check"))
 
     def fake_depths(kind: str) -> dict[str, int]:
         calls.append(kind)
         return depths[kind]
 
-    monkeypatch.setattr(control, "queue_depths", fake_depths)
+    monkeypatch.setattr(broker, "queue_depths", fake_depths)
+    monkeypatch.setattr(broker, "dead_letter_depth", lambda kind: 0)
     return calls
 
 
@@ -172,7 +178,7 @@ def test_bad_host_and_port_are_refused(name: str, value: object, message: str) -
 
 def test_queue_metric_is_one_word() -> None:
     assert graphite.queue_metric("cmover.copy.dirs") == "cmover_copy_dirs"
-    assert graphite.PASSES == ("copy", "delete", "dirtime")
+    assert reading.PASSES == ("copy", "delete", "dirtime", "verify")
 
 
 @pytest.mark.parametrize(("host", "word"), [
@@ -190,26 +196,26 @@ def worker(name: str, **totals: int) -> WorkerStats:
 
 
 def test_node_totals_sum_the_rated_counters_per_host() -> None:
-    assert control.RATED == (C.DIRS, C.SCANNED, C.COPIED, C.BYTES, C.DELETED, C.DIRTIMES, C.FAILED)
-    nodes = graphite.node_totals([
+    assert reading.RATED == (C.DIRS, C.SCANNED, C.COPIED, C.BYTES, C.DELETED, C.DIRTIMES, C.FAILED)
+    nodes = reading.node_totals([
         worker("n2.example.org:20", files_copied=5, bytes_copied=500, tasks=9),  # tasks is not rated: left out
         worker("n1:10", dirs=2, files_scanned=7, files_copied=3),
         worker("n1:11.1", files_scanned=1, failed=1, layout_mismatches=4),
         worker("n1:12"),  # a record without counts: the host is still listed, with zeros
     ])
-    zero = dict.fromkeys(control.RATED, 0)
+    zero = dict.fromkeys(reading.RATED, 0)
     assert nodes == {"n1": {**zero, C.DIRS: 2, C.SCANNED: 8, C.COPIED: 3, C.FAILED: 1},
                      "n2.example.org": {**zero, C.COPIED: 5, C.BYTES: 500}}
-    assert list(nodes) == ["n1", "n2.example.org"] and all(list(v) == list(control.RATED) for v in nodes.values())
-    assert graphite.node_totals([]) == {}
+    assert list(nodes) == ["n1", "n2.example.org"] and all(list(v) == list(reading.RATED) for v in nodes.values())
+    assert reading.node_totals([]) == {}
 
 
 def test_node_metrics_are_one_word_per_host_and_never_sent_twice() -> None:
-    zero = dict.fromkeys(control.RATED, 0)
+    zero = dict.fromkeys(reading.RATED, 0)
     metrics = graphite.node_metrics("p.copy", {"a.b": {**zero, C.COPIED: 2}, "a_b": {**zero, C.COPIED: 3},
                                                "c": {C.DIRS: 1}})
-    assert metrics == [*((f"p.copy.node.a_b.{n}", 5 if n == C.COPIED else 0) for n in control.RATED),
-                       *((f"p.copy.node.c.{n}", 1 if n == C.DIRS else 0) for n in control.RATED)]
+    assert metrics == [*((f"p.copy.node.a_b.{n}", 5 if n == C.COPIED else 0) for n in reading.RATED),
+                       *((f"p.copy.node.c.{n}", 1 if n == C.DIRS else 0) for n in reading.RATED)]
 
 
 # -- collect ------------------------------------------------------------------------------------------------
@@ -221,10 +227,10 @@ def test_collect_sends_the_current_runs_counters_queues_and_outstanding(
               "delete": {"cmover.delete.dirs": 0, "cmover.delete.files": 7}}
     calls = no_broker(monkeypatch, depths)
     # Worker processes on two hosts: two processes on node-a.example.org, one on a host with an unsafe name.
-    stats = MemcacheStats(lambda: appmod.memcache_client(site), worker="node-a.example.org:101")
-    other = MemcacheStats(lambda: appmod.memcache_client(site), worker="node-a.example.org:102")
-    host_b = MemcacheStats(lambda: appmod.memcache_client(site), worker="node+b:7")
-    ledger = MemcacheLedger(lambda: appmod.memcache_client(site))
+    stats = MemcacheStats(lambda: keys.memcache_client(site), worker="node-a.example.org:101")
+    other = MemcacheStats(lambda: keys.memcache_client(site), worker="node-a.example.org:102")
+    host_b = MemcacheStats(lambda: keys.memcache_client(site), worker="node+b:7")
+    ledger = MemcacheLedger(lambda: keys.memcache_client(site))
 
     old_copy = make_current(site, "copy")
     stats.add(old_copy, Counter({C.COPIED: 1000}))  # an older run of the pass: never sent once replaced
@@ -239,6 +245,9 @@ def test_collect_sends_the_current_runs_counters_queues_and_outstanding(
         ledger.enqueue(copy_run, f"t{i}")
     ledger.done(copy_run, "t0")
     # delete_run has no ledger keys: its count cannot be vouched for, so no outstanding metric.
+    # The delete pass is paused on every worker (what `cmover pause delete` records).
+    mc = keys.memcache_client(site)
+    pauses.update(mc, pauses.record_key(site, "delete"), lambda st: {**pauses.empty(), "all": True})
 
     metrics = graphite.collect(site)
 
@@ -255,13 +264,13 @@ def test_collect_sends_the_current_runs_counters_queues_and_outstanding(
                                                                C.BYTES: 123_456_789}),
                              ("copy", "node_b", {C.COPIED: 2, C.FAILED: 1}),  # layout_mismatches: not rated
                              ("delete", "node-a_example_org", {C.DELETED: 11})):
-        want.update({f"t.cmover.{kind}.node.{word}.{name}": sums.get(name, 0) for name in control.RATED})
+        want.update({f"t.cmover.{kind}.node.{word}.{name}": sums.get(name, 0) for name in reading.RATED})
     want.update({"t.cmover.copy.queue.cmover_copy_dirs": 3, "t.cmover.copy.queue.cmover_copy_files": 0,
                  "t.cmover.delete.queue.cmover_delete_dirs": 0, "t.cmover.delete.queue.cmover_delete_files": 7,
-                 "t.cmover.copy.outstanding": 2})
+                 "t.cmover.copy.outstanding": 2, "t.cmover.copy.paused": 0, "t.cmover.delete.paused": 1})
     assert got == want
     assert not any(".dirtime." in n for n in names)  # never started: nothing sent
-    readings = {r.kind: r for r in graphite.read_passes(site)}
+    readings = {r.kind: r for r in reading.read_passes(site)}
     assert list(readings["copy"].nodes) == ["node+b", "node-a.example.org"]  # the hosts as reported
     assert all(isinstance(v, int) for v in got.values())  # sent as integers, exact in the plaintext line
 
@@ -287,7 +296,7 @@ def test_collect_reports_unreadable_worker_records(memcached: None, site: Settin
     no_broker(monkeypatch, {"copy": {}})
     run_id = make_current(site, "copy")
     monkeypatch.setattr(MemcacheStats, "workers", lambda self, run: None)  # memcached could not be read
-    with pytest.raises(graphite.ReadError, match=rf"cannot read the counters of run {run_id} from memcached at "
+    with pytest.raises(reading.ReadError, match=rf"cannot read the counters of run {run_id} from memcached at "
                                                  r"127\.0\.0\.1:11211; check that memcached is running") as info:
         graphite.collect(site)
     assert info.value.service == "memcached"
@@ -295,12 +304,12 @@ def test_collect_reports_unreadable_worker_records(memcached: None, site: Settin
 
 def test_collect_reports_unreadable_queue_depths(memcached: None, site: Settings,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(control, "check_broker", lambda s: None)
+    monkeypatch.setattr(broker, "check_broker", lambda s: None)
 
     def broken(kind: str) -> dict[str, int]:
-        raise ConnectionResetError("connection reset by peer")
+        raise broker.BrokerUnreadable(f"the {kind} queues", "connection reset by peer")
 
-    monkeypatch.setattr(control, "queue_depths", broken)
+    monkeypatch.setattr(broker, "queue_depths", broken)
     make_current(site, "dirtime")
     with pytest.raises(FatalError, match=r"cannot read the dirtime queue depths from the broker .*connection "
                                          r"reset by peer.*start RabbitMQ there or fix rabbitmq/rabbitmq\.conf"):
@@ -404,7 +413,8 @@ def test_shim_without_broker_configuration(tmp_path: Path, carbon: FakeCarbon, m
 
 def test_shim_bad_setting(tmp_path: Path) -> None:
     r = run_shim(tmp_path, "GRAPHITE_PREFIX = 'cm over'\n")
-    assert one_line(r).startswith("send_graphite: GRAPHITE_PREFIX = 'cm over' must be dot-separated words")
+    assert one_line(r).startswith(f"send_graphite: {tmp_path / 'site' / 'config.py'}: GRAPHITE_PREFIX = 'cm over' must "
+                                  "be dot-separated words")  # the file is named: it may not be the one edited
 
 
 # -- dashboard ----------------------------------------------------------------------------------------------
@@ -432,9 +442,9 @@ def test_dashboard_is_valid_and_names_only_metrics_we_send() -> None:
             found = _METRIC_RE.findall(t["target"])
             assert found, t["target"]
             for kind, name, sub, leaf in found:
-                assert kind in (*graphite.PASSES, "*"), t["target"]
+                assert kind in (*reading.PASSES, "*"), t["target"]
                 if name == "node":  # <pass>.node.<host>.<counter>: every host, a counter sent per node
-                    assert sub == "*" and leaf in control.RATED, t["target"]
+                    assert sub == "*" and leaf in reading.RATED, t["target"]
                     assert "aliasByNode(" in t["target"] and t["target"].endswith(", -2)"), t["target"]
                     seen.add(f"{kind}.node.{leaf}")
                 elif name == "queue":

@@ -23,16 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from taskrunner import InProcessWorker, outside_state
+from support.snap import Snapshot, snapshot, unchanged
+from support.worker import InProcessWorker
 
-from cmover import fsio
-from cmover.chunks import ChunkSpec, part_name
-from cmover.errors import ConfigError, Failure
+from cmover.core import fsio
+from cmover.core.counters import C
+from cmover.core.errors import ConfigError
+from cmover.core.failure import Failure
+from cmover.core.passes import PassKind, PassSpec
+from cmover.core.paths import to_wire
+from cmover.core.settings import from_mapping
+from cmover.engine.chunks import ChunkSpec, part_name
 from cmover.lustre.base import PosixFs
-from cmover.passes import PassKind, PassSpec
-from cmover.paths import to_wire
-from cmover.settings import from_mapping
-from cmover.stats import C
 from cmover.tasks_copy import copy_chunk, copy_dir, copy_files
 from cmover.tasks_delete import delete_dir, delete_files, delete_purge
 from cmover.tasks_dirtime import dirtime_dir
@@ -63,12 +65,12 @@ class Site:
         d.update(over)
         return d
 
-    def state(self) -> dict[bytes, tuple[Any, ...]]:
+    def state(self) -> Snapshot:
         """Everything outside the target root."""
-        return outside_state(self.top, skip=(self.dst,))
+        return snapshot(self.top, include_root=True, skip=(self.dst,))
 
-    def target(self) -> dict[bytes, tuple[Any, ...]]:
-        return outside_state(self.dst)
+    def target(self) -> Snapshot:
+        return snapshot(self.dst, include_root=True)
 
     def deliver(self, task: Any, spec: dict[str, Any], *args: Any) -> Outcome:
         rej = self.worker.deliver(task, spec, *args)
@@ -165,8 +167,8 @@ def test_hostile_relative_path_is_refused(site: Site, rel_index: int, label: str
     before, target = site.state(), site.target()
     out = site.deliver(task, site.spec(kind), *args(rel, site))
     assert out.failed_as_rejected(), (out.reject, out.failures)
-    assert site.state() == before
-    assert site.target() == target
+    assert unchanged(before, site.state()) == []
+    assert unchanged(target, site.target()) == []
 
 
 HOSTILE_NAMES: list[tuple[str, Any]] = [
@@ -189,8 +191,8 @@ def test_hostile_batch_names_are_refused(site: Site, task: Any, names_index: int
     before, target = site.state(), site.target()
     out = site.deliver(task, site.spec("copy" if task is copy_files else "delete"), "a", names)
     assert out.failed_as_rejected(), (out.reject, out.failures)
-    assert site.state() == before
-    assert site.target() == target, "the whole batch is refused: not even its good names are handled"
+    assert unchanged(before, site.state()) == []
+    assert unchanged(target, site.target()) == [], "the whole batch is refused: not even its good names are handled"
 
 
 # -- forged pass specs -----------------------------------------------------------------------------------
@@ -278,8 +280,8 @@ def test_forged_spec_is_rejected_before_any_work(site: Site, case: int) -> None:
     out = site.deliver(task, spec, "", None)
     assert out.rejected, f"{label}: expected Reject(requeue=False), got {out}"
     assert out.failures == []
-    assert site.state() == before
-    assert site.target() == target
+    assert unchanged(before, site.state()) == []
+    assert unchanged(target, site.target()) == []
     assert site.worker.sent == []  # nothing published
 
 
@@ -290,7 +292,7 @@ def test_forged_spec_control_a_good_spec_copies(site: Site) -> None:
     out = site.deliver(copy_dir, spec, "", None)
     assert out.reject is None and out.failures == []
     assert (site.dst / "a" / "f").read_bytes() == b"source data"
-    assert site.state() == before
+    assert unchanged(before, site.state()) == []
 
 
 @pytest.mark.parametrize("roots", [("m/a", "m/a/b"), ("m/a/b", "m/a"), ("m/a", "m/a")],
@@ -305,12 +307,12 @@ def test_overlapping_roots_are_rejected(tmp_path: Path, monkeypatch: pytest.Monk
     worker = InProcessWorker(os.fsencode(mount), os.fsencode(mount))
     worker.install(monkeypatch)
     try:
-        before = outside_state(tmp_path)
+        before = snapshot(tmp_path, include_root=True)
         spec = PassSpec(run_id="copy-overlap", kind=PassKind.COPY, src_root=os.fsencode(tmp_path / roots[0]),
                         dst_root=os.fsencode(tmp_path / roots[1])).as_dict()
         rej = worker.deliver(copy_dir, spec, "", None)
         assert rej is not None and rej.requeue is False and "overlap" in str(rej.reason)
-        assert outside_state(tmp_path) == before
+        assert unchanged(before, snapshot(tmp_path, include_root=True)) == []
         assert worker.tracebacks.records == []
     finally:
         worker.uninstall()
@@ -361,7 +363,7 @@ def test_target_root_through_a_symlink_is_not_followed(site: Site, label: str, t
     assert out.reject is None
     assert len(out.failures) == 1 and out.failures[0].side == "target", out.failures
     assert out.failures[0].errno in (errno.ELOOP, errno.ENOTDIR), out.failures
-    assert site.state() == before
+    assert unchanged(before, site.state()) == []
 
 
 @pytest.mark.parametrize("label, task, kind, args", ROOT_TASKS[:4] + ROOT_TASKS[-1:],
@@ -381,8 +383,8 @@ def test_source_root_through_a_symlink_is_not_followed(site: Site, label: str, t
     assert out.reject is None
     assert len(out.failures) == 1 and out.failures[0].side == "source", out.failures
     assert out.failures[0].errno in (errno.ELOOP, errno.ENOTDIR), out.failures
-    assert site.state() == before
-    assert site.target() == target, "nothing read outside the source mount reached the target"
+    assert unchanged(before, site.state()) == []
+    assert unchanged(target, site.target()) == [], "nothing read outside the source mount reached the target"
 
 
 # -- MDT index and chunk descriptions ----------------------------------------------------------------------
@@ -394,7 +396,7 @@ def test_mdt_index_that_is_not_an_mdt_is_refused(site: Site, mdt: Any) -> None:
     before, target = site.state(), site.target()
     out = site.deliver(copy_dir, site.spec(), "", mdt)
     assert out.failed_as_rejected(), out
-    assert site.state() == before and site.target() == target
+    assert unchanged(before, site.state()) + unchanged(target, site.target()) == []
 
 
 @pytest.mark.parametrize("mdt", [None, -1, 0, 7])
@@ -429,7 +431,7 @@ def test_malformed_chunk_message_is_refused(site: Site, case: int) -> None:
     before, target = site.state(), site.target()
     out = site.deliver(copy_chunk, site.spec(), "a/f", index, chunk)
     assert out.failed_as_rejected(), (label, out)
-    assert site.state() == before and site.target() == target
+    assert unchanged(before, site.state()) + unchanged(target, site.target()) == []
 
 
 @pytest.mark.parametrize("chunk", [
@@ -443,7 +445,7 @@ def test_well_formed_chunk_of_another_file_writes_nothing(site: Site, chunk: dic
     before, target = site.state(), site.target()
     out = site.deliver(copy_chunk, site.spec(), "a/f", index, chunk)
     assert out.reject is None and out.failures == []
-    assert site.state() == before and site.target() == target
+    assert unchanged(before, site.state()) + unchanged(target, site.target()) == []
 
 
 # -- target-side symlinks ------------------------------------------------------------------------------------
@@ -457,7 +459,7 @@ def test_target_directory_symlink_is_replaced_never_followed(site: Site) -> None
     assert out.reject is None and out.failures == []
     assert stat.S_ISDIR(os.lstat(site.dst / "a").st_mode)
     assert (site.dst / "a" / "f").read_bytes() == b"source data"
-    assert site.state() == before
+    assert unchanged(before, site.state()) == []
 
 
 TARGET_DIR_TASKS: list[tuple[str, Any, str, list[Any]]] = [
@@ -484,7 +486,7 @@ def test_tasks_refuse_a_target_directory_that_is_a_symlink(site: Site, label: st
     out = site.deliver(task, site.spec(kind), *args)
     assert out.reject is None
     assert len(out.failures) == 1 and out.failures[0].errno in (errno.ELOOP, errno.ENOTDIR), out.failures
-    assert site.state() == before
+    assert unchanged(before, site.state()) == []
     assert os.readlink(site.dst / "a") == os.fspath(site.outside)
 
 
@@ -496,7 +498,7 @@ def test_delete_pass_unlinks_target_symlinks_without_following(site: Site) -> No
     out = site.deliver(delete_dir, site.spec("delete"), "", None)
     assert out.reject is None and out.failures == []
     assert not os.path.lexists(site.dst / "dirlink") and not os.path.lexists(site.dst / "filelink")
-    assert site.state() == before
+    assert unchanged(before, site.state()) == []
 
 
 def _swap_for_link(path: Path, to: Path) -> None:
@@ -518,7 +520,7 @@ def test_target_directory_swapped_after_mkdir(site: Site, monkeypatch: pytest.Mo
     before = site.state()
     out = site.deliver(copy_dir, site.spec(), "", None)
     assert [(f.path, f.errno in (errno.ELOOP, errno.ENOTDIR)) for f in out.failures] == [(b"a", True)]
-    assert site.state() == before
+    assert unchanged(before, site.state()) == []
     assert (site.dst / "top.txt").read_bytes() == b"top"  # the rest of the walk went on
 
 
@@ -559,7 +561,7 @@ def test_target_directory_swapped_between_source_listing_and_target_open(
     assert swapped, "the seam was not reached"
     assert out.reject is None
     assert [f.errno in (errno.ELOOP, errno.ENOTDIR) for f in out.failures] == [True], out.failures
-    assert site.state() == before
+    assert unchanged(before, site.state()) == []
 
 
 def _make_source(site: Site, kind: str) -> None:
@@ -598,7 +600,7 @@ def test_target_file_symlink_is_replaced_never_written_through(site: Site, kind:
         assert (site.dst / "a" / "g").read_bytes() == (site.src / "a" / "g").read_bytes()
     if kind == "hardlink":
         assert got.st_ino == os.lstat(site.dst / "a" / "f").st_ino
-    assert site.state() == before
+    assert unchanged(before, site.state()) == []
 
 
 def test_target_file_symlink_swapped_in_before_create(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -618,7 +620,7 @@ def test_target_file_symlink_swapped_in_before_create(site: Site, monkeypatch: p
     assert planted and out.failures == []
     assert stat.S_ISREG(os.lstat(site.dst / "a" / "f").st_mode)
     assert (site.dst / "a" / "f").read_bytes() == b"source data"
-    assert site.state() == before
+    assert unchanged(before, site.state()) == []
 
 
 def test_forged_hard_link_leader_in_the_ledger_cannot_leave_the_root(site: Site) -> None:
@@ -640,7 +642,7 @@ def test_forged_hard_link_leader_in_the_ledger_cannot_leave_the_root(site: Site)
     assert sorted((f.path, "not allowed" in f.message) for f in out.failures) == [(b"a/f", True), (b"a/g", True)]
     assert not os.path.lexists(site.dst / "a" / "f") and not os.path.lexists(site.dst / "a" / "g")
     assert os.stat(victim).st_nlink == 1
-    assert site.state() == before
+    assert unchanged(before, site.state()) == []
 
 
 def test_chunk_part_file_symlink_is_not_written_through(site: Site) -> None:
@@ -658,7 +660,7 @@ def test_chunk_part_file_symlink_is_not_written_through(site: Site) -> None:
     assert [(f.path, f.errno) for f in out.failures] == [(b"a/big", errno.ELOOP)], out.failures
     out = site.deliver(copy_chunk, spec, "a/big", 1, cs.as_wire())  # a chunk task writing into it
     assert [(f.path, f.errno) for f in out.failures] == [(b"a/big", errno.ELOOP)] * 2, out.failures
-    assert site.state() == before
+    assert unchanged(before, site.state()) == []
     assert site.worker.ctx.stats.totals(spec["run_id"]).get(C.CHUNKS, 0) == 0
 
 
@@ -673,7 +675,8 @@ def test_broker_credentials_files_are_git_ignored() -> None:
     assert 'chmod 0400 -- "$tmp"' in script and "umask 077" in script
     assert script.index("umask 077") < script.index('printf \'%s\\n\' "$password" >"$tmp"')
     for path in ("rabbitmq/rabbitmq_cmover.conf", "rabbitmq/rabbitmq_site-2.conf", "rabbitmq/rabbitmq.conf",
-                 "rabbitmq/.rabbitmq_cmover.conf.Ab12Cd", "rabbitmq/.rabbitmq.conf.Xy34Zw"):
+                 "rabbitmq/.rabbitmq_cmover.conf.Ab12Cd", "rabbitmq/.rabbitmq.conf.Xy34Zw",
+                 "rabbitmq/rabbitmq-api.conf"):
         r = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "--no-index", path], capture_output=True)
         assert r.returncode == 0, f"{path} is not git-ignored"
     for path in ("rabbitmq/rabbitmq_init.sh", "rabbitmq/rabbitmq.conf.example",
@@ -695,5 +698,5 @@ def test_wrong_number_of_arguments_is_rejected_not_a_traceback(site: Site, task:
     with pytest.raises(Reject) as info:
         task(*args, **kwargs)  # Task.__call__: what the worker's tracer calls
     assert info.value.requeue is False and "wrong arguments" in str(info.value.reason)
-    assert site.state() == before and site.target() == target
+    assert unchanged(before, site.state()) + unchanged(target, site.target()) == []
     assert site.worker.sent == []

@@ -1,4 +1,4 @@
-"""cmover.ledger: exact outstanding count under duplicate enqueue/begin/done, in memory and in memcached.
+"""cmover.state.ledger: exact outstanding count under duplicate enqueue/begin/done, in memory and in memcached.
 
 The memcached tests use the real server on 127.0.0.1:11211 (started by scripts/test.sh): they fail,
 never skip, when it is unreachable.
@@ -9,7 +9,10 @@ import uuid
 import pytest
 from pymemcache.client.base import Client
 
-from cmover.ledger import LedgerLost, MemcacheLedger, MemoryLedger, task_id
+from cmover.state.ledger import LedgerLost, MemcacheLedger, MemoryLedger, task_id
+
+# Some tests here read and write the real memcached: the module runs with the memcached group.
+pytestmark = pytest.mark.memcached
 
 MEMCACHED = ("127.0.0.1", 11211)
 
@@ -214,3 +217,61 @@ def test_memcache_exact_scan_is_throttled(run_id):
     led.enqueue(run_id, _tid(1))
     assert led.exact_outstanding(run_id, 1) == 1
     assert led.exact_outstanding(run_id, 2) is None  # a new count within 10 s: not scanned again yet
+
+
+class _ChildFinishesDuringScan:
+    """A memcached client that, when the exact scan first reads done markers (the task list is read by
+    then), lets a running task list a child task and finish, as a live worker may do at that moment."""
+
+    def __init__(self, client: Client, during) -> None:
+        self._client = client
+        self._during = during
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def get_many(self, keys):
+        if self._during is not None and keys and ":d:" in keys[0]:
+            during, self._during = self._during, None
+            during()
+        return self._client.get_many(keys)
+
+
+def test_memcache_exact_scan_never_misses_a_child_listed_during_it(run_id):
+    """The scan reads the task list, then the done markers: it is no snapshot. A parent that lists a
+    child after the list was read and is done before its marker is read must not make the scan say 0
+    (the child has not run): the scan sees that tasks finished while it ran and cannot vouch."""
+    parent, child = _tid(1), _tid(2)
+    worker = MemcacheLedger(mc_client)
+    worker.open_run(run_id)
+    mc_client().incr(f"cm:{run_id}:out", 1)  # an earlier worker died inside a ledger call: count stale
+    worker.enqueue(run_id, parent)
+    assert worker.begin(run_id, parent) == 1
+
+    def parent_finishes() -> None:
+        worker.enqueue(run_id, child)
+        worker.finished(run_id)
+        worker.done(run_id, parent)
+
+    reader = MemcacheLedger(lambda: _ChildFinishesDuringScan(mc_client(), parent_finishes))
+    assert worker.outstanding(run_id) == 2  # the stale one and the parent (the child is not listed yet)
+    assert reader.exact_outstanding(run_id, 2) != 0
+    mc_client().delete(f"cm:{run_id}:xlock", noreply=False)  # next scan allowed now (normally 10 s later)
+    assert reader.exact_outstanding(run_id, worker.outstanding(run_id)) == 1  # the child, seen this time
+
+
+def test_finished_counts_every_delivery_that_reports(ledger, run_id):
+    """``finished`` counts deliveries whose counters are about to be reported (a duplicate one too);
+    ``finished_count`` reads it back (what `status` compares with the workers' reported tasks)."""
+    ledger.open_run(run_id)
+    assert ledger.finished_count(run_id) == 0
+    ledger.enqueue(run_id, "t1")
+    for _ in range(2):
+        ledger.finished(run_id)
+        ledger.done(run_id, "t1")
+    assert ledger.finished_count(run_id) == 2
+    assert ledger.outstanding(run_id) == 0
+
+
+def test_memcache_finished_count_unknown_without_the_run(run_id):
+    assert MemcacheLedger(mc_client).finished_count(run_id) is None

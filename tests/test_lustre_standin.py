@@ -3,7 +3,7 @@
 The stand-in exports the liblustreapi symbols cmover binds, with the real prototypes and return
 conventions, keeps layouts as real lov_user_md / lov_comp_md blobs in ``trusted.lov`` of ordinary files,
 hands out layout handles above 4 GiB and aborts on a bogus handle. Layout blobs are checked here with
-an independent decoder (tests/lustre_blob.py). What real Lustre does that the stand-in does not is
+an independent decoder (tests/support/lustre_blob.py). What real Lustre does that the stand-in does not is
 listed in tests/lustre_standin/README.md.
 """
 
@@ -20,105 +20,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from support import lustre_blob
+from support.lustre import LustreEnv
+from support.snap import compare_trees
 
 from cmover import lustre
-from cmover.lustre import llapi
+from cmover.core.counters import C
+from cmover.lustre import abi, llapi
 from cmover.lustre.base import PosixFs
 from cmover.lustre.fs import LustreFs
 from cmover.lustre.layout import ALL_OSTS, EOF, Component, Layout
-from cmover.stats import C
-from tests import lustre_blob
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "tests" / "_build" / "lustre"
 M = 1 << 20
-
-
-@pytest.fixture(scope="session")
-def standin_build() -> Path:
-    """Build the stand-in (normal and legacy) with gcc; a build failure fails the tests, never skips."""
-    subprocess.run(["bash", str(ROOT / "tests" / "lustre_standin" / "build.sh"), str(BUILD)], check=True)
-    return BUILD
-
-
-class LustreEnv:
-    def __init__(self, tmp: Path, lib_path: Path) -> None:
-        self.tmp = tmp
-        self.src = tmp / "lsrc"
-        self.dst = tmp / "ldst"
-        self.plain = tmp / "plain"  # not on the fake Lustre
-        for d in (self.src, self.dst, self.plain):
-            d.mkdir()
-        self.lib_path = lib_path
-        self.calls = tmp / "calls.log"
-
-    def fs_env(self, src_osts: int = 8, dst_osts: int = 4, dst_mdts: int = 4, dst_pools: str = "fast") -> str:
-        return f"{self.src},srcfs,{src_osts},2,fast+slow;{self.dst},dstfs,{dst_osts},{dst_mdts},{dst_pools}"
-
-    @property
-    def lib(self) -> llapi.Library:
-        lib, how = llapi.load()
-        assert lib is not None, how
-        return lib
-
-    def make_file(self, path: Path, layout: Layout | None, data: bytes = b"x" * 1000) -> None:
-        """A source file with ``layout`` (set before any data, as on Lustre)."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | llapi.O_LOV_DELAY_CREATE, 0o644)
-        try:
-            if layout is not None:
-                self.lib.apply_layout(fd, layout)
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-
-    def make_dir(self, path: Path, layout: Layout | None = None) -> None:
-        path.mkdir()
-        if layout is not None:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                self.lib.apply_layout(fd, layout, directory=True)
-            finally:
-                os.close(fd)
-
-    def layout(self, path: Path) -> Layout:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            return self.lib.read_layout(fd)
-        finally:
-            os.close(fd)
-
-    def mdt(self, path: Path) -> int:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            return self.lib.mdt_index(fd)
-        finally:
-            os.close(fd)
-
-    def blob(self, path: Path):
-        return lustre_blob.decode(os.getxattr(path, "trusted.lov", follow_symlinks=False))
-
-    def call_lines(self, fn: str) -> list[str]:
-        if not self.calls.exists():
-            return []
-        return [ln for ln in self.calls.read_text().splitlines() if ln.split(" ", 1)[0] == fn]
-
-
-@pytest.fixture
-def lenv(tmp_path, monkeypatch, standin_build) -> LustreEnv:
-    env = LustreEnv(tmp_path, standin_build / "liblustreapi.so.1")
-    monkeypatch.setenv(llapi.ENV_LIBRARY, str(env.lib_path))
-    monkeypatch.setenv("STANDIN_FS", env.fs_env())
-    monkeypatch.setenv("STANDIN_CALL_LOG", str(env.calls))
-    for var in ("STANDIN_IGNORE_SETSTRIPE", "STANDIN_MKDIR_EPERM", "STANDIN_NO_DOM"):
-        monkeypatch.delenv(var, raising=False)
-    lustre.reset()
-    yield env
-    lustre.reset()
-
-
-def _fs(lenv: LustreEnv, policy: str = "keep", restripe: bool = False, tally: Counter | None = None):
-    return lustre.get_fs(os.fsencode(lenv.src), os.fsencode(lenv.dst), policy, restripe,
-                         tally if tally is not None else Counter())
 
 
 PLAIN = Layout((Component(stripe_count=6, stripe_size=4 * M, pool="fast"),))
@@ -147,11 +62,11 @@ def test_handles_live_above_4gib_and_every_function_is_typed(lenv):
         assert h > 1 << 32  # a binding that let ctypes return int would have cut it
     finally:
         lib._fn.llapi_layout_free(h)
-    for name in llapi._CORE:
+    for name in abi.CORE:
         fn = getattr(lib._fn, name)
         assert fn.argtypes is not None, name
     assert lib.composite and "llapi_dir_create" in lib.caps
-    assert ctypes.sizeof(llapi.StripeParam) == 32  # the fixed part of struct llapi_stripe_param on LP64
+    assert ctypes.sizeof(abi.StripeParam) == 32  # the fixed part of struct llapi_stripe_param on LP64
 
 
 def test_plain_layout_round_trip_and_binary_format(lenv):
@@ -222,7 +137,7 @@ def test_library_messages_are_switched_off(lenv):
 
 def _copy_one(lenv: LustreEnv, name: str, policy: str, tally: Counter | None = None) -> Path:
     tally = tally if tally is not None else Counter()
-    fs = _fs(lenv, policy, tally=tally)
+    fs = lenv.fs(policy, tally=tally)
     assert isinstance(fs, LustreFs)
     sfd = os.open(lenv.src / name, os.O_RDONLY)
     dfd = os.open(lenv.dst, os.O_RDONLY | os.O_DIRECTORY)
@@ -315,7 +230,7 @@ def test_target_without_dom(lenv, monkeypatch):
 def test_chunk_alignment_is_the_stripe_size(lenv):
     lenv.make_file(lenv.src / "f", Layout((Component(stripe_count=2, stripe_size=3 * 65536),)))
     out = _copy_one(lenv, "f", "keep")
-    fs = _fs(lenv)
+    fs = lenv.fs()
     fd = os.open(out, os.O_RDONLY)
     try:
         assert fs.stripe_size(fd) == 3 * 65536
@@ -330,14 +245,14 @@ def test_directory_default_layouts(lenv, make_spec, run_copy):
     lenv.make_dir(lenv.src / "plain")
     lenv.make_dir(lenv.src / "pfl", PFL)
     spec = make_spec(src_root=os.fsencode(lenv.src), dst_root=os.fsencode(lenv.dst))
-    res = run_copy(spec, fs=lambda tally: _fs(lenv, tally=tally))
+    res = run_copy(spec, fs=lambda tally: lenv.fs(tally=tally))
     assert not res.failures
     got = lenv.layout(lenv.dst / "striped").components[0]
     assert (got.stripe_count, got.stripe_size) == (2, 2 * M)
     assert lenv.layout(lenv.dst / "plain").is_default
     assert lenv.layout(lenv.dst / "pfl").composite
     assert res.tally[C.LAYOUTS_SET] == 2
-    again = run_copy(spec, fs=lambda tally: _fs(lenv, tally=tally))
+    again = run_copy(spec, fs=lambda tally: lenv.fs(tally=tally))
     assert not again.tally[C.LAYOUTS_SET] and not again.tally[C.LAYOUT_MISMATCH]  # idempotent
 
 
@@ -346,7 +261,7 @@ def test_mdt_round_robin_for_first_level_directories(lenv, make_spec, run_copy):
         (lenv.src / f"top{i}" / "deep").mkdir(parents=True)
     spec = make_spec(src_root=os.fsencode(lenv.src), dst_root=os.fsencode(lenv.dst), mds_striped=True,
                      mdt_list=(0, 1, 2, 3))
-    res = run_copy(spec, fs=lambda tally: _fs(lenv, tally=tally))
+    res = run_copy(spec, fs=lambda tally: lenv.fs(tally=tally))
     assert not res.failures and res.tally[C.DIRS_PLACED] == 6
     names = sorted(os.listdir(lenv.src), key=lambda n: os.listdir(lenv.src).index(n))
     mdts = [lenv.mdt(lenv.dst / n) for n in names]
@@ -359,7 +274,7 @@ def test_mdt_minus_one_leaves_it_to_the_filesystem(lenv, make_spec, run_copy):
     (lenv.src / "a").mkdir()
     spec = make_spec(src_root=os.fsencode(lenv.src), dst_root=os.fsencode(lenv.dst), mds_striped=True,
                      mdt_list=(-1,))
-    res = run_copy(spec, fs=lambda tally: _fs(lenv, tally=tally))
+    res = run_copy(spec, fs=lambda tally: lenv.fs(tally=tally))
     assert res.tally[C.DIRS_PLACED] == 1
     assert any("offset=-1" in ln for ln in lenv.call_lines("llapi_dir_create"))
 
@@ -370,24 +285,24 @@ def test_mdt_placement_refused_falls_back_to_mkdir(lenv, make_spec, run_copy, mo
     (lenv.src / "b").mkdir()
     spec = make_spec(src_root=os.fsencode(lenv.src), dst_root=os.fsencode(lenv.dst), mds_striped=True,
                      mdt_list=(1, 2))
-    res = run_copy(spec, fs=lambda tally: _fs(lenv, tally=tally))
+    res = run_copy(spec, fs=lambda tally: lenv.fs(tally=tally))
     assert not res.failures and res.tally[C.MDT_MISMATCH] == 2 and not res.tally[C.DIRS_PLACED]
     assert (lenv.dst / "a").is_dir() and (lenv.dst / "b").is_dir()
 
 
 # -- restripe ---------------------------------------------------------------------------------------
 
-def test_restripe_rewrites_only_files_with_another_layout(lenv, make_spec, run_copy, snapshot):
+def test_restripe_rewrites_only_files_with_another_layout(lenv, make_spec, run_copy):
     lenv.make_file(lenv.src / "f", Layout((Component(stripe_count=2, stripe_size=2 * M),)), data=b"f" * 5000)
     lenv.make_file(lenv.src / "g", None, data=b"g" * 10)
     spec = make_spec(src_root=os.fsencode(lenv.src), dst_root=os.fsencode(lenv.dst), layout="target-default")
-    run_copy(spec, fs=lambda tally: _fs(lenv, "target-default", tally=tally))
+    run_copy(spec, fs=lambda tally: lenv.fs("target-default", tally=tally))
     assert lenv.layout(lenv.dst / "f").components[0].stripe_count != 2
-    res = run_copy(spec, fs=lambda tally: _fs(lenv, "keep", restripe=True, tally=tally))
+    res = run_copy(spec, fs=lambda tally: lenv.fs("keep", restripe=True, tally=tally))
     assert res.tally[C.RESTRIPED] == 1 and res.tally[C.SKIPPED] == 1
     assert lenv.layout(lenv.dst / "f").components[0].stripe_count == 2
-    assert snapshot(os.fsencode(lenv.src), inodes=False) == snapshot(os.fsencode(lenv.dst), inodes=False)
-    again = run_copy(spec, fs=lambda tally: _fs(lenv, "keep", restripe=True, tally=tally))
+    assert compare_trees(lenv.src, lenv.dst, atimes=True) == []
+    again = run_copy(spec, fs=lambda tally: lenv.fs("keep", restripe=True, tally=tally))
     assert not again.tally[C.RESTRIPED] and again.tally[C.SKIPPED] == 2
 
 
@@ -453,7 +368,7 @@ lib.llapi_layout_free(ctypes.c_void_p(h & 0xffffffff))
 
 # -- the whole copy pass with the stand-in loaded ---------------------------------------------------
 
-def test_embedded_copy_pass_and_lustre_info(lenv, tmp_path, snapshot):
+def test_embedded_copy_pass_and_lustre_info(lenv, tmp_path):
     for i in range(3):
         d = lenv.src / f"d{i}"
         lenv.make_dir(d, Layout((Component(stripe_count=2),)) if i == 0 else None)
@@ -473,7 +388,7 @@ def test_embedded_copy_pass_and_lustre_info(lenv, tmp_path, snapshot):
     assert totals[C.COPIED] == 62 and totals[C.LAYOUTS_SET] == 62 and totals[C.DIRS_PLACED] == 3
     assert (totals[C.CHUNKED], totals[C.CHUNKS]) == (1, 3)
     assert lenv.layout(lenv.dst / "copy" / "d2" / "huge").components[0].stripe_size == 4 * M
-    assert snapshot(os.fsencode(lenv.src), inodes=False) == snapshot(os.fsencode(lenv.dst / "copy"), inodes=False)
+    assert compare_trees(lenv.src, lenv.dst / "copy", atimes=True) == []
     assert lenv.layout(lenv.dst / "copy" / "d0" / "f1").components[0].stripe_count == 4
     assert lenv.layout(lenv.dst / "copy" / "d0" / "f2").composite
     assert sorted(lenv.mdt(lenv.dst / "copy" / f"d{i}") for i in range(3)) == [0, 1, 2]

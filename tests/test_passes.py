@@ -1,12 +1,12 @@
-"""cmover.passes: PassSpec wire round trip and validation, age cutoffs, the exclusions file."""
+"""cmover.core.passes: PassSpec wire round trip and validation, age cutoffs, the exclusions file."""
 
 import json
 
 import pytest
 from kombu import serialization
 
-from cmover.errors import ConfigError, ConfinementError
-from cmover.passes import PassKind, PassSpec, age_cutoffs, new_run_id, read_excludes
+from cmover.core.errors import ConfigError, ConfinementError
+from cmover.core.passes import DeleteOptions, NoOptions, PassKind, PassSpec, age_cutoffs, new_run_id, read_excludes
 
 
 def make_spec(**kw) -> PassSpec:
@@ -19,11 +19,13 @@ FULL = make_spec(
     src_root=b"/mnt/caf\xe9 src", dst_root=b"/mnt/dst\nx", start=b"a/\xff\xfe",
     oldest_atime_ns=1_700_000_000_123_456_789, newest_mtime_ns=1_800_000_000_000_000_001,
     excludes=(b"scratch/tmp", b"caf\xe9/x", b"trailing ", b"nl\nname"), batch=7, inline_entries=0,
-    inline_seconds=1.25, mds_striped=True, mdt_list=(2, 0, -1), max_deliveries=3, options={"k": [1, "v"]},
+    inline_seconds=1.25, mds_striped=True, mdt_list=(2, 0, -1), max_deliveries=3, min_size=1, max_size=10 << 40,
 )
+DELETE = make_spec(kind=PassKind.DELETE, options=DeleteOptions(dry_run=True, max_delete=7, src_must_be_mount=True,
+                                                               src_id=(64769, 2)))
 
 
-@pytest.mark.parametrize("spec", [make_spec(), FULL], ids=["defaults", "full"])
+@pytest.mark.parametrize("spec", [make_spec(), FULL, DELETE], ids=["defaults", "full", "delete"])
 def test_round_trip(spec):
     assert PassSpec.from_dict(spec.as_dict()) == spec
 
@@ -69,10 +71,65 @@ def _without(key):
     _with(inline_entries=True), _with(max_deliveries=0), _with(max_deliveries=True),
     _with(mdt_list=[0, True]), _with(mdt_list=[-2]), _with(mdt_list=0),
     _with(inline_seconds="soon"),
+    _with(min_size=-1), _with(max_size="1G"), _with(max_size=True), _with(min_size=1.0),
+    _with(min_size=11, max_size=10),
 ])
 def test_from_dict_rejects_malformed(d):
     with pytest.raises(ConfinementError):
         PassSpec.from_dict(d)
+
+
+def test_leaves_entries_out_names_every_filter():
+    """The one place that says a pass may leave source entries out (then no proof of a complete target)."""
+    assert make_spec().leaves_entries_out is False
+    assert make_spec(kind=PassKind.DELETE, options=DeleteOptions(dry_run=True)).leaves_entries_out is False
+    for kw in ({"excludes": (b"x",)}, {"oldest_atime_ns": 1}, {"newest_mtime_ns": 1}, {"min_size": 1},
+               {"max_size": 1}):
+        assert make_spec(**kw).leaves_entries_out is True, kw
+        assert PassSpec.from_dict(make_spec(**kw).as_dict()).leaves_entries_out is True, kw
+    # A spec from before the size window (no such keys): no bound.
+    d = make_spec().as_dict()
+    del d["min_size"], d["max_size"]
+    assert PassSpec.from_dict(d) == make_spec()
+
+
+def test_delete_options_on_the_wire():
+    """The same "options" object as before options were typed: mixed versions read each other's specs."""
+    assert DELETE.as_dict()["options"] == {"dry_run": True, "max_delete": 7, "src_must_be_mount": True,
+                                           "src_id": [64769, 2]}
+    assert make_spec(kind=PassKind.DELETE).as_dict()["options"] == {"dry_run": False, "max_delete": 0,
+                                                                     "src_must_be_mount": False}
+    assert make_spec().as_dict()["options"] == {}
+    # Keys a newer version may add are ignored; a missing or null options object means the defaults.
+    spec = PassSpec.from_dict({**DELETE.as_dict(), "options": {"dry_run": True, "later": [1]}})
+    assert spec.options == DeleteOptions(dry_run=True)
+    assert PassSpec.from_dict({**DELETE.as_dict(), "options": None}).options == DeleteOptions()
+    del_d = DELETE.as_dict()
+    del del_d["options"]
+    assert PassSpec.from_dict(del_d).options == DeleteOptions()
+
+
+def test_options_record_follows_the_pass_kind():
+    assert make_spec().options == NoOptions() and make_spec(kind=PassKind.DELETE).options == DeleteOptions()
+    assert DeleteOptions.of(DELETE).max_delete == 7
+    with pytest.raises(TypeError):
+        DeleteOptions.of(make_spec())
+    with pytest.raises(TypeError):
+        make_spec(kind=PassKind.DIRTIME, options=DeleteOptions())
+    # A copy spec's delete keys are still checked (a forged message), then left out.
+    assert PassSpec.from_dict(_with(options={"dry_run": True, "src_id": [1, 2]})).options == NoOptions()
+    with pytest.raises(ConfinementError):
+        PassSpec.from_dict(_with(options={"dry_run": "yes"}))
+
+
+@pytest.mark.parametrize("options", [
+    "x", 5, {"dry_run": "no"}, {"dry_run": 1}, {"src_must_be_mount": 0}, {"max_delete": -1},
+    {"max_delete": "3"}, {"max_delete": True}, {"max_delete": 1.0}, {"src_id": 5}, {"src_id": [1]},
+    {"src_id": [1, 2, 3]}, {"src_id": [1, "x"]}, {"src_id": [True, 1]}, {"src_id": (1, 2)},
+])
+def test_delete_options_rejected_as_strictly_as_ever(options):
+    with pytest.raises(ConfinementError):
+        PassSpec.from_dict({**DELETE.as_dict(), "options": options})
 
 
 def test_from_dict_empty_mdt_list_means_no_placement():

@@ -1,12 +1,12 @@
-"""cmover.paths: wire encoding of names, relative-path validation, display and confinement tests."""
+"""cmover.core.paths: wire encoding of names, relative-path validation, display and confinement tests."""
 
 import json
 
 import pytest
 from kombu import serialization
 
-from cmover.errors import ConfinementError
-from cmover.paths import check_rel, components, display, from_wire, is_within, join, rel_from_wire, to_wire
+from cmover.core.errors import ConfinementError
+from cmover.core.paths import check_rel, components, display, from_wire, is_within, join, rel_from_wire, to_wire
 
 NAMES = [
     b"plain.txt",
@@ -99,6 +99,7 @@ def test_join_and_components():
     (b"caf\xe9", repr(b"caf\xe9")),
     (b"trailing ", repr(b"trailing ")),
     (b" leading", repr(b" leading")),
+    (b"", "."),  # the pass root: never an empty path in a message
 ])
 def test_display(name, shown):
     out = display(name)

@@ -1,12 +1,12 @@
-"""cmover.settings: defaults, validation of config.py, broker host and password files."""
+"""cmover.core.settings: defaults, validation of config.py, broker host and password files."""
 
 import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from cmover.errors import ConfigError
-from cmover.settings import Settings, from_mapping, load_settings, read_broker_host
+from cmover.core.errors import ConfigError
+from cmover.core.settings import Settings, from_mapping, load_settings, read_broker_host
 
 
 @pytest.fixture(autouse=True)
@@ -97,11 +97,23 @@ def test_private_names_and_module_imports_ignored(tmp_path):
     ({"LOCAL_JOBS": -1}, "LOCAL_JOBS"),
     ({"REPORT_INTERVAL": 0}, "REPORT_INTERVAL"),
     ({"INLINE_SECONDS": -0.1}, "INLINE_SECONDS"),
+    ({"CHANGELOG_USERS": [("lustre-MDT0000", "cl1")]}, "CHANGELOG_USERS"),
+    ({"CHANGELOG_USERS": {"lustre-MDT0": "cl1"}}, "FSNAME-MDTxxxx"),
+    ({"CHANGELOG_USERS": {"lustre-MDT000A": "cl1"}}, "FSNAME-MDTxxxx"),
+    ({"CHANGELOG_USERS": {"lustre-MDT0000": "1"}}, "changelog user id"),
+    ({"CHANGELOG_USERS": {"lustre-MDT0000": "cl0"}}, "changelog user id"),
+    ({"CHANGELOG_USERS": {"lustre-MDT0000": 1}}, "changelog user id"),
 ])
 def test_bad_values_rejected(values, word):
     with pytest.raises(ConfigError) as ei:
         from_mapping(values)
     assert word in str(ei.value)
+
+
+def test_changelog_users_read_as_sorted_pairs():
+    s = from_mapping({"CHANGELOG_USERS": {"fs1-MDT0001": "cl2-cmover", "fs1-MDT0000": "cl1"}})
+    assert s.changelog_users == (("fs1-MDT0000", "cl1"), ("fs1-MDT0001", "cl2-cmover"))
+    assert s.changelog_user("fs1-MDT0001") == "cl2-cmover" and s.changelog_user("fs1-MDT0002") is None
 
 
 @pytest.mark.parametrize("name", ["", "a b", "a/b", "a:b", "a@b", "x" * 65, "caf\u00e9", "a\nb", "../x"])

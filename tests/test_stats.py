@@ -1,12 +1,18 @@
-"""cmover.stats: totals in memory and in the real memcached (127.0.0.1:11211); a dead sink never raises."""
+"""cmover.state.stats: totals in memory and in the real memcached (127.0.0.1:11211); a dead sink never raises."""
 
 import threading
 import uuid
 from collections import Counter
 
+import pytest
 from pymemcache.client.base import Client, PooledClient
 
-from cmover.stats import C, MemcacheStats, MemoryStats
+from cmover.core.counters import C
+from cmover.state.runstats import MemcacheStats
+from cmover.state.stats import MemoryStats
+
+# Some tests here read and write the real memcached: the module runs with the memcached group.
+pytestmark = pytest.mark.memcached
 
 
 def test_memory_totals():
@@ -117,7 +123,7 @@ def test_lost_counters_are_logged_once_and_made_up_from_worker_records(caplog):
     # memcached restarted: every key of the run is gone (the run counters and the registry).
     for key in (f"cm:{run_id}:c:{C.COPIED}", f"cm:{run_id}:c:{C.BYTES}", f"cm:{run_id}:workers",
                 f"cm:{run_id}:w:nodea:7"):
-        mc.delete(key)
+        mc.delete(key, noreply=False)  # acknowledged before the next report (another connection)
     w.add(run_id, Counter({C.COPIED: 1}))
     w.add(run_id, Counter({C.COPIED: 1}))
     assert [r for r in caplog.records if "were lost" in r.getMessage()].__len__() == 1
@@ -128,7 +134,7 @@ def test_lost_counters_are_logged_once_and_made_up_from_worker_records(caplog):
 
 
 def test_worker_record_carries_a_rate_window(monkeypatch):
-    import cmover.stats as stats
+    import cmover.state.stats as stats
 
     run_id = f"test-rate-{uuid.uuid4().hex}"
     clock = [1000.0]
@@ -161,7 +167,7 @@ class _Recorder:
 def test_batched_reports_once_when_idle():
     import time
 
-    from cmover.stats import BatchedStats
+    from cmover.state.stats import BatchedStats
 
     rec = _Recorder()
     b = BatchedStats(rec, interval=3600, idle=0.1)
@@ -179,7 +185,7 @@ def test_batched_reports_once_when_idle():
 
 
 def test_batched_reports_at_once_when_the_interval_has_passed():
-    from cmover.stats import BatchedStats
+    from cmover.state.stats import BatchedStats
 
     rec = _Recorder()
     b = BatchedStats(rec, interval=0.0)
@@ -188,9 +194,42 @@ def test_batched_reports_at_once_when_the_interval_has_passed():
     assert rec.calls == [("r", {C.COPIED: 1}, ""), ("r", {C.COPIED: 2}, "")]
 
 
+def test_reports_complete_once_every_finished_delivery_has_reported():
+    """What `status` waits for before it gives the totals of a complete run: the ledger counts each
+    delivery that finished, the delivery then hands its counts (with tasks = 1) to its process's batched
+    report, and the records' tasks add up to the ledger's count only when no process holds any back."""
+    from cmover.ops.status import reports_complete
+    from cmover.state.ledger import MemcacheLedger
+    from cmover.state.stats import BatchedStats
+
+    run_id = f"test-reports-{uuid.uuid4().hex}"
+    ledger = MemcacheLedger(_client)
+    ledger.open_run(run_id)
+    # Two worker processes whose reports go out only when flushed here (no interval or idle report).
+    a = BatchedStats(MemcacheStats(_client, worker="h:1"), interval=3600, idle=3600)
+    b = BatchedStats(MemcacheStats(_client, worker="h:2"), interval=3600, idle=3600)
+    reader = MemcacheStats(_client)
+
+    def proven() -> bool:
+        return reports_complete(ledger.finished_count(run_id), reader.workers(run_id))
+
+    for sink in (a, a, b):
+        ledger.finished(run_id)
+        sink.add(run_id, Counter({C.TASKS: 1, C.COPIED: 2}), "n@h")
+    assert not proven()
+    a.flush()
+    assert not proven()  # b's delivery is not reported yet
+    b.flush()
+    assert proven()
+    assert reader.totals(run_id) == {C.TASKS: 3, C.COPIED: 6}
+    ledger.finished(run_id)  # a process killed after counting its delivery, before reporting it
+    assert not proven()
+    assert not reports_complete(None, []) and not reports_complete(3, None)
+
+
 def test_activity_and_estimate_are_pure():
-    from cmover.control import activity, estimate
-    from cmover.stats import WorkerStats
+    from cmover.ops.status import activity, estimate
+    from cmover.state.runstats import WorkerStats
 
     now = 10_000.0
     busy = WorkerStats("a:1", "copy_f@a", now - 2, now - 300, {C.COPIED: 600, C.DIRS: 10}, now - 62,
@@ -211,7 +250,7 @@ def test_activity_and_estimate_are_pure():
 
 
 def test_first_report_rate_counts_from_when_the_work_began(monkeypatch):
-    import cmover.stats as stats
+    import cmover.state.stats as stats
 
     run_id = f"test-rate0-{uuid.uuid4().hex}"
     monkeypatch.setattr(stats.time, "time", lambda: 2000.0)

@@ -1,4 +1,4 @@
-"""Extended attributes and POSIX ACLs through a whole copy pass (cmover.xattrs, metadata, copier)."""
+"""Extended attributes and POSIX ACLs through a whole copy pass (cmover.core.xattrs, metadata, copier)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import os
 import subprocess
 
 import pytest
+from support.tree import Dir, File, Link, build
 
-from cmover import xattrs
+from cmover.core import xattrs
 
 
 def _getfacl(path: bytes) -> str:
@@ -18,19 +19,13 @@ def _getfacl(path: bytes) -> str:
 @pytest.fixture
 def tree(roots):
     src, dst = roots
-    f = os.path.join(src, b"f")
-    with open(f, "wb") as fh:
-        fh.write(b"data")
-    os.setxattr(f, b"user.note", b"\x00bin\xff")
-    os.setxattr(f, b"trusted.site", b"t")
-    os.setxattr(f, b"trusted.lov", b"raw-layout-with-ost-indices")  # Lustre-internal: never copied raw
-    d = os.path.join(src, b"d")
-    os.mkdir(d)
-    subprocess.run(["setfacl", "-m", "u:1234:rwx", "-d", "-m", "g:55:r-x", os.fsdecode(d)], check=True)
-    subprocess.run(["setfacl", "-m", "u:4321:r--", os.fsdecode(f)], check=True)
-    link = os.path.join(src, b"l")
-    os.symlink(b"f", link)
-    os.setxattr(link, b"trusted.onlink", b"1", follow_symlinks=False)
+    build(src, {
+        # trusted.lov is Lustre-internal: never copied raw
+        b"f": File(b"data", xattrs={"user.note": b"\x00bin\xff", "trusted.site": b"t",
+                                    "trusted.lov": b"raw-layout-with-ost-indices"}, acl="u:4321:r--"),
+        b"d": Dir(acl="u:1234:rwx", default_acl="g:55:r-x"),
+        b"l": Link(b"f", xattrs={"trusted.onlink": b"1"}),
+    })
     return src, dst
 
 
@@ -76,9 +71,7 @@ def test_lustre_internal_names_are_not_copyable(name, copied):
 def test_sparse_file_with_trailing_hole(roots, make_spec, run_copy):
     src, dst = roots
     p = os.path.join(src, b"s")
-    with open(p, "wb") as fh:
-        fh.write(b"head" * 1024)
-        fh.truncate(64 << 20)  # 64 MiB, almost all of it a hole at the end
+    build(src, {b"s": File(size=64 << 20, data={0: b"head" * 1024})})  # 64 MiB, almost all a hole at the end
     run_copy(make_spec())
     q = os.path.join(dst, b"s")
     assert os.lstat(q).st_size == 64 << 20

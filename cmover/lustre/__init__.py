@@ -7,7 +7,10 @@ The rest of cmover calls only what is here and in :mod:`cmover.lustre.base`:
   :class:`~cmover.lustre.base.PosixFs` (plain POSIX, the target's defaults) everywhere else;
 * :func:`probe` -- what is known of the filesystem holding a path (cached per process);
 * :func:`describe` -- the one line a pass prints at start about layout handling;
-* :func:`mdt_count` -- for the planner's "all MDTs".
+* :func:`mdt_count` -- for the planner's "all MDTs";
+* :func:`get_hsm` -- the HSM functions (:mod:`cmover.lustre.hsm`) when the source is Lustre and the
+  library has them, else None: then nothing HSM is done or said;
+* :func:`get_changelogs` -- the changelog journal of a Lustre source (:mod:`cmover.lustre.chjournal`).
 
 Only :mod:`cmover.lustre.llapi` loads the library (lazily, on first use).
 """
@@ -18,12 +21,14 @@ import os
 import threading
 from collections import Counter
 
-from cmover.lustre import detect, llapi
+from cmover.lustre import changelog, detect, hsm, llapi
 from cmover.lustre.base import FsApi, FsInfo, PosixFs
+from cmover.lustre.chjournal import LustreJournal
+from cmover.lustre.hsm import Hsm
 from cmover.lustre.layout import POLICIES, Layout, check_policy
 
-__all__ = ["FsApi", "FsInfo", "Layout", "POLICIES", "PosixFs", "check_policy", "describe", "get_fs", "mdt_count",
-           "path_layout", "probe"]
+__all__ = ["FsApi", "FsInfo", "Layout", "POLICIES", "PosixFs", "check_policy", "describe", "get_changelogs",
+           "get_fs", "get_hsm", "mdt_count", "path_layout", "probe"]
 
 _probed: dict[bytes, FsInfo] = {}
 _probe_lock = threading.Lock()
@@ -111,6 +116,32 @@ def get_fs(src_root: bytes, dst_root: bytes, policy: str, restripe: bool, tally:
     lib, _ = llapi.load(library)
     assert lib is not None
     return LustreFs(lib, probe(src_root, library), dst, policy, restripe, tally)
+
+
+def get_hsm(src_root: bytes, dst_root: bytes, library: str = "") -> tuple[Hsm, bool] | None:
+    """The HSM functions for a pass from ``src_root``, and whether the target is Lustre too (stubs can be
+    imported and files marked there); None when the source is not Lustre or the library lacks them."""
+    if not probe(src_root, library).handled:
+        return None
+    lib, _ = llapi.load(library)
+    h = hsm.bind(lib) if lib is not None else None
+    if h is None:
+        return None
+    return h, probe(dst_root, library).handled
+
+
+def get_changelogs(src_root: bytes, users: dict[str, str], library: str = "") -> LustreJournal | str | None:
+    """The changelog journal of source ``src_root`` read with ``users`` (CHANGELOG_USERS); a one-line reason
+    when the source is on Lustre but its changelogs cannot be read here; None when it is not on Lustre."""
+    info = probe(src_root, library)
+    if not info.handled:
+        return f"the source is on Lustre but {info.note}" if info.lustre else None
+    lib, _ = llapi.load(library)
+    chl = changelog.bind(lib) if lib is not None else None
+    if chl is None:
+        return f"the source is on Lustre but {info.note} lacks the changelog functions"
+    assert info.fsname is not None and info.mount is not None  # a handled filesystem has both
+    return LustreJournal(chl, info.fsname, info.mount, info.mdt_count, users)
 
 
 def describe(src_root: bytes, dst_root: bytes, policy: str, library: str = "") -> str:

@@ -59,6 +59,11 @@ class FsApi(Protocol):
         """
         ...
 
+    def import_striping(self, src_fd: int) -> tuple[int, int, str | None]:
+        """``(stripe size, stripe count, pool)`` for ``llapi_hsm_import`` of a stub of open source ``src_fd``:
+        what the layout policy gives (0, 0, None: the target's defaults). Import takes one plain layout."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class FsInfo:
@@ -95,3 +100,6 @@ class PosixFs:
 
     def stripe_size(self, fd: int) -> int:
         return 0
+
+    def import_striping(self, src_fd: int) -> tuple[int, int, str | None]:
+        return 0, 0, None

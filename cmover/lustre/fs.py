@@ -21,10 +21,10 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
+from cmover.core.counters import C
 from cmover.lustre.base import CREATE_FLAGS, FsInfo
 from cmover.lustre.layout import Layout, alignment, derive, needs_restripe, satisfied, without_pool
 from cmover.lustre.llapi import O_LOV_DELAY_CREATE, Library
-from cmover.stats import C
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,16 @@ class LustreFs:
             return alignment(self.lib.read_layout(fd), _ALIGN_LIMIT)
         except OSError:
             return 0
+
+    def import_striping(self, src_fd: int) -> tuple[int, int, str | None]:
+        if not self.reads_source:
+            return 0, 0, None
+        want = self._wanted(src_fd, lambda: _where(src_fd))
+        if want is None:
+            return 0, 0, None
+        first = want.components[0]  # of a PFL layout, its first component: import takes a plain one
+        count = first.stripe_count or 0
+        return first.stripe_size or 0, -1 if count < 0 else count, first.pool
 
     # -- directories ------------------------------------------------------------------------------
 

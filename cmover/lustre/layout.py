@@ -30,12 +30,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from cmover.core.policies import POLICIES, check_policy  # noqa: F401 (re-exported)
+
 EOF = (1 << 64) - 1  # end of the last extent (LUSTRE_EOF)
 ALL_OSTS = -1  # stripe count "every OST of the filesystem"
 MAX_STRIPE_COUNT = 2000  # LOV_MAX_STRIPE_COUNT
 CLASSIC_WIDE = 16  # classic policy: counts from here on become "all OSTs"
 
-POLICIES = ("keep", "classic", "target-default")
 
 # Component flags worth knowing here (LCME_FL_*).
 FLAG_INIT = 0x10  # instantiated: objects allocated
@@ -112,13 +113,6 @@ def _size(n: int | None) -> str:
         if n and n % (1 << shift) == 0:
             return f"{n >> shift}{unit}"
     return str(n)
-
-
-def check_policy(policy: str) -> str:
-    """``policy`` if known; ValueError naming the choices otherwise."""
-    if policy not in POLICIES:
-        raise ValueError(f"unknown layout policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    return policy
 
 
 def cap_count(count: int | None, pattern: str, ost_count: int) -> int | None:

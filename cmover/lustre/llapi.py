@@ -2,8 +2,8 @@
 
 :func:`load` finds and loads the library once per process (lazily, on first use): the path in
 ``$CMOVER_LUSTREAPI`` or ``LUSTREAPI`` in config.py when set, otherwise the system's
-``liblustreapi.so.1`` / ``liblustreapi.so``. Every bound function has ``argtypes`` and ``restype``
-(a layout handle is a pointer: left to ctypes' default ``int`` it would be cut to 32 bits). The
+``liblustreapi.so.1`` / ``liblustreapi.so``. Every bound function has the ``argtypes`` and ``restype``
+declared in :mod:`cmover.lustre.abi`. The
 library's own messages are switched off; its failures become :class:`OSError` with the path.
 
 Two return conventions meet here (see docs): the old API returns a negative errno, the layout API
@@ -19,103 +19,44 @@ through a path a user could swap meanwhile.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from ctypes import (
-    POINTER,
-    Structure,
     byref,
-    c_bool,
-    c_char_p,
     c_int,
-    c_size_t,
-    c_uint8,
     c_uint16,
     c_uint32,
     c_uint64,
-    c_ulonglong,
-    c_void_p,
     create_string_buffer,
 )
 from typing import Any
 
+from cmover.lustre.abi import (
+    COMP_USE_FIRST,
+    COMP_USE_NEXT,
+    CORE,
+    LAYOUT_DEFAULT,
+    LAYOUT_SPECIFIC,
+    MIRROR_ID_MASK,
+    O_LOV_DELAY_CREATE,
+    OPTIONAL,
+    PATH_MAX,
+    PATTERN_CODES,
+    PATTERN_NAMES,
+    POOL_BUF,
+    StripeParam,
+    count_from_llapi,
+    count_to_llapi,
+)
 from cmover.lustre.layout import EOF, Component, Layout
 
-# Sentinels of the layout API (lustreapi.h).
-LAYOUT_DEFAULT = 0x1000000000000002
-LAYOUT_WIDE_MIN = 0x1000000000000003  # "all OSTs"; up to WIDE_MAX: overstriping -1..-32 per OST
-LAYOUT_WIDE_MAX = 0x1000000000000022
-LAYOUT_SPECIFIC = 0x2000000000000000  # OR'd into a pattern: explicit OST list
-_PATTERN_NAMES = {0: "raid0", 2: "mdt", 4: "overstriping"}
-_PATTERN_CODES = {v: k for k, v in _PATTERN_NAMES.items()}
-COMP_USE_FIRST, COMP_USE_NEXT = 1, 3
-O_LOV_DELAY_CREATE = os.O_NOCTTY | os.O_ASYNC  # open without allocating objects: the layout comes next
-PATH_MAX = 4096
-POOL_BUF = 17  # LOV_MAXPOOLNAME (15) + NUL, with a spare byte for libraries of <= 2.6 (16)
-MIRROR_ID_MASK = 0x7FFF0000
+__all__ = ["ENV_LIBRARY", "O_LOV_DELAY_CREATE", "Library", "fd_path", "load", "reset"]
 
 ENV_LIBRARY = "CMOVER_LUSTREAPI"
-
-
-class StripeParam(Structure):
-    """``struct llapi_stripe_param`` without its trailing OST list (natural alignment, 32 bytes)."""
-
-    _fields_ = [
-        ("lsp_stripe_size", c_ulonglong),
-        ("lsp_pool", c_char_p),
-        ("lsp_stripe_offset", c_int),
-        ("lsp_stripe_pattern", c_int),  # the LMV hash type for directories
-        ("lsp_stripe_count", c_int),
-        ("lsp_is_specific", c_bool),
-        ("lsp_is_create", c_bool),  # 2.15+: fail with EEXIST rather than restripe an existing directory
-        ("lsp_max_inherit", c_uint8),
-        ("lsp_max_inherit_rr", c_uint8),
-    ]
-
-
-assert ctypes.sizeof(StripeParam) == 32
-
-_P = c_void_p
-_U64P = POINTER(c_uint64)
-_U32P = POINTER(c_uint32)
-# name -> (restype, argtypes). Core: Lustre 2.7 (layout API); absence means the library is unusable.
-_CORE: dict[str, tuple[Any, list[Any]]] = {
-    "llapi_msg_set_level": (None, [c_int]),
-    "llapi_search_fsname": (c_int, [c_char_p, c_char_p]),
-    "llapi_search_mounts": (c_int, [c_char_p, c_int, c_char_p, c_char_p]),
-    "llapi_get_obd_count": (c_int, [c_char_p, POINTER(c_int), c_int]),
-    "llapi_file_fget_mdtidx": (c_int, [c_int, POINTER(c_int)]),
-    "llapi_layout_get_by_fd": (_P, [c_int, c_uint32]),
-    "llapi_layout_alloc": (_P, []),
-    "llapi_layout_free": (None, [_P]),
-    "llapi_layout_stripe_count_get": (c_int, [_P, _U64P]),
-    "llapi_layout_stripe_count_set": (c_int, [_P, c_uint64]),
-    "llapi_layout_stripe_size_get": (c_int, [_P, _U64P]),
-    "llapi_layout_stripe_size_set": (c_int, [_P, c_uint64]),
-    "llapi_layout_pattern_get": (c_int, [_P, _U64P]),
-    "llapi_layout_pattern_set": (c_int, [_P, c_uint64]),
-    "llapi_layout_pool_name_get": (c_int, [_P, c_char_p, c_size_t]),
-    "llapi_layout_pool_name_set": (c_int, [_P, c_char_p]),
-    "llapi_layout_ost_index_get": (c_int, [_P, c_uint64, _U64P]),
-    "llapi_layout_file_open": (c_int, [c_char_p, c_int, c_uint32, _P]),
-    "llapi_dir_create_pool": (c_int, [c_char_p, c_int, c_int, c_int, c_int, c_char_p]),
-}
-# Optional, probed: composite (PFL) layouts 2.10, llapi_dir_create and FLR 2.11.
-_OPTIONAL: dict[str, tuple[Any, list[Any]]] = {
-    "llapi_layout_comp_use": (c_int, [_P, c_uint32]),
-    "llapi_layout_comp_extent_get": (c_int, [_P, _U64P, _U64P]),
-    "llapi_layout_comp_extent_set": (c_int, [_P, c_uint64, c_uint64]),
-    "llapi_layout_comp_flags_get": (c_int, [_P, _U32P]),
-    "llapi_layout_comp_id_get": (c_int, [_P, _U32P]),
-    "llapi_layout_comp_add": (c_int, [_P]),
-    "llapi_layout_is_composite": (c_bool, [_P]),
-    "llapi_layout_mirror_count_get": (c_int, [_P, POINTER(c_uint16)]),
-    "llapi_dir_create": (c_int, [c_char_p, c_uint32, POINTER(StripeParam)]),
-}
 
 _lock = threading.RLock()
 
@@ -127,6 +68,11 @@ def _reset_lock_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_lock_in_child)
+
+
+def lock() -> Any:
+    """The process-wide lock every call into the library is made under (replaced in a forked child)."""
+    return _lock
 
 
 def _enc(path: str | bytes) -> bytes:
@@ -158,11 +104,11 @@ class Library:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lib = ctypes.CDLL(path, use_errno=True)
-        missing = [n for n in _CORE if not hasattr(self._lib, n)]
+        missing = [n for n in CORE if not hasattr(self._lib, n)]
         if missing:
             raise OSError(errno.ENOSYS, f"{path} lacks {', '.join(missing)} (Lustre 2.7 or later needed)")
-        self.caps: frozenset[str] = frozenset(n for n in _OPTIONAL if hasattr(self._lib, n))
-        for name, (restype, argtypes) in {**_CORE, **{n: _OPTIONAL[n] for n in self.caps}}.items():
+        self.caps: frozenset[str] = frozenset(n for n in OPTIONAL if hasattr(self._lib, n))
+        for name, (restype, argtypes) in {**CORE, **{n: OPTIONAL[n] for n in self.caps}}.items():
             fn = getattr(self._lib, name)
             fn.restype = restype
             fn.argtypes = argtypes
@@ -269,7 +215,7 @@ class Library:
             start, end, flags = s.value, e.value, f.value
         raw_pattern = self._u64("llapi_layout_pattern_get", h, path)
         pattern = "raid0" if raw_pattern == LAYOUT_DEFAULT else \
-            _PATTERN_NAMES.get(raw_pattern & ~LAYOUT_SPECIFIC, f"raw:{raw_pattern:#x}")
+            PATTERN_NAMES.get(raw_pattern & ~LAYOUT_SPECIFIC, f"raw:{raw_pattern:#x}")
         count_raw = self._u64("llapi_layout_stripe_count_get", h, path)
         size_raw: int | None
         try:
@@ -282,7 +228,7 @@ class Library:
         if self._fn.llapi_layout_pool_name_get(h, pool, POOL_BUF) < 0:
             raise _errno(path, "llapi_layout_pool_name_get")
         return Component(
-            start=start, end=end, stripe_count=_count_from_llapi(count_raw),
+            start=start, end=end, stripe_count=count_from_llapi(count_raw),
             stripe_size=None if size_raw in (None, LAYOUT_DEFAULT, 0) else size_raw,
             pattern=pattern, pool=pool.value.decode(errors="replace") or None, flags=flags,
             ost_indices=self._osts(h, count_raw),
@@ -321,9 +267,9 @@ class Library:
     def _set_component(self, h: int, c: Component, path: str | bytes) -> None:
         f = self._fn
         size = c.stripe_size if c.pattern != "mdt" else (c.stripe_size or c.end)
-        steps: list[tuple[str, Any]] = [("llapi_layout_pattern_set", _PATTERN_CODES[c.pattern])]
+        steps: list[tuple[str, Any]] = [("llapi_layout_pattern_set", PATTERN_CODES[c.pattern])]
         if c.pattern != "mdt":
-            steps.append(("llapi_layout_stripe_count_set", _count_to_llapi(c.stripe_count)))
+            steps.append(("llapi_layout_stripe_count_set", count_to_llapi(c.stripe_count)))
         steps.append(("llapi_layout_stripe_size_set", LAYOUT_DEFAULT if size is None else size))
         if c.pool:
             steps.append(("llapi_layout_pool_name_set", c.pool.encode()))
@@ -367,22 +313,6 @@ class Library:
         _neg_errno(rc, path, "llapi_dir_create")
 
 
-def _count_from_llapi(v: int) -> int | None:
-    if v == LAYOUT_DEFAULT or v == 0:
-        return None
-    if LAYOUT_WIDE_MIN <= v <= LAYOUT_WIDE_MAX:
-        return -(v - LAYOUT_DEFAULT)  # -1: all OSTs; -2..-32: overstriped over all OSTs
-    return v
-
-
-def _count_to_llapi(count: int | None) -> int:
-    if count is None:
-        return LAYOUT_DEFAULT
-    if count < 0:
-        return LAYOUT_DEFAULT - count
-    return count
-
-
 _loaded: tuple[Library | None, str] | None = None
 
 
@@ -412,14 +342,31 @@ def _load(explicit: str) -> tuple[Library | None, str]:
             return Library(explicit), f"liblustreapi {explicit}"
         except OSError as exc:
             return None, f"liblustreapi {explicit} cannot be used ({exc})"
-    tried: list[str] = []
-    for name in (ctypes.util.find_library("lustreapi"), "liblustreapi.so.1", "liblustreapi.so"):
-        if not name or name in tried:
-            continue
-        tried.append(name)
+    for name in _library_names():
         try:
             return Library(name), f"liblustreapi {name}"
         except OSError:
             continue
     return None, "liblustreapi not found (install the Lustre client or set CMOVER_LUSTREAPI)"
+
+
+#: The dynamic loader's cache of the libraries in its standard directories (``ldconfig`` writes it).
+LD_CACHE = "/etc/ld.so.cache"
+
+
+def _library_names() -> list[str]:
+    """The names to give the dynamic loader for liblustreapi: the usual sonames (found wherever the loader
+    looks: LD_LIBRARY_PATH, its cache, the standard directories), then any other version its cache lists.
+
+    What ``ctypes.util.find_library`` would find (it reads the same cache through ``ldconfig -p``), without
+    the ``ldconfig``, ``gcc`` and ``ld`` processes it starts when the library is missing: on a machine
+    without Lustre they were a fifth of a small pass's syscalls, in every process that probes.
+    """
+    names = ["liblustreapi.so.1", "liblustreapi.so"]
+    try:
+        with open(LD_CACHE, "rb") as f:
+            cached = set(re.findall(rb"liblustreapi\.so[.0-9]*", f.read()))
+    except OSError:
+        cached = set()
+    return names + sorted(n.decode() for n in cached if n.decode() not in names)
 

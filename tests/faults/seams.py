@@ -1,6 +1,6 @@
 """Run ``celery`` with test-only fault seams: ``python tests/faults/seams.py CELERY_SCRIPT ARGS...``.
 
-The fault tests start every worker through this file. It wraps :meth:`cmover.copier.Copier.copy_entry`
+The fault tests start every worker through this file. It wraps :meth:`cmover.engine.copier.Copier.copy_entry`
 (the engine's "handle one non-directory entry") before Celery starts, so the prefork pool children
 inherit the wrapper; with no ``CMFAULT_*`` variable set it changes nothing. Nothing of this lives in
 cmover itself.
@@ -9,6 +9,8 @@ cmover itself.
   delivery (a file that always crashes its worker, e.g. one that drives it out of memory).
 * ``CMFAULT_SLOW=<relative path>=<seconds>``: copying that entry first sleeps that long, on every delivery
   (a copy that takes longer than the broker's consumer timeout).
+* ``CMFAULT_PACE=<seconds>``: copying any entry first sleeps that long (a slow filesystem): a pass whose
+  workers are killed mid-pass is still running when the test reaches for them, however fast the machine.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import time
 def install() -> None:
     poison = os.environ.get("CMFAULT_POISON")
     slow = os.environ.get("CMFAULT_SLOW")
-    if not poison and not slow:
+    pace = float(os.environ.get("CMFAULT_PACE") or 0)
+    if not poison and not slow and not pace:
         return
-    from cmover import copier
+    from cmover.engine import copier
 
     poison_rel = os.fsencode(poison) if poison else None
     slow_rel, slow_s = None, 0.0
@@ -44,6 +47,8 @@ def install() -> None:
         if rel is not None and rel == slow_rel:
             log.warning("fault seam: copying %r takes %.1f s more", rel, slow_s)
             time.sleep(slow_s)
+        if pace:
+            time.sleep(pace)
         return original(self, src_dir_fd, dst_dir_fd, name, st, rel)
 
     copier.Copier.copy_entry = copy_entry  # type: ignore[method-assign]

@@ -1,4 +1,4 @@
-"""A huge file copied in chunks by several workers, one of them killed mid-file (see cmover/chunks.py).
+"""A huge file copied in chunks by several workers, one of them killed mid-file (see cmover/engine/chunks.py).
 
 The target name must never hold an incomplete file: it is absent (the part file ``.cmover.<hash>.part``
 is there instead) until the last chunk renames the finished part over it, with the source's data and
@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from .conftest import DIRS_Q, FILES_Q, DeploymentSet, Worker, explain
+from support.deploy import DIRS_Q, FILES_Q, DeploymentSet, Worker, explain
 
 pytestmark = pytest.mark.integration
 

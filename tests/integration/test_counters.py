@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,20 +21,48 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import treeutil
+import pytest
+from support.deploy import CMOVER as CMOVER_BIN
+from support.deploy import FILES_Q, DeploymentSet, explain, rabbitmqctl
+from support.metric_readers import free_port
+from support.snap import compare_trees
+from support.tree import random_tree
 
-from .conftest import FILES_Q, DeploymentSet, explain, rabbitmqctl
+pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _on_terminal(cmd: list[str], env: dict[str, str], columns: int) -> tuple[int, str]:
+    """Run ``cmd`` on a pseudo-terminal of ``columns`` columns; its exit code and screen text (no escapes)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")} | {"TERM": "xterm-256color"}
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    out = b""
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            out += data
+        rc = proc.wait(timeout=60)
+    finally:
+        os.close(master)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", out.decode(errors="replace"))
+    return rc, text.replace("\r", "")
 
 
 def test_per_worker_counters_add_up_to_what_was_copied(deployments: DeploymentSet, tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
-    treeutil.make_tree(src, seed=21, n_files=400, n_dirs=40, weird_names=True, owners=False)
+    random_tree(src, seed=21, n_files=400, n_dirs=40, weird_names=True, owners=False)
     dst.mkdir()
     n_dirs = sum(1 for p in src.rglob("*") if p.is_dir() and not p.is_symlink())
     n_files = sum(1 for _ in src.rglob("*")) - n_dirs
@@ -45,7 +74,7 @@ def test_per_worker_counters_add_up_to_what_was_copied(deployments: DeploymentSe
     r = dep.cmover("start", "copy", "--wait", "--json", timeout=180)
     assert r.returncode == 0, explain(r)
     out = json.loads(r.stdout)
-    assert treeutil.compare_trees(src, dst) == []
+    assert compare_trees(src, dst) == []
     totals = out["totals"]
     assert totals["files_copied"] == n_files and totals["files_scanned"] == n_files
     assert totals["dirs"] == n_dirs + 1 and totals["dirs_discovered"] == n_dirs
@@ -62,7 +91,7 @@ def test_per_worker_counters_add_up_to_what_was_copied(deployments: DeploymentSe
     # The records themselves: one per process, discovered through the run's registry, adding up.
     from pymemcache.client.base import Client
 
-    from cmover.stats import MemcacheStats
+    from cmover.state.runstats import MemcacheStats
 
     records = MemcacheStats(lambda: Client(("127.0.0.1", 11211))).workers(out["run_id"])
     assert records is not None and len(records) == node["processes"]
@@ -80,9 +109,27 @@ def test_per_worker_counters_add_up_to_what_was_copied(deployments: DeploymentSe
     text = dep.cmover("status")
     assert text.returncode == 0, explain(text)
     assert "copy complete" in text.stdout and host in text.stdout and f"{n_files:,} copied" in text.stdout
+    # --json names the config file read; piped, the view is plain text: nothing wrapped, nothing cut off.
+    assert json.loads(allp.stdout)["config"] == st["config"] == str(dep.config)
+    assert "\x1b" not in text.stdout and "…" not in text.stdout
+    lines = text.stdout.splitlines()
+    at = lines.index(next(ln for ln in lines if ln.startswith("node ")))
+    header = re.split(r"\s{2,}", lines[at])
+    assert header == ["node", "processes", "active", "dirs", "files", "copied", "bytes", "files/s", "bytes/s",
+                      "last report"], text.stdout
+    row = dict(zip(header, re.split(r"\s{2,}", lines[at + 1]), strict=True))
+    assert row["node"] == host and row["files"] == f"{n_files:,}" and row["last report"].endswith(" s ago"), row
+    assert re.fullmatch(r"[0-9.]+ (B|KiB|MiB)", row["bytes"]), row
+    # On an 80-column terminal: every line fits, numbers stay with their units, nothing is cut off.
+    rc, screen = _on_terminal([str(CMOVER_BIN), "status"], dep.env(), columns=80)
+    assert rc == 0, screen
+    assert "copy complete" in screen and "…" not in screen, screen
+    assert all(len(ln) <= 80 for ln in screen.splitlines()), screen
+    assert not [ln for ln in screen.splitlines() if re.match(r"\s*((K|M|G)?i?B|s ago)\b", ln)], screen
+    assert f"files {n_files:,}" in " ".join(screen.split()) and host in screen, screen
 
     # --watch redraws until Ctrl-C, then exits 0.
-    from .conftest import CMOVER
+    from support.deploy import CMOVER
 
     watch = subprocess.Popen([str(CMOVER), "status", "--watch", "0.5"], env=dep.env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
@@ -97,7 +144,7 @@ def test_per_worker_counters_add_up_to_what_was_copied(deployments: DeploymentSe
 def test_memcached_stopped_mid_pass(deployments: DeploymentSet, tmp_path: Path) -> None:
     memcached = shutil.which("memcached")
     assert memcached, "memcached is needed (scripts/services.sh installs it)"
-    port = _free_port()
+    port = free_port()
     mc = subprocess.Popen([memcached, "-p", str(port), "-U", "0", "-l", "127.0.0.1", "-M", "-u", "root"],
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -110,7 +157,7 @@ def test_memcached_stopped_mid_pass(deployments: DeploymentSet, tmp_path: Path) 
                 assert time.monotonic() < deadline, "private memcached did not start"
                 time.sleep(0.1)
         src, dst = tmp_path / "src", tmp_path / "dst"
-        treeutil.make_tree(src, seed=5, n_files=1500, n_dirs=300, weird_names=False, owners=False)
+        random_tree(src, seed=5, n_files=1500, n_dirs=300, weird_names=False, owners=False)
         dst.mkdir()
         dep = deployments.new("mcdown", src, dst, MEMCACHED=f"127.0.0.1:{port}", INLINE_ENTRIES=1,
                               INLINE_SECONDS=0.001, BATCH=5)
@@ -147,7 +194,7 @@ def test_memcached_stopped_mid_pass(deployments: DeploymentSet, tmp_path: Path) 
             else:
                 quiet_since = None
             time.sleep(0.3)
-        assert treeutil.compare_trees(src, dst) == []
+        assert compare_trees(src, dst) == []
         logs = "".join(w.log_text() for w in workers)
         # Said once per process, not once per task.
         assert 0 < logs.count("counters not recorded") <= 4, logs[-3000:]

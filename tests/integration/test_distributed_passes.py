@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -23,11 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import treeutil
-
-from cmover.paths import display
-
-from .conftest import (
+from kombu import Connection
+from support.deploy import (
     CMOVER,
     DIRS_Q,
     FILES_Q,
@@ -38,6 +34,12 @@ from .conftest import (
     explain,
     run,
 )
+from support.snap import compare_trees, diff, snapshot
+from support.tree import REFERENCE_NS, File, build, mutate, random_tree
+
+from cmover.core.paths import display
+from cmover.core.settings import load_settings
+from cmover.state.errorlist import deleted_list, errors_queue
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +51,7 @@ _DELETE_TASK_RE = re.compile(r"Task cmover\.delete\.(dir|files|purge)\[[0-9a-f-]
 _LOG_ERROR_RE = re.compile(r"\] (ERROR|CRITICAL)/")
 
 #: A fixed, distinctive time for the entries this module creates itself (make_tree sets its own).
-T_NS = treeutil.REFERENCE_NS - 123_456_789_123
+T_NS = REFERENCE_NS - 123_456_789_123
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
@@ -63,13 +65,8 @@ def _json_out(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 def _file(path: bytes, data: bytes = b"", mode: int = 0o644, mtime_ns: int = T_NS) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, mode)
-        os.utime(fd, ns=(mtime_ns, mtime_ns))
-    finally:
-        os.close(fd)
+    """A file at ``path`` (its directory exists) holding ``data``, atime and mtime ``mtime_ns``."""
+    build(os.path.dirname(path), {os.path.basename(path): File(data, mode=mode, atime_ns=mtime_ns, mtime_ns=mtime_ns)})
 
 
 def _pass_status(dep: Deployment, kind: str, run_id: str | None = None) -> dict[str, Any]:
@@ -109,7 +106,7 @@ def _start_workers(dep: Deployment, queues: tuple[str, ...], n: int, concurrency
 
 def _unchanged(before: dict[bytes, dict[str, Any]], root: Path) -> list[str]:
     """Differences between an earlier snapshot and the tree now (directory mtimes included, atimes not)."""
-    return treeutil.diff_snapshots(before, treeutil.snapshot(root), dir_times=True)
+    return diff(before, snapshot(root), dir_times=True)
 
 
 @dataclass
@@ -154,10 +151,10 @@ def _outside(tmp_path: Path) -> bytes:
 def _build_delete_trees(tmp_path: Path) -> tuple[Path, Path, Extras, bytes]:
     src, dst = tmp_path / "src", tmp_path / "dst"
     # The same seed gives the same tree, entry for entry (names, data, modes, owners, times).
-    treeutil.make_tree(src, seed=4242, n_files=400, n_dirs=40, weird_names=True)
-    treeutil.make_tree(dst, seed=4242, n_files=400, n_dirs=40, weird_names=True)
+    random_tree(src, seed=4242, n_files=400, n_dirs=40, weird_names=True)
+    random_tree(dst, seed=4242, n_files=400, n_dirs=40, weird_names=True)
     s, d = os.fsencode(src), os.fsencode(dst)
-    assert treeutil.compare_trees(src, dst) == []
+    assert compare_trees(src, dst) == []
     outside = _outside(tmp_path)
     ex = Extras()
 
@@ -172,7 +169,7 @@ def _build_delete_trees(tmp_path: Path) -> tuple[Path, Path, Extras, bytes]:
     _file(ex.single(d, b"big/new\nline extra"), b"newline in the name")
 
     # Extra entries here and there: plain files, non-UTF-8 names, a FIFO, symlinks out of the tree.
-    src_dirs = sorted(rel for rel, rec in treeutil.snapshot(src).items() if rec["type"] == "dir")
+    src_dirs = sorted(rel for rel, rec in snapshot(src).items() if rec["type"] == "dir")
     deep = [rel for rel in src_dirs if rel.count(b"/") >= 2][:5]
     assert len(deep) >= 3, src_dirs
     _file(ex.single(d, b"extra-top"), b"x")
@@ -219,13 +216,13 @@ def _build_delete_trees(tmp_path: Path) -> tuple[Path, Path, Extras, bytes]:
 def test_distributed_delete_dry_run_lists_what_the_real_run_deletes(deployments: DeploymentSet,
                                                                     tmp_path: Path) -> None:
     src, dst, ex, outside = _build_delete_trees(tmp_path)
-    outside_before = treeutil.snapshot(outside)
+    outside_before = snapshot(outside)
     dep = deployments.new("delete", src, dst, INLINE_ENTRIES=0, BATCH=25)
     dep.init_broker()
     workers = _start_workers(dep, DELETE_QS, 2)
 
     # The dry run: counts and lists, deletes nothing.
-    before = treeutil.snapshot(dst)
+    before = snapshot(dst)
     dry = dep.cmover("start", "delete", "--dry-run", "--wait", "--json", timeout=120)
     assert dry.returncode == 0, explain(dry)
     out = _json_out(dry)
@@ -257,8 +254,8 @@ def test_distributed_delete_dry_run_lists_what_the_real_run_deletes(deployments:
     assert set(real_list) == set(dry_list)
     assert _deleted_list(dep, _json_out(dry)["run_id"]) == dry_list, "the dry run's list changed"
 
-    assert treeutil.compare_trees(src, dst) == []
-    assert treeutil.diff_snapshots(outside_before, treeutil.snapshot(outside), dir_times=True) == [], \
+    assert compare_trees(src, dst) == []
+    assert diff(outside_before, snapshot(outside), dir_times=True) == [], \
         "a symlink was followed out of the tree"
 
     # The work was spread over both workers, and nothing went wrong in them.
@@ -270,6 +267,17 @@ def test_distributed_delete_dry_run_lists_what_the_real_run_deletes(deployments:
     assert again.returncode == 0, explain(again)
     assert _json_out(again)["totals"].get("entries_deleted", 0) == 0
     assert _deleted_list(dep) == []
+
+    # A deletion list written before deletions had a record of their own (error-list records) still reads.
+    old = [{"path": "old/tree/", "op": "delete tree", "errno": 0, "message": "directory tree", "side": "target",
+            "worker": "", "time": 0.0},
+           {"path": {"b64": "b2xkL2b/"}, "op": "delete", "errno": 0, "message": "file", "side": "target",
+            "worker": "", "time": 0.0}]
+    queue = errors_queue(deleted_list("delete-old"))
+    with Connection(load_settings(str(dep.config)).broker_url()) as conn:
+        conn.Producer().publish({"run_id": "delete-old", "failures": old}, routing_key=queue.name, declare=[queue],
+                                serializer="json", delivery_mode=2)
+    assert _deleted_list(dep, "delete-old") == ["old/tree/", display(b"old/f\xff")]
 
 
 # -- 2. safety: the source replaced by an empty filesystem --------------------------------------------------
@@ -292,8 +300,8 @@ def _umount(path: Path) -> None:
 
 def test_delete_pass_refuses_a_replaced_source(deployments: DeploymentSet, tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
-    treeutil.make_tree(src, seed=77, n_files=200, n_dirs=20, weird_names=True)
-    treeutil.make_tree(dst, seed=77, n_files=200, n_dirs=20, weird_names=True)
+    random_tree(src, seed=77, n_files=200, n_dirs=20, weird_names=True)
+    random_tree(dst, seed=77, n_files=200, n_dirs=20, weird_names=True)
     d = os.fsencode(dst)
     for i in range(150):  # many directories whose source is gone, each a purge of its own
         os.makedirs(d + b"/gone-%03d/sub" % i)
@@ -302,7 +310,7 @@ def test_delete_pass_refuses_a_replaced_source(deployments: DeploymentSet, tmp_p
             _file(d + b"/gone-%03d/sub/g%d" % (i, j), b"y")
     for i in range(50):
         _file(d + b"/extra-%02d" % i, b"z")
-    before = treeutil.snapshot(dst)
+    before = snapshot(dst)
     dep = deployments.new("unsafe", src, dst, INLINE_ENTRIES=0, BATCH=10)
     dep.init_broker()
 
@@ -371,67 +379,10 @@ def test_delete_pass_refuses_a_replaced_source(deployments: DeploymentSet, tmp_p
     r = dep.cmover("start", "delete", "--wait", "--json", timeout=120)
     assert r.returncode == 0, explain(r)
     assert _json_out(r)["totals"].get("entries_deleted") == 150 * 10 + 50
-    assert treeutil.compare_trees(src, dst) == []
+    assert compare_trees(src, dst) == []
 
 
 # -- 3. a whole migration: copy, changes, copy, delete, dirtime ---------------------------------------------
-
-
-def _mutate(src: Path) -> None:
-    """Everyday changes between two copy passes (every one also changes some directory mtimes)."""
-    s = os.fsencode(src)
-    snap = treeutil.snapshot(src)
-    dirs = sorted(rel for rel, rec in snap.items() if rec["type"] == "dir" and rel.startswith(b"d0"))
-    top = sorted(rel for rel in dirs if b"/" not in rel)
-    assert len(top) >= 4, top
-    # Directories removed, moved or turned into a file below: distinct, none inside another one.
-    nested = [rel for rel in dirs if rel.count(b"/") == 1 and not rel.startswith(top[-1] + b"/")][:3]
-    assert len(nested) == 3, dirs
-    touched = [top[-1], *nested]
-    files = sorted(rel for rel, rec in snap.items() if rec["type"] == "file" and b"/" in rel
-                   and not any(rel.startswith(t + b"/") for t in touched))
-    assert len(files) > 100, len(files)
-
-    # Added: files in existing directories, a new directory tree with a non-UTF-8 name, hard links.
-    for i, rel in enumerate(dirs[:10]):
-        _file(s + b"/" + rel + b"/added-%d" % i, os.urandom(100 * i), mtime_ns=T_NS + i)
-    new = s + b"/" + top[0] + b"/new-\xff\xe9 tree"
-    os.makedirs(new + b"/inner")
-    for i in range(30):
-        _file(new + (b"/inner/n%02d" if i % 2 else b"/n%02d") % i, os.urandom(i * 11), mtime_ns=T_NS - i)
-    os.link(new + b"/n00", new + b"/inner/n00-hardlink")
-    os.link(s + b"/" + files[0], s + b"/" + top[1] + b"/hardlink-to-old-file")
-    # Changed: data (with the mtime writing gives it), mode only, owner only, times only.
-    for rel in files[1:11]:
-        with open(s + b"/" + rel, "ab") as f:
-            f.write(b"appended")
-    os.chmod(s + b"/" + files[11], 0o600)
-    os.chown(s + b"/" + files[12], 1003, 1004)
-    os.utime(s + b"/" + files[13], ns=(T_NS, T_NS))
-    # Removed: files and a whole directory tree.
-    for rel in files[20:40]:
-        os.unlink(s + b"/" + rel)
-    shutil.rmtree(s + b"/" + nested[0])
-    # Renamed: files in place and into another directory.
-    for rel in files[40:45]:
-        os.rename(s + b"/" + rel, s + b"/" + rel + b".renamed")
-    for i, rel in enumerate(files[45:50]):
-        os.rename(s + b"/" + rel, s + b"/" + top[2] + b"/moved-file-%d" % i)
-    # Moved directories: a subtree into another parent, a top-level directory renamed.
-    os.rename(s + b"/" + nested[1], s + b"/" + top[3] + b"/moved-dir \xe9")
-    os.rename(s + b"/" + top[-1], s + b"/" + top[-1] + b"-renamed")
-    # Type changes: a file becomes a directory, a directory (with content) becomes a file.
-    os.unlink(s + b"/" + files[50])
-    os.mkdir(s + b"/" + files[50])
-    _file(s + b"/" + files[50] + b"/now-a-dir", b"inside")
-    shutil.rmtree(s + b"/" + nested[2])
-    _file(s + b"/" + nested[2], b"was a directory")
-    # Symlinks: one retargeted (same name, new target), one added.
-    links = sorted(rel for rel, rec in snap.items() if rec["type"] == "symlink"
-                   and not any(rel.startswith(t + b"/") for t in touched))
-    os.unlink(s + b"/" + links[0])
-    os.symlink(b"retargeted/" + os.readlink(s + b"/" + links[-1]), s + b"/" + links[0])
-    os.symlink(b"/etc/hostname", s + b"/" + top[1] + b"/new-link")
 
 
 def _run_pass(dep: Deployment, kind: str) -> dict[str, Any]:
@@ -445,7 +396,7 @@ def _run_pass(dep: Deployment, kind: str) -> dict[str, Any]:
 
 def test_three_pass_migration_makes_identical_trees(deployments: DeploymentSet, tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
-    treeutil.make_tree(src, seed=31337, n_files=800, n_dirs=80, weird_names=True)
+    random_tree(src, seed=31337, n_files=800, n_dirs=80, weird_names=True)
     dst.mkdir()
     dep = deployments.new("migrate", src, dst, INLINE_ENTRIES=20, BATCH=40)
     dep.init_broker()
@@ -457,22 +408,52 @@ def test_three_pass_migration_makes_identical_trees(deployments: DeploymentSet, 
 
     first = _run_pass(dep, "copy")
     assert first["totals"].get("files_copied", 0) > 800
-    assert treeutil.compare_trees(src, dst) == []
+    assert compare_trees(src, dst) == []
 
-    _mutate(src)
-    assert treeutil.compare_trees(src, dst) != []
+    mutate(src)
+    assert compare_trees(src, dst) != []
     second = _run_pass(dep, "copy")
     assert second["totals"].get("files_copied", 0) > 0
     # Only the delete pass removes what the source lost.
-    leftovers = treeutil.compare_trees(src, dst)
+    leftovers = compare_trees(src, dst)
     assert leftovers and all("extra on target" in line for line in leftovers), leftovers
 
     deleted = _run_pass(dep, "delete")
     assert deleted["totals"].get("entries_deleted", 0) > 0
-    assert treeutil.compare_trees(src, dst) == []
+    assert compare_trees(src, dst) == []
+    # Each pass's node table shows its own counters, not the copy columns (one host: its totals are the run's).
+    node = _node_row(dep, "delete", ["node", "processes", "active", "dirs", "scanned", "deleted", "kept", "failed",
+                                     "dirs/s", "deleted/s", "last report"])
+    t = deleted["totals"]
+    assert (node["deleted"], node["kept"]) == (f"{t['entries_deleted']:,}", f"{t['entries_kept']:,}"), node
 
     dirtime = _run_pass(dep, "dirtime")
     t = dirtime["totals"]
     assert t.get("dirs_missing", 0) == 0 and t.get("dir_times_set") == t.get("dirs"), t
-    assert treeutil.compare_trees(src, dst, dir_times=True) == []
+    assert compare_trees(src, dst, dir_times=True) == []
+    node = _node_row(dep, "dirtime", ["node", "processes", "active", "dirs", "times set", "missing", "failed",
+                                      "dirs/s", "last report"])
+    assert (node["times set"], node["missing"]) == (f"{t['dir_times_set']:,}", "0"), node
+
+    # `cmover sync` with a broker configured runs the three passes on the workers, one after another.
+    (src / "after-sync" / "sub").mkdir(parents=True)
+    (src / "after-sync" / "sub" / "new").write_bytes(b"new")
+    next(p for p in sorted(src.rglob("*")) if p.is_file() and not p.is_symlink()).unlink()
+    assert compare_trees(src, dst, dir_times=True) != []
+    r = dep.cmover("sync", str(src), str(dst), timeout=240)
+    assert r.returncode == 0, explain(r)
+    for name in ("copy", "delete", "dirtime"):
+        assert f"cmover {name}: complete" in r.stdout, r.stdout
+    assert compare_trees(src, dst, dir_times=True) == []
     assert _logged_errors(*workers) == []
+
+
+def _node_row(dep: Deployment, kind: str, header: list[str]) -> dict[str, str]:
+    """The one node row of ``cmover status KIND`` read through a pipe (plain text, columns split on 2+ spaces)."""
+    r = dep.cmover("status", kind, timeout=60)
+    assert r.returncode == 0, explain(r)
+    lines = r.stdout.splitlines()
+    at = next((i for i, ln in enumerate(lines) if ln.startswith("node ")), None)
+    assert at is not None and at + 1 < len(lines), r.stdout
+    assert re.split(r"\s{2,}", lines[at]) == header, r.stdout
+    return dict(zip(header, re.split(r"\s{2,}", lines[at + 1]), strict=True))

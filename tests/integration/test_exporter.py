@@ -20,33 +20,22 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from support.deploy import DeploymentSet, Exporter, Samples
+from support.metric_readers import free_port
 
-from cmover import app as appmod
-from cmover import control
-from cmover.passes import PassKind, PassSpec
-from cmover.settings import Settings, load_settings
-from cmover.stats import C, MemcacheStats
-
-from .conftest import CMOVER, REPO, Deployment, DeploymentSet
+from cmover.core.counters import C
+from cmover.core.passes import PassKind, PassSpec
+from cmover.core.settings import Settings, load_settings
+from cmover.ops import reading, runs
+from cmover.state import keys
+from cmover.state.runstats import MemcacheStats
 
 pytestmark = pytest.mark.integration
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on (bound once by us, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def lab(**labels: str) -> frozenset[tuple[str, str]]:
     return frozenset(labels.items())
@@ -68,60 +57,6 @@ def node_samples(got: Samples) -> dict[tuple[str, str, str, str], float]:
             d = dict(labels)
             out[(name.removeprefix("cmover_node_").removesuffix("_total"), d["pass"], d["run"], d["host"])] = v
     return out
-
-
-class Exporter:
-    """``cmover exporter --port PORT`` of a site, in its own process, with its output in files."""
-
-    def __init__(self, dep: Deployment, name: str) -> None:
-        self.port = free_port()
-        self.out = dep.root / f"exporter-{name}.out"
-        self.err = dep.root / f"exporter-{name}.err"
-        with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.proc = subprocess.Popen([str(CMOVER), "exporter", "--port", str(self.port)], cwd=REPO,
-                                         env=dep.env(), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-        self.url = f"http://127.0.0.1:{self.port}/metrics"
-        deadline = time.monotonic() + 30
-        while not self.stdout().endswith("\n"):
-            if self.proc.poll() is not None:
-                pytest.fail(f"cmover exporter exited with {self.proc.returncode}:\n{self.stderr()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"cmover exporter printed no start line in 30 s:\n{self.stderr()}")
-            time.sleep(0.05)
-
-    def stdout(self) -> str:
-        return self.out.read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return self.err.read_text(errors="replace")
-
-    def scrape(self) -> Samples:
-        """One scrape over HTTP: it must answer 200 with the text format; every sample by (name, labels)."""
-        with urllib.request.urlopen(self.url, timeout=30) as resp:
-            assert resp.status == 200
-            assert resp.headers["Content-Type"].startswith("text/plain")
-            text = resp.read().decode()
-        got: Samples = {}
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                key = (s.name, frozenset(s.labels.items()))
-                assert key not in got, f"sample {key} exposed twice"
-                got[key] = s.value
-        return got
-
-    def open_files(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def stop(self) -> int:
-        """SIGTERM, then the exit code (SIGKILL and a failure after 20 s)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail(f"cmover exporter ignored SIGTERM for 20 s:\n{self.stderr()}")
 
 
 @pytest.fixture
@@ -168,10 +103,11 @@ def test_scrapes_give_the_totals_of_a_distributed_copy_pass(deployments: Deploym
 
     worker = site.start_worker("exporter")
     worker.wait_ready()
-    run_id = site.start_pass()
+    run_id = site.start_pass("--min-size", "2", "--max-size", "1000")  # f0 (1 byte), f10 and f11 left out
     st = site.wait_complete(run_id, timeout=60)
     totals = st["totals"]
-    assert totals[C.COPIED] == 12 and totals[C.BYTES] == sum(100 * i + 1 for i in range(12)), totals
+    assert totals[C.COPIED] == 9 and totals[C.BYTES] == sum(100 * i + 1 for i in range(1, 10)), totals
+    assert totals[C.SIZE_FILTERED] == 3, totals
 
     got = exp.scrape()  # read afresh: the same process that saw nothing before
 
@@ -179,8 +115,9 @@ def test_scrapes_give_the_totals_of_a_distributed_copy_pass(deployments: Deploym
     assert errors_of(got) == {}
     for name in C.ALL:
         assert got[(f"cmover_{name}_total", copy_labels(run_id))] == totals.get(name, 0), name
-    assert got[(f"cmover_{C.COPIED}_total", copy_labels(run_id))] == 12
-    assert got[(f"cmover_{C.BYTES}_total", copy_labels(run_id))] == sum(100 * i + 1 for i in range(12))
+    assert got[(f"cmover_{C.COPIED}_total", copy_labels(run_id))] == 9
+    assert got[(f"cmover_{C.SIZE_FILTERED}_total", copy_labels(run_id))] == 3
+    assert got[(f"cmover_{C.BYTES}_total", copy_labels(run_id))] == sum(100 * i + 1 for i in range(1, 10))
     assert got[(f"cmover_{C.DIRS}_total", copy_labels(run_id))] == 4  # the root, a, a/b, c
     queues = {dict(labels)["queue"]: v for (name, labels), v in got.items() if name == "cmover_queue_messages"}
     assert queues == st["queues"] == {"cmover.copy.dirs": 0, "cmover.copy.files": 0}
@@ -188,7 +125,7 @@ def test_scrapes_give_the_totals_of_a_distributed_copy_pass(deployments: Deploym
     assert {dict(labels)["pass"] for name, labels in got if dict(labels).get("pass")} == {"copy"}
     assert {dict(labels)["run"] for name, labels in got if "run" in dict(labels)} == {run_id}
     # One host: its worker processes counted everything, so the node's counters are the run's totals.
-    assert node_samples(got) == {(name, "copy", run_id, HOST): totals.get(name, 0) for name in control.RATED}
+    assert node_samples(got) == {(name, "copy", run_id, HOST): totals.get(name, 0) for name in reading.RATED}
     assert (totals[C.SCANNED], totals[C.DIRS]) == (12, 4), totals
 
     # Scrapes are served for as long as it runs; each opens and closes its own connections.
@@ -196,7 +133,7 @@ def test_scrapes_give_the_totals_of_a_distributed_copy_pass(deployments: Deploym
         exp.scrape()
     files = exp.open_files()
     for _ in range(40):
-        assert exp.scrape()[(f"cmover_{C.COPIED}_total", copy_labels(run_id))] == 12
+        assert exp.scrape()[(f"cmover_{C.COPIED}_total", copy_labels(run_id))] == 9
     assert exp.open_files() <= files + 5, f"{files} open files after 5 scrapes, {exp.open_files()} after 45"
 
     assert exp.stop() == 0, exp.stderr()
@@ -226,13 +163,13 @@ def start_memcached(port: int) -> subprocess.Popen[bytes]:
 
 
 def make_current(settings: Settings, kind: str, counts: dict[str, int]) -> str:
-    """Record a run of ``kind`` as current, as control.start does, with ``counts`` as its counters."""
+    """Record a run of ``kind`` as current, as cmover.ops.start.start does, with ``counts`` as its counters."""
     run_id = f"{kind}-exporter-{os.urandom(6).hex()}"
     spec = PassSpec(run_id=run_id, kind=PassKind(kind), src_root=os.fsencode(settings.source_mount),
                     dst_root=os.fsencode(settings.target_mount))
-    appmod.memcache_client(settings).set(control._current_key(settings, kind),
+    keys.memcache_client(settings).set(runs._current_key(settings, kind),
                                          json.dumps({"spec": spec.as_dict(), "started": time.time()}), expire=3600)
-    MemcacheStats(lambda: appmod.memcache_client(settings)).add(run_id, Counter(counts))
+    MemcacheStats(lambda: keys.memcache_client(settings)).add(run_id, Counter(counts))
     return run_id
 
 
@@ -255,7 +192,7 @@ def test_memcached_away_is_up_0_and_logged_once_then_up_again(deployments: Deplo
         assert ("cmover_outstanding_tasks", lab(**{"pass": "delete"})) not in got  # no ledger: cannot vouch
         # Counted by this process, on HOST (entries_kept is not rated).
         assert node_samples(got) == {(name, "delete", run_id, HOST): 40 if name == C.DELETED else 0
-                                     for name in control.RATED}
+                                     for name in reading.RATED}
 
         os.kill(mc.pid, signal.SIGKILL)
         mc.wait()

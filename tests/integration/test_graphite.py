@@ -23,15 +23,15 @@ from typing import Any
 
 import pytest
 from kombu import Connection, Exchange, Queue
+from support.deploy import BIN, REPO, Deployment, DeploymentSet, explain, run
 
-from cmover import app as appmod
-from cmover import control, graphite
-from cmover.ledger import MemcacheLedger
-from cmover.passes import PassKind, PassSpec
-from cmover.settings import Settings, load_settings
-from cmover.stats import C, MemcacheStats
-
-from .conftest import BIN, REPO, Deployment, DeploymentSet, explain, run
+from cmover.core.counters import C
+from cmover.core.passes import PassKind, PassSpec
+from cmover.core.settings import Settings, load_settings
+from cmover.ops import graphite, reading, runs
+from cmover.state import keys
+from cmover.state.ledger import MemcacheLedger
+from cmover.state.runstats import MemcacheStats
 
 pytestmark = pytest.mark.integration
 
@@ -132,25 +132,30 @@ def expected_for(prefix: str, kind: str, totals: dict[str, int], queues: dict[st
     """Every metric of a pass; ``node`` holds the rated counters counted on HOST (0 unless given)."""
     want: dict[str, float] = {f"{prefix}.{kind}.{name}": totals.get(name, 0) for name in C.ALL}
     word = graphite.metric_word(HOST)
-    want.update({f"{prefix}.{kind}.node.{word}.{name}": node.get(name, 0) for name in control.RATED})
+    want.update({f"{prefix}.{kind}.node.{word}.{name}": node.get(name, 0) for name in reading.RATED})
     want.update({f"{prefix}.{kind}.queue.{q.replace('.', '_')}": n for q, n in queues.items()})
     if outstanding is not None:
         want[f"{prefix}.{kind}.outstanding"] = outstanding
+    want[f"{prefix}.{kind}.paused"] = 0
     return want
 
 
 def test_a_distributed_copy_pass_reaches_graphite(site: Deployment, carbon: Carbon, prefix: str) -> None:
     worker = site.start_worker("graphite")
     worker.wait_ready()
-    run_id = site.start_pass()
+    run_id = site.start_pass("--max-size", "1K")  # f11 (1101 bytes) left out
     st = site.wait_complete(run_id, timeout=60)
     totals = st["totals"]
-    assert totals[C.COPIED] == 12 and totals[C.BYTES] == sum(100 * i + 1 for i in range(12)), totals
+    assert totals[C.COPIED] == 11 and totals[C.BYTES] == sum(100 * i + 1 for i in range(11)), totals
+    assert totals[C.SIZE_FILTERED] == 1, totals
+    view = site.cmover("status", "copy", timeout=60)
+    assert re.search(r"^left out  +0 by age filters, 1 by size, 0 excluded", view.stdout, re.M), explain(view)
 
     r = send_graphite(site, "-v")
 
     assert r.stderr == ""
-    n_metrics = len(C.ALL) + len(control.RATED) + 2 + 1  # counters, one node's counters, two queues, outstanding
+    # counters, one node's counters, two queues, outstanding, paused
+    n_metrics = len(C.ALL) + len(reading.RATED) + 2 + 1 + 1
     assert r.stdout == (f"send_graphite: sent {n_metrics} metrics to {carbon.host}:{carbon.port} as {prefix}.* "
                         f"(copy run {run_id})\n")
     # One host: its worker processes counted everything, so the node's counters are the run's totals.
@@ -161,11 +166,11 @@ def test_a_distributed_copy_pass_reaches_graphite(site: Deployment, carbon: Carb
 
 
 def _make_current(settings: Settings, kind: str) -> str:
-    """Record a new run of ``kind`` as the current one, as control.start does; return its id."""
+    """Record a new run of ``kind`` as the current one, as cmover.ops.start.start does; return its id."""
     run_id = f"{kind}-graphite-{secrets.token_hex(6)}"
     spec = PassSpec(run_id=run_id, kind=PassKind(kind), src_root=os.fsencode(settings.source_mount),
                     dst_root=os.fsencode(settings.target_mount))
-    appmod.memcache_client(settings).set(control._current_key(settings, kind),
+    keys.memcache_client(settings).set(runs._current_key(settings, kind),
                                          json.dumps({"spec": spec.as_dict(), "started": time.time()}),
                                          expire=3600)
     return run_id
@@ -187,8 +192,8 @@ def test_current_runs_of_every_pass_and_their_queues_reach_graphite(site: Deploy
                                                                     prefix: str) -> None:
     settings = load_settings(str(site.config))
     assert re.fullmatch(r".*/site-graphite/rabbitmq", settings.rabbitmq_dir)
-    stats = MemcacheStats(lambda: appmod.memcache_client(settings))
-    ledger = MemcacheLedger(lambda: appmod.memcache_client(settings))
+    stats = MemcacheStats(lambda: keys.memcache_client(settings))
+    ledger = MemcacheLedger(lambda: keys.memcache_client(settings))
 
     delete_run = _make_current(settings, "delete")
     stats.add(delete_run, Counter({C.DELETED: 40, C.DIRS_DELETED: 6, C.KEPT: 900, C.FAILED: 2}))

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from .conftest import DIRS_Q, FILES_Q, Deployment, DeploymentSet, explain
+from support.deploy import DIRS_Q, FILES_Q, Deployment, DeploymentSet, explain
 
 pytestmark = pytest.mark.integration
 
@@ -144,15 +143,22 @@ def test_password_never_in_worker_logs_or_cmover_output(deployments: DeploymentS
     pw_file.chmod(0o400)
     for host, why in (("127.0.0.1", r"ACCESS_REFUSED"), ("127.0.0.1:1", r"Connection refused")):
         (site.rabbitmq_dir / "rabbitmq.conf").write_text(host + "\n")
-        for args in (("status", "copy"), ("start", "copy"), ("errors",), ("stop",)):
+        for args in (("start", "copy"), ("errors",), ("stop",)):
             r = site.cmover(*args, timeout=60)
             assert r.returncode == 2, explain(r)
             lines = r.stderr.splitlines()
             assert len(lines) == 1 and re.search(why, lines[0]) and host in lines[0], explain(r)
             _assert_no_password(wrong, r.stdout, r.stderr)
             _assert_no_password(password, r.stdout, r.stderr)
+        # The run's state is unknown (exit 3), with the reason on its "why" line.
+        r = site.cmover("status", "copy", timeout=60)
+        why_line = [line for line in r.stdout.splitlines() if line.startswith("why ")]
+        assert r.returncode == 3 and len(why_line) == 1, explain(r)
+        assert re.search(why, why_line[0]) and f"from the broker at {host} (" in why_line[0], explain(r)
+        _assert_no_password(wrong, r.stdout, r.stderr)
+        _assert_no_password(password, r.stdout, r.stderr)
         r = site.cmover("-vv", "status", "copy", timeout=60)  # debug logging of kombu/amqp included
-        assert r.returncode == 2 and re.search(why, r.stderr), explain(r)
+        assert r.returncode == 3 and re.search(why, r.stdout), explain(r)
         _assert_no_password(wrong, r.stdout, r.stderr)
         bad = site.start_worker(f"bad{host.count(':')}", (DIRS_Q,), concurrency=1)
         deadline = time.monotonic() + 60

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import treeutil
+from support.deploy import CELERY, DIRS_Q, FILES_Q, Deployment, DeploymentSet, Worker, explain, run
+from support.snap import compare_trees
 
-from cmover import steer
-from cmover.settings import load_settings
-
-from .conftest import CELERY, DIRS_Q, FILES_Q, Deployment, DeploymentSet, Worker, explain, run
+from cmover.core.settings import load_settings
+from cmover.ops import steer
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +120,7 @@ def test_pause_then_resume_mid_pass(deployments: DeploymentSet, tmp_path: Path) 
     final = dep.wait_complete(run_id, timeout=90)
     assert final["totals"].get("failed", 0) == 0, final
     assert final["totals"].get("dirs") == dirs + 1
-    assert treeutil.compare_trees(src, dst) == []
+    assert compare_trees(src, dst) == []
     assert _received(w1) > before[1]
     assert f"Started consuming from {FILES_Q}" in w2.log_text()
     assert f"Started consuming from {DIRS_Q}" not in w2.log_text()
@@ -164,7 +163,7 @@ def test_worker_started_while_paused_consumes_nothing_until_resume(deployments: 
         r.stdout
     final = dep.wait_complete(run_id, timeout=60)
     assert final["totals"].get("dirs") == dirs + 1
-    assert treeutil.compare_trees(src, dst) == []
+    assert compare_trees(src, dst) == []
     assert _received(w) > 0
 
 

@@ -11,14 +11,17 @@ if [ $# -ne 1 ] || [ -z "$1" ]; then
 	exit 2
 fi
 
-src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/standin.c"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+src="$here/standin.c"
+hsm="$here/standin_hsm.c"  # included by standin.c
+chlog="$here/standin_changelog.c"  # included by standin_hsm.c
 outdir=$1
 cflags=(-O1 -g -Wall -Wextra -Werror -shared -fPIC -Wl,-soname,liblustreapi.so.1)
 
 build() {
 	local lib=$1 tmp
 	shift
-	if [ -f "$lib" ] && [ ! "$src" -nt "$lib" ]; then
+	if [ -f "$lib" ] && [ ! "$src" -nt "$lib" ] && [ ! "$hsm" -nt "$lib" ] && [ ! "$chlog" -nt "$lib" ]; then
 		return 0
 	fi
 	mkdir -p "$(dirname "$lib")"

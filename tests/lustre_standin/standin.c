@@ -1045,8 +1045,8 @@ static int decode_lum(const unsigned char *p, size_t len, struct comp *c, uint16
 {
 	const struct lov_user_md_v1 *v1 = (const struct lov_user_md_v1 *)p;
 	const struct lov_user_ost_data_v1 *objs;
+	uint32_t i, pattern;
 	size_t base;
-	uint32_t i;
 
 	if (len < sizeof(*v1))
 		return ERANGE;
@@ -1061,14 +1061,18 @@ static int decode_lum(const unsigned char *p, size_t len, struct comp *c, uint16
 		return ERANGE;
 	comp_default(c);
 	c->nobj = (uint32_t)((len - base) / sizeof(*objs));
-	if (v1->lmm_pattern == LOV_PATTERN_RAID0)
+	/* An HSM-released layout keeps its pattern and count but has no objects. */
+	pattern = v1->lmm_pattern & ~0x80000000u;	/* LOV_PATTERN_F_RELEASED */
+	if (pattern != v1->lmm_pattern)
+		*raw_count = 0;
+	if (pattern == LOV_PATTERN_RAID0)
 		c->pattern = LLAPI_LAYOUT_RAID0;
-	else if (v1->lmm_pattern == (LOV_PATTERN_RAID0 | LOV_PATTERN_OVERSTRIPING))
+	else if (pattern == (LOV_PATTERN_RAID0 | LOV_PATTERN_OVERSTRIPING))
 		c->pattern = LLAPI_LAYOUT_OVERSTRIPING;
-	else if (v1->lmm_pattern & LOV_PATTERN_MDT)
+	else if (pattern & LOV_PATTERN_MDT)
 		c->pattern = LLAPI_LAYOUT_MDT;
 	else
-		c->pattern = v1->lmm_pattern;
+		c->pattern = pattern;
 	c->stripe_size = v1->lmm_stripe_size ? v1->lmm_stripe_size : LLAPI_LAYOUT_DEFAULT;
 	if (v1->lmm_stripe_count >= LOV_ALL_STRIPES_WIDE)
 		c->stripe_count = LLAPI_LAYOUT_WIDE_MIN + (LOV_ALL_STRIPES - v1->lmm_stripe_count);
@@ -1078,7 +1082,8 @@ static int decode_lum(const unsigned char *p, size_t len, struct comp *c, uint16
 		c->stripe_count = v1->lmm_stripe_count;
 	c->stripe_offset = v1->lmm_stripe_offset == LOV_OFFSET_DEFAULT ?
 			   LLAPI_LAYOUT_DEFAULT : v1->lmm_stripe_offset;
-	*raw_count = v1->lmm_stripe_count;
+	if (pattern == v1->lmm_pattern)
+		*raw_count = v1->lmm_stripe_count;
 	if (v1->lmm_magic == LOV_USER_MAGIC_V3) {
 		const struct lov_user_md_v3 *v3 = (const struct lov_user_md_v3 *)p;
 
@@ -1906,3 +1911,7 @@ int llapi_dir_create(const char *name, mode_t mode, const struct llapi_stripe_pa
 }
 
 #endif /* !STANDIN_LEGACY */
+
+#ifndef STANDIN_LEGACY
+#include "standin_hsm.c"	/* FIDs and HSM: absent from the legacy build */
+#endif

@@ -1,0 +1,481 @@
+"""The final pass at the speed of the metadata: cmover (embedded and distributed) against cp -a and rsync.
+
+One command, interleaved rounds on the same trees::
+
+    python bench/bench_speed.py                 # quick: a 10-file tree (fixed cost) and 20,000 files in 200 dirs
+    python bench/bench_speed.py --full          # also 100,000 files in 1,000 dirs, 10^6 empty files in one
+                                                # directory and 10^6 entries in 10^5 directories (long)
+
+For every tree: a full copy (`cp -a`, `rsync -a`, `rsync -aHAX`, cmover embedded, cmover distributed) and then
+a no-change pass (`rsync -a`, `rsync -aHAX`, cmover embedded with its clean-pass proof, cmover embedded with
+`--full-compare`, cmover distributed), each timed with a final `sync`, rounds interleaved (this disk varies
+2-4x between rounds), medians printed. Then, in separate untimed runs, the syscalls of each no-change pass
+(`strace -f -c`, the whole process tree; for the distributed pass the workers' processes are attached too)
+and the peak RSS (VmHWM) of every process: cmover's main process, its hub and pool children, the workers.
+Last, the distributed no-change pass against the worker processes (1, 2, 4) and, in full mode, the hub's
+peak RSS for a pass of 10^5 tasks.
+
+The distributed runs use a private vhost and user on the local RabbitMQ (`rabbitmq/rabbitmq_init.sh`,
+deleted at the end) and the local memcached; the script starts and stops its own workers. Run as root
+(owners, the vhost). Figures go to WORKDIR/results.json too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from support import tree  # noqa: E402
+
+BIN = REPO / ".venv" / "bin"
+QUEUES = "cmover.copy.dirs,cmover.copy.files"
+
+
+# -- trees ------------------------------------------------------------------------------------------------
+
+def _flat(root: Path, files: int, dirs: int) -> None:
+    """``files`` empty files spread over ``dirs`` directories (one: all in the root)."""
+    root.mkdir(parents=True)
+    per = -(-files // dirs)
+    for d in range(dirs):
+        where = root if dirs == 1 else root / f"d{d // 1000:03d}" / f"d{d:06d}"
+        where.mkdir(parents=True, exist_ok=True)
+        for i in range(min(per, files - d * per)):
+            os.close(os.open(where / f"f{i:07d}", os.O_CREAT | os.O_WRONLY, 0o644))
+
+
+TREES = {
+    "10 files": lambda p: _flat(p, 10, 1),
+    "20k files": lambda p: tree.random_tree(p, seed=1, n_files=20_000, n_dirs=200),
+    "100k files": lambda p: tree.random_tree(p, seed=1, n_files=100_000, n_dirs=1000),
+    "1M in one dir": lambda p: _flat(p, 1_000_000, 1),
+    "1M in 100k dirs": lambda p: _flat(p, 900_000, 100_000),
+}
+QUICK = ["10 files", "20k files"]
+
+
+def entries(root: Path) -> int:
+    n = 0
+    for _, dirs, files in os.walk(root):
+        n += len(dirs) + len(files)
+    return n
+
+
+# -- processes: time, syscalls, peak RSS ------------------------------------------------------------------
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    subprocess.run(["sync"], check=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {r.returncode}: {r.stderr[-2000:]}")
+    return time.monotonic() - t0
+
+
+def strace_calls(cmd: list[str], env: dict[str, str], attach: list[int] = ()) -> int:
+    """Syscalls of ``cmd`` and its descendants (``strace -f -c``), plus those of the ``attach`` processes
+    (and their threads) while it runs."""
+    out = Path(env["BENCH_WORK"]) / f"strace-{secrets.token_hex(4)}"
+    tracers = []
+    for i, pid in enumerate(attach):
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        args = ["strace", "-f", "-c", "-o", f"{out}.a{i}"] + [a for t in tids for a in ("-p", str(t))]
+        tracers.append(subprocess.Popen(args, stderr=subprocess.DEVNULL))
+    if tracers:
+        time.sleep(1.0)  # attached before the pass starts
+    r = subprocess.run(["strace", "-f", "-c", "-o", str(out), *cmd], env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    for t in tracers:
+        t.send_signal(signal.SIGINT)
+        t.wait(30)
+    if r.returncode != 0:
+        raise RuntimeError(f"strace {' '.join(cmd)} exited with {r.returncode}: {r.stderr[-2000:]}")
+    total = 0
+    for f in [out] + [Path(f"{out}.a{i}") for i in range(len(attach))]:
+        m = re.search(r"^\S+\s+\S+\s+\S+\s+(\d+)\s+(?:\d+\s+)?total$", f.read_text(), re.M)
+        total += int(m.group(1)) if m else 0
+        f.unlink()
+    return total
+
+
+def _hwm(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int, thread: int | None = None) -> list[int]:
+    """Children of process ``pid`` (forked by any of its threads, or by ``thread`` only)."""
+    out = []
+    try:
+        tids = [thread] if thread is not None else [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        for tid in tids:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+class Peaks:
+    """Peak RSS (MiB) of every process below ``roots``, sampled every 20 ms while it runs."""
+
+    def __init__(self, roots: list[int]) -> None:
+        self.roots = roots
+        self.peak: dict[int, int] = {}
+        self.parent: dict[int, int] = {}
+        self.of_main_thread: set[int] = set()  # children forked by their parent's main thread
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            todo = list(self.roots)
+            while todo:
+                pid = todo.pop()
+                self.peak[pid] = max(self.peak.get(pid, 0), _hwm(pid))
+                self.of_main_thread.update(_children(pid, pid))
+                for c in _children(pid):
+                    self.parent[c] = pid
+                    todo.append(c)
+            self._stop.wait(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def embedded_peaks(cmd: list[str], env: dict[str, str]) -> dict[str, int]:
+    """Peak RSS of an embedded run: main, hub (forked by its main thread), pool processes (forked by its worker
+    thread; the largest)."""
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peaks = Peaks([p.pid])
+    p.wait()
+    peaks.stop()
+    kids = [pid for pid, par in peaks.parent.items() if par == p.pid]
+    hub = [k for k in kids if k in peaks.of_main_thread]
+    pool = [k for k in kids if k not in peaks.of_main_thread]
+    return {"main": peaks.peak.get(p.pid, 0), "hub": max((peaks.peak[k] for k in hub), default=0),
+            "pool (max)": max((peaks.peak[k] for k in pool), default=0), "pool processes": len(pool)}
+
+
+# -- the distributed site ---------------------------------------------------------------------------------
+
+class Site:
+    """A private vhost/user on the local RabbitMQ, a config.py whose mounts hold every tree, its workers."""
+
+    def __init__(self, work: Path) -> None:
+        self.dir = work / "site"
+        self.dir.mkdir(exist_ok=True)
+        self.user = f"cmover_bench_{secrets.token_hex(3)}"
+        self.config = self.dir / "config.py"
+        self.config.write_text(f"USERNAME = {self.user!r}\nsource_mount = {str(work / 'src')!r}\n"
+                               f"target_mount = {str(work / 'dst')!r}\nLOG_DIR = {str(self.dir / 'log')!r}\n"
+                               f"STATE_DIR = {str(work / 'state')!r}\n")
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CMOVER_")}
+        self.env.update(CMOVER_CONFIG=str(self.config), CMOVER_RABBITMQ_DIR=str(self.dir / "rabbitmq"),
+                        BENCH_WORK=str(work))
+        r = subprocess.run(["bash", str(REPO / "rabbitmq" / "rabbitmq_init.sh"), "--host", "127.0.0.1"],
+                           env=self.env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"rabbitmq_init.sh failed: {r.stderr[-2000:]}")
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def start_workers(self, processes: int) -> list[int]:
+        """One worker with ``processes`` pool processes; return its pids (main and pool) once it is ready."""
+        self.stop_workers()
+        log = self.dir / f"worker-{processes}.log"
+        with open(log, "wb") as out:
+            w = subprocess.Popen([str(BIN / "celery"), "-A", "cmover.app", "worker", "-Q", QUEUES, "-n",
+                                  f"bench{processes}@%h", "-c", str(processes), "--pool=prefork", "-l", "warning"],
+                                 cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        self.workers.append(w)
+        deadline = time.monotonic() + 120
+        while len(_children(w.pid)) < processes:
+            if w.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        time.sleep(2.0)  # its consumer connected
+        return [w.pid, *_children(w.pid)]
+
+    def stop_workers(self) -> None:
+        for w in self.workers:
+            try:
+                os.killpg(w.pid, signal.SIGTERM)
+                w.wait(30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+            try:
+                os.killpg(w.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.workers.clear()
+
+    def close(self) -> None:
+        self.stop_workers()
+        for what in ("delete_vhost", "delete_user"):
+            subprocess.run(["rabbitmqctl", "-q", what, self.user], capture_output=True)
+
+
+# -- the benchmark ----------------------------------------------------------------------------------------
+
+def commands(tool: str, src: Path, dst: Path, cmover: str) -> list[str]:
+    s, d = str(src), str(dst)
+    return {
+        "cp -a": ["cp", "-a", s, d],
+        "rsync -a": ["rsync", "-a", s + "/", d + "/"],
+        "rsync -aHAX": ["rsync", "-aHAX", s + "/", d + "/"],
+        "cmover": [cmover, "copy", "-q", "--embedded", s, d],
+        "cmover --full-compare": [cmover, "copy", "-q", "--embedded", "--full-compare", s, d],
+        "cmover distributed": [cmover, "copy", "-q", s, d],
+    }[tool]
+
+
+COPY_TOOLS = ["cp -a", "rsync -a", "rsync -aHAX", "cmover", "cmover distributed"]
+NOCHANGE_TOOLS = ["rsync -a", "rsync -aHAX", "cmover", "cmover --full-compare", "cmover distributed"]
+#: Where each tool's copy lives (the no-change pass runs on it).
+TARGET = {"cmover --full-compare": "cmover"}
+
+
+def run_tree(name: str, work: Path, site: Site, rounds: int, cmover: str) -> dict:
+    src = work / "src" / re.sub(r"\W+", "_", name)
+    if not src.exists():
+        print(f"building {name} ...", flush=True)
+        TREES[name](src)
+    n = entries(src)
+    env = dict(site.env)
+    env_emb = {k: v for k, v in env.items() if k != "CMOVER_RABBITMQ_DIR"}
+    env_emb["CMOVER_CONFIG"] = str(site.dir / "embedded.py")
+    (site.dir / "embedded.py").write_text(f"STATE_DIR = {str(work / 'state')!r}\n")
+
+    def dst(tool: str) -> Path:
+        return work / "dst" / f"{re.sub(r'[^a-z]+', '_', TARGET.get(tool, tool))}-{src.name}"
+
+    def envf(tool: str) -> dict[str, str]:
+        return env if "distributed" in tool else env_emb
+
+    copy_tools = COPY_TOOLS
+    times: dict[tuple[str, str], list[float]] = {}
+    for r in range(rounds):
+        for tool in copy_tools:
+            shutil.rmtree(dst(tool), ignore_errors=True)
+            if "distributed" in tool:
+                dst(tool).mkdir()  # a distributed pass needs its target root
+            subprocess.run(["sync"], check=True)
+            times.setdefault(("full copy", tool), []).append(timed(commands(tool, src, dst(tool), cmover), envf(tool)))
+        for tool in NOCHANGE_TOOLS:
+            times.setdefault(("no-change", tool), []).append(
+                timed(commands(tool, src, dst(tool), cmover), envf(tool)))
+        print(f"  {name}: round {r + 1} done", flush=True)
+    calls = {}
+    for tool in NOCHANGE_TOOLS:
+        attach = [p for w in site.workers for p in [w.pid, *_children(w.pid)]] if "distributed" in tool else []
+        calls[tool] = strace_calls(commands(tool, src, dst(tool), cmover), envf(tool), attach)
+    peaks = {"cmover no-change": embedded_peaks(commands("cmover", src, dst("cmover"), cmover), env_emb)}
+    if "cmover" in copy_tools:
+        shutil.rmtree(dst("cmover"), ignore_errors=True)
+        peaks["cmover full copy"] = embedded_peaks(commands("cmover", src, dst("cmover"), cmover), env_emb)
+    return {"tree": name, "entries": n, "times": {f"{p}|{t}": v for (p, t), v in times.items()}, "calls": calls,
+            "peaks": peaks}
+
+
+def scaling(work: Path, site: Site, cmover: str, rounds: int) -> dict[int, float]:
+    src = work / "src" / "20k_files"
+    dst = work / "dst" / "cmover_distributed-20k_files"
+    out = {}
+    for n in (1, 2, 4):
+        pids = site.start_workers(n)
+        peaks = Peaks(pids)
+        out[n] = statistics.median(timed(commands("cmover distributed", src, dst, cmover), site.env)
+                                   for _ in range(rounds))
+        peaks.stop()
+        out[f"{n} rss"] = max(peaks.peak.values())
+    return out
+
+
+def hub_at(work: Path, cmover: str, name: str) -> dict:
+    """Peak RSS of the hub for a no-change pass with one task per directory (INLINE_ENTRIES = 0)."""
+    src = work / "src" / re.sub(r"\W+", "_", name)
+    dst = work / "dst" / f"cmover-{src.name}"
+    cfg = work / "site" / "tasks.py"
+    cfg.write_text(f"STATE_DIR = {str(work / 'state')!r}\nINLINE_ENTRIES = 0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMOVER_")}
+    env["CMOVER_CONFIG"] = str(cfg)
+    p = subprocess.run([cmover, "copy", "--json", "--embedded", str(src), str(dst)], env=env, capture_output=True,
+                       text=True)
+    tasks = json.loads(p.stdout)["totals"].get("tasks", 0) if p.returncode == 0 else 0
+    return {"tasks": tasks, **embedded_peaks([cmover, "copy", "-q", "--embedded", str(src), str(dst)], env)}
+
+
+def _status_mib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith(field + ":")) // 1024
+
+
+def hub_growth(tasks: int) -> list[tuple[int, int]]:
+    """The embedded hub's RSS (MiB) as a run's tasks grow: each task enqueued, its message put and taken, begun,
+    counted and done through the hub's proxy, as a pass's tasks are. Returns (tasks so far, RSS) pairs."""
+    import uuid
+
+    from cmover.embedded import hub as hubmod
+
+    manager = hubmod.start_hub()
+    try:
+        h = hubmod.hub()
+        pid = manager._process.pid  # type: ignore[attr-defined]
+        run = "copy-bench"
+        h.open_run(run)
+        msg = json.dumps({"body": "x" * 600, "headers": {"id": str(uuid.uuid4())}})  # a dir task's size
+        out, mark = [], 1000
+        for i in range(1, tasks + 1):
+            tid = str(uuid.uuid4())
+            h.enqueue(run, tid)
+            h.put("cmover.copy.dirs", msg)
+            h.get_first(["cmover.copy.dirs"])
+            h.begin(run, tid)
+            h.stats_add(run, json.dumps({"dirs": 1, "files_scanned": 100, "files_skipped": 100}))
+            h.done(run, tid)
+            if i in (mark, tasks):
+                out.append((i, _status_mib(pid, "VmRSS")))
+                mark *= 10
+        return out
+    finally:
+        hubmod.stop_hub(manager)
+
+
+def hub_queued(tasks: int) -> list[tuple[str, int, int]]:
+    """The embedded hub's memory (MiB: RSS, peak RSS) when ``tasks`` directory tasks are queued at once, as a
+    full copy of that many directories queues them: each counted in the ledger and its packed message (0.45 KiB,
+    as a directory task's) put; then every one taken, begun, counted and done. Returns (phase, RSS, peak)."""
+    import uuid
+    import xmlrpc.client
+
+    from cmover.embedded import hub as hubmod
+
+    manager = hubmod.start_hub()
+    try:
+        h = hubmod.hub()
+        pid = manager._process.pid  # type: ignore[attr-defined]
+        run = "copy-bench"
+        h.open_run(run)
+        out = [("started", _status_mib(pid, "VmRSS"), _status_mib(pid, "VmHWM"))]
+        tids = [str(uuid.uuid4()) for _ in range(tasks)]
+        for tid in tids:
+            h.enqueue(run, tid)
+            h.put("cmover.copy.dirs", xmlrpc.client.Binary(os.urandom(460)))  # packed: incompressible
+        out.append((f"{tasks:,} queued", _status_mib(pid, "VmRSS"), _status_mib(pid, "VmHWM")))
+        for tid in tids:
+            h.get_first(["cmover.copy.dirs"])
+            h.begin(run, tid)
+            h.done(run, tid)
+        out.append(("all taken and done", _status_mib(pid, "VmRSS"), _status_mib(pid, "VmHWM")))
+        return out
+    finally:
+        hubmod.stop_hub(manager)
+
+
+def report(results: list[dict], scale: dict, hubs: list[dict]) -> str:
+    """The tables: times, ratios (the reference tool's seconds / this tool's: above 1 is faster), syscalls."""
+    lines = ["| tree (entries) | phase | tool | seconds (median) | entries/s | ratio | syscalls/entry | beyond the "
+             "fixed cost |", "|---|---|---|---|---|---|---|---|"]
+    # The fixed cost of a tool: its syscalls on the 10-file tree (start-up, imports, pool, hub, workers' idle loops).
+    fixed = next((r["calls"] for r in results if r["tree"] == "10 files"), {})
+    for res in results:
+        n = res["entries"]
+        med = {k: statistics.median(v) for k, v in res["times"].items()}
+        for key, secs in med.items():
+            phase, tool = key.split("|")
+            ref = "cp -a" if phase == "full copy" else "rsync -a"
+            ratio = f"{med[f'{phase}|{ref}'] / secs:.2f}x {ref}" if f"{phase}|{ref}" in med and tool != ref else ""
+            if phase == "no-change" and tool == "cmover" and "no-change|rsync -aHAX" in med:
+                ratio += f", {med['no-change|rsync -aHAX'] / secs:.2f}x rsync -aHAX"
+            calls = res["calls"].get(tool) if phase == "no-change" else None
+            marginal = f"{(calls - fixed[tool]) / (n - 10):.2f}" if calls and tool in fixed and n > 10 else ""
+            lines.append(f"| {res['tree']} ({n:,}) | {phase} | {tool} | {secs:.3f} | {n / secs:,.0f} | {ratio} | "
+                         + (f"{calls / n:.2f} | {marginal} |" if calls else "| |"))
+    lines += ["", "| tree | run: process | peak RSS (MiB) |", "|---|---|---|"]
+    for res in results:
+        for what, pk in res["peaks"].items():
+            lines.append(f"| {res['tree']} | {what}: " + ", ".join(f"{k} {v}" for k, v in pk.items()) + " | |")
+    for h in hubs:
+        lines.append(f"| {h['tree']}, {h['tasks']:,} tasks (INLINE_ENTRIES = 0) | hub {h['hub']}, main {h['main']}, "
+                     f"pool (max) {h['pool (max)']} | |")
+    if scale:
+        lines += ["", "| worker processes (one worker) | distributed no-change, 20k files: seconds | peak RSS (MiB) |",
+                  "|---|---|---|"]
+        lines += [f"| {n} | {scale[n]:.3f} | {scale[f'{n} rss']} |" for n in (1, 2, 4)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--full", action="store_true", help="also the 100k-file tree and the 10^6-entry cases")
+    ap.add_argument("--trees", help="comma-separated tree names instead (" + ", ".join(TREES) + ")")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workdir", default=str(REPO / "bench" / "_work" / "speed"))
+    ap.add_argument("--workers", type=int, default=2, help="pool processes of the distributed worker (default 2)")
+    ap.add_argument("--no-scaling", action="store_true", help="skip the 1/2/4 worker-process table")
+    ap.add_argument("--hub-tasks", type=int, metavar="N",
+                    help="only this: the embedded hub's RSS as N tasks go through it (e.g. 100000)")
+    ap.add_argument("--hub-queued", type=int, metavar="N",
+                    help="only this: the embedded hub's memory with N directory tasks queued at once (e.g. 100000)")
+    a = ap.parse_args(argv)
+    if a.hub_queued:
+        print("| hub (N directory tasks queued at once) | RSS (MiB) | peak RSS (MiB) |\n|---|---|---|")
+        for phase, rss, peak in hub_queued(a.hub_queued):
+            print(f"| {phase} | {rss} | {peak} |")
+        return 0
+    if a.hub_tasks:
+        print("| tasks through the hub | hub RSS (MiB) |\n|---|---|")
+        for n, rss in hub_growth(a.hub_tasks):
+            print(f"| {n:,} | {rss} |")
+        return 0
+    if os.geteuid() != 0:
+        print("bench_speed.py: run as root (owners, the RabbitMQ vhost)", file=sys.stderr)
+        return 2
+    work = Path(a.workdir).resolve()
+    (work / "src").mkdir(parents=True, exist_ok=True)
+    (work / "dst").mkdir(exist_ok=True)
+    cmover = str(BIN / "cmover")
+    names = a.trees.split(",") if a.trees else (list(TREES) if a.full else QUICK)
+    site = Site(work)
+    results, hubs, scale = [], [], {}
+    try:
+        site.start_workers(a.workers)
+        for name in names:
+            results.append(run_tree(name, work, site, a.rounds, cmover))
+        if "20k files" in names and not a.no_scaling:
+            scale = scaling(work, site, cmover, a.rounds)
+        hubs = [{"tree": n, **hub_at(work, cmover, n)} for n in names if n in ("20k files", "1M in 100k dirs")]
+    finally:
+        site.close()
+    text = report(results, scale, hubs)
+    print(text)
+    (work / "results.json").write_text(json.dumps({"results": results, "scaling": {str(k): v for k, v in
+                                                                                   scale.items()},
+                                                   "hubs": hubs}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The ``cmover`` command (and ``python cmover_control.py start|stop|status``): the parser and the dispatch.
+
+Each command module adds its parsers and holds its ``cmd_*`` functions: :mod:`cmover.cli.passes` (copy,
+delete, dirtime, sync, start), :mod:`cmover.cli.operate` (status, errors, retry-failed, deleted, stop,
+pause, resume, pool, lustre-info, exporter), :mod:`cmover.cli.hsm` (hsm-rebind-list), :mod:`cmover.cli.changes`
+(watch, ``--changes``).
+:mod:`cmover.cli.render` formats, :mod:`cmover.cli.output` handles a reader that goes away.
+
+Exit codes: 0 all good; 1 the pass finished but some items failed (they are listed); 2 bad input,
+configuration or preflight failure (nothing was written); 3 the pass state is unknown (ledger lost, a
+task the ledger could not count, broker unreadable); 130 interrupted; 141 (128 + SIGPIPE, what a shell
+reports for a command whose reader went away) a listing whose output was closed before it was complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import NoReturn
+
+from cmover.cli import changes, hsm, operate, output, passes, sync
+from cmover.cli._common import EXIT_UNKNOWN
+from cmover.cli.output import EXIT_OUTPUT_GONE
+from cmover.core.errors import EXIT_FATAL, EXIT_INTERRUPTED, CmoverError
+from cmover.core.settings import PACKAGE_CONFIG
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line and exit 2, as for every other bad input
+        self.exit(EXIT_FATAL, f"cmover: {message}; see `{self.prog} --help`\n")
+
+
+CONFIG_HELP = (
+    "Configuration: the file named by --config, else by $CMOVER_CONFIG (either must exist), else ./config.py "
+    f"in the current directory, else {PACKAGE_CONFIG} (beside the cmover package); the first found is read, "
+    "no other. A file that is found is always validated: an unknown or mistyped setting is an error (exit 2), "
+    "whatever the command. Only when no file exists at all do copy, delete, dirtime, sync and lustre-info "
+    "run on the default settings (embedded). -v names the file used."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; each subcommand's parser sets ``func``, the function that runs it."""
+    p = _Parser(prog="cmover", description="Clone very large filesystems: copy, then delete and dirtime passes.",
+                epilog=CONFIG_HELP)
+    p.add_argument("--config", metavar="FILE", help="the config file to read (see below)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more log output, and say which config file is used (-vv: debug)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    passes.add_parsers(sub, sync=sync.cmd_sync)
+    operate.add_parsers(sub)
+    hsm.add_parsers(sub)
+    changes.add_watch_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: sys.argv); return its exit code."""
+    return output.guarded(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(changes.changes_argv(sys.argv[1:] if argv is None else argv))
+    output.for_command(args.command)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    t0 = time.monotonic()
+    try:
+        return int(args.func(args))
+    except CmoverError as exc:
+        print(f"cmover: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        print(f"cmover: interrupted after {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+__all__ = ["main", "build_parser", "EXIT_UNKNOWN", "EXIT_OUTPUT_GONE"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

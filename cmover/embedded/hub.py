@@ -1,0 +1,521 @@
+"""The embedded mode's broker: queues, ledger, counters and error list shared by local processes.
+
+``cmover copy`` without a broker runs a Celery worker with a *prefork* pool in this process, so that
+the copy uses every core (a thread pool is capped by the GIL: measured, one thread was faster than
+four). Pool children publish the tasks they fan out, so the queues must be shared between processes;
+``memory://`` keeps them per process and would lose those tasks. This module provides the shared state:
+
+* :class:`Hub` lives in a helper process started with :class:`multiprocessing.managers.BaseManager`
+  and holds the queues, the completion ledger, the counters and the error list of the run;
+* :class:`~cmover.embedded.transport.Transport` is a kombu virtual transport (``cmover-local://``) whose
+  queue operations are calls to the hub, so Celery's message path (serialisation, routing, worker requests,
+  acks) is the real one.
+
+Queued messages beyond :data:`MEMORY_BYTES` per queue wait in a file of the hub's own (:class:`SpillQueue`),
+so that the hub's memory stays bounded however many tasks a pass queues (a full copy of 10^5 directories
+queues about that many directory tasks at once).
+
+The manager uses the ``xmlrpclib`` serializer, not pickle, and only strings and small integers cross
+it: messages travel as their JSON text. It listens on a Unix socket in a private directory with a
+random key, and lives only as long as the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import struct
+import tempfile
+import threading
+import time
+
+# multiprocessing imports xmlrpc.client lazily; importing it in a pool child forked while another
+# thread of the parent held the import lock deadlocks the child. Import it before any fork.
+import xmlrpc.client
+from collections import Counter, deque
+from multiprocessing.managers import BaseManager
+from typing import Any, BinaryIO
+
+from cmover.core.deletion import Deletion
+from cmover.core.difference import Difference
+from cmover.core.failure import Failure
+from cmover.core.hsmrecord import HsmRecord, hsm_list
+from cmover.core.settings import Settings
+from cmover.state.errorlist import MEMORY_LIMIT, MemoryErrors, Records, deleted_list, differences_list
+from cmover.state.hsmlist import HsmFile
+from cmover.state.ledger import MemoryLedger
+from cmover.state.stats import MemoryStats
+from cmover.worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+#: Bytes of queued messages a queue keeps in the hub's memory; the newer ones wait in its spill file.
+MEMORY_BYTES = 8 << 20
+
+
+class SpillQueue:
+    """One queue of the hub, first in first out: its oldest messages in memory (up to ``limit`` bytes, default
+    :data:`MEMORY_BYTES`), the
+    newer ones appended to a spill file in ``directory``, read back in order as the memory empties.
+
+    A message is bytes (a packed message) or text. Only the hub's lock-holder calls it. The file is the
+    hub's own, in a private directory, and lives as long as the run (which keeps its queues in memory
+    anyway: nothing of it has to survive a crash).
+    """
+
+    __slots__ = ("head", "head_bytes", "limit", "path", "spill", "spilled", "read_at")
+
+    def __init__(self, path: str, limit: int | None = None) -> None:
+        self.head: deque[bytes | str] = deque()
+        self.head_bytes = 0
+        self.limit = MEMORY_BYTES if limit is None else limit
+        self.path = path
+        self.spill: BinaryIO | None = None
+        self.spilled = 0  # messages in the file not yet read back
+        self.read_at = 0  # where the oldest of them starts
+
+    def __len__(self) -> int:
+        return len(self.head) + self.spilled
+
+    def append(self, payload: bytes | str) -> None:
+        if not self.spilled and self.head_bytes + len(payload) <= self.limit:
+            self.head.append(payload)
+            self.head_bytes += len(payload)
+            return
+        # Once a message waits in the file, every newer one goes there too: the order stays the same.
+        if self.spill is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            self.spill = os.fdopen(fd, "w+b")
+        data = payload.encode("utf-8") if isinstance(payload, str) else payload
+        self.spill.seek(0, os.SEEK_END)
+        self.spill.write(_RECORD.pack(len(data), isinstance(payload, str)) + data)
+        self.spilled += 1
+
+    def popleft(self) -> bytes | str:
+        """The oldest message (IndexError when the queue is empty)."""
+        if not self.head and self.spilled:
+            self._refill()
+        payload = self.head.popleft()
+        self.head_bytes -= len(payload)
+        return payload
+
+    def _refill(self) -> None:
+        """Read the oldest spilled messages back, up to half the memory budget (at least one)."""
+        f = self.spill
+        assert f is not None
+        f.flush()
+        f.seek(self.read_at)
+        while self.spilled and (not self.head or self.head_bytes < self.limit // 2):
+            size, text = _RECORD.unpack(f.read(_RECORD.size))
+            data = f.read(size)
+            payload: bytes | str = data.decode("utf-8") if text else data
+            self.head.append(payload)
+            self.head_bytes += len(payload)
+            self.spilled -= 1
+        self.read_at = f.tell()
+        if not self.spilled:  # all read back: the file starts again empty (its disk space is given back)
+            f.seek(0)
+            f.truncate()
+            self.read_at = 0
+
+    def clear(self) -> int:
+        """Drop every message; return how many there were."""
+        n = len(self)
+        self.head.clear()
+        self.head_bytes = self.spilled = self.read_at = 0
+        if self.spill is not None:
+            self.spill.seek(0)
+            self.spill.truncate()
+        return n
+
+
+#: A spilled message's header: its length and whether it is text.
+_RECORD = struct.Struct("<I?")
+
+
+class Hub:
+    """Shared state of one embedded run; every method is called through a manager proxy."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Waiters (a consumer for a message, the runner for the end of a pass) sleep in the hub until what
+        # they wait for happens: no polling round trips (measured: the bulk of a small pass's syscalls).
+        # Two conditions on the one lock, so that a put wakes only consumers and a task done only the runner,
+        # and the runner only when the run has nothing outstanding (each wake is a futex call per waiter).
+        self._message = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
+        self._closed = False
+        self._queues: dict[str, SpillQueue] = {}
+        self._spill_dir = _spill_dir or tempfile.mkdtemp(prefix="cmover-hub-")
+        # The embedded run's state is the in-memory ledger, counters and error list, shared here.
+        self._ledger = MemoryLedger()
+        self._stats = MemoryStats()
+        self._errors = MemoryErrors()
+
+    # queues
+    def put(self, queue: str, payload: Any) -> None:
+        if isinstance(payload, xmlrpc.client.Binary):
+            payload = payload.data  # kept as plain bytes: a Binary object costs 150 bytes more per message
+        with self._lock:
+            q = self._queues.get(queue)
+            if q is None:
+                q = self._queues[queue] = SpillQueue(os.path.join(self._spill_dir, f"queue-{len(self._queues)}"))
+            q.append(payload)
+            self._message.notify()
+
+    def get_first(self, queues: list[str], wait: float = 0.0) -> list[Any] | None:
+        """The first message of the first non-empty queue as ``[queue, payload]``; when every queue is empty,
+        wait up to ``wait`` seconds for one (less once the hub is closing); None if none came."""
+        with self._lock:
+            deadline = None
+            while True:
+                for name in queues:
+                    q = self._queues.get(name)
+                    if q:
+                        return [name, q.popleft()]
+                if self._closed or wait <= 0:
+                    return None
+                now = time.monotonic()
+                deadline = deadline or now + min(wait, _MAX_WAIT)
+                if now >= deadline:
+                    return None
+                self._message.wait(deadline - now)
+
+    def close(self) -> None:
+        """The run is over: every waiter returns now, and none waits from now on."""
+        with self._lock:
+            self._closed = True
+            self._message.notify_all()
+            self._idle.notify_all()
+
+    def size(self, queue: str) -> int:
+        with self._lock:
+            return len(self._queues.get(queue, ()))
+
+    def purge(self, queue: str) -> int:
+        with self._lock:
+            q = self._queues.get(queue)
+            return q.clear() if q is not None else 0
+
+    # ledger (see cmover.state.ledger)
+    def open_run(self, run_id: str) -> None:
+        self._ledger.open_run(run_id)
+
+    def enqueue(self, run_id: str, tid: str) -> None:
+        self._ledger.enqueue(run_id, tid)
+
+    def begin(self, run_id: str, tid: str) -> int | None:
+        return self._ledger.begin(run_id, tid)
+
+    def done(self, run_id: str, tid: str) -> None:
+        with self._lock:  # under the hub's lock: a waiter reads the count and sleeps under it, and misses nothing
+            self._ledger.done(run_id, tid)
+            if not self._ledger.outstanding(run_id):
+                self._idle.notify_all()
+
+    def outstanding(self, run_id: str, wait: float = 0.0) -> int | None:
+        """Tasks of the run not done; with ``wait``, first wait up to that many seconds for 0."""
+        out = self._ledger.outstanding(run_id)
+        if out and wait > 0:
+            deadline = time.monotonic() + min(wait, _MAX_WAIT)
+            with self._lock:
+                while out and not self._closed and (left := deadline - time.monotonic()) > 0:
+                    self._idle.wait(left)
+                    out = self._ledger.outstanding(run_id)
+        return out
+
+    def claim(self, run_id: str, key: str, value: str) -> str:
+        return self._ledger.claim(run_id, key, value)
+
+    def claimed(self, run_id: str, keys: list[str]) -> int:
+        return self._ledger.claimed(run_id, keys)
+
+    def incr(self, run_id: str, key: str, n: int) -> int:
+        return self._ledger.incr(run_id, key, n)
+
+    def sync(self) -> None:
+        """Nothing: a call that only carries the calls a client held (:func:`send_held`)."""
+
+    def batch(self, calls: list[list[Any]]) -> Any:
+        """Run ``[name, args]`` calls in order and return the last one's result: the calls a client held
+        (:data:`HELD`, whose results nobody waits for), sent in the round trip of its next call."""
+        *held, (name, args) = calls
+        for n, a in held:
+            if n not in HELD:
+                raise ValueError(f"{n} cannot be held")
+            getattr(self, n)(*a)
+        if name not in _SERVED:
+            raise ValueError(f"no hub call {name}")
+        return getattr(self, name)(*args)
+
+    # counters and errors, as JSON text (XML-RPC integers stop at 2**31)
+    def stats_add(self, run_id: str, tally_json: str) -> None:
+        self._stats.add(run_id, Counter(json.loads(tally_json)))
+
+    def stats_totals(self, run_id: str) -> str:
+        return json.dumps(self._stats.totals(run_id))
+
+    def errors_record(self, run_id: str, failures_json: str) -> None:
+        # Kept in their wire form: failures, or deletions in a deletion list; the reader decodes them.
+        self._errors.record(run_id, json.loads(failures_json))
+
+    def errors_read(self, run_id: str, limit: int) -> str:
+        items, count = self._errors.items(run_id, limit)
+        return json.dumps({"items": items, "count": count})
+
+
+#: Hub calls a client may hold and send with its next call (:meth:`Hub.batch`): a child task counted in the
+#: ledger (sent with the message's put), a task's counters and failures (sent with its done). They reach the
+#: hub in the order they were made, before the call that carries them, so the ledger still counts every
+#: child before its message can be taken and before its parent is done, and a run's totals are complete
+#: when its ledger says 0. Measured: a third fewer round trips per task.
+HELD = frozenset({"enqueue", "stats_add", "errors_record"})
+
+#: What :meth:`Hub.batch` may end with: the hub's own calls.
+_SERVED = frozenset(n for n in vars(Hub) if not n.startswith("_") and n != "batch")
+
+#: Longest wait of one hub call: a waiting consumer or runner looks at its own state (stop, shutdown) this often.
+_MAX_WAIT = 0.5
+
+
+#: How long a consumer with a free prefetch slot waits in the hub for a message per call.
+CONSUMER_WAIT = 0.25
+
+
+class _HubManager(BaseManager):
+    pass
+
+
+_hub_instance: Hub | None = None
+
+
+def _the_hub() -> Hub:
+    global _hub_instance
+    if _hub_instance is None:
+        _hub_instance = Hub()
+    return _hub_instance
+
+
+_HubManager.register("hub", callable=_the_hub)
+
+# Address and key of the running hub: set by start_hub() before the worker forks, so pool children
+# inherit them; each process connects on first use.
+_address: str | None = None
+_authkey: bytes | None = None
+_spill_dir: str | None = None  # where the hub's queues spill (start_hub), inherited by the hub process
+_proxy: Any = None
+_proxy_lock = threading.Lock()
+_closing = False  # set when the run is over: consumers stop polling the hub before it goes away
+
+
+def closing() -> bool:
+    """True once the run is over (:func:`stop_hub`): the transport's consumers stop asking the hub."""
+    return _closing
+
+
+_held = threading.local()  # .calls: the calls this thread holds (Client.hold)
+
+
+def _after_fork_in_child() -> None:
+    # The pool forks while other threads of the parent may hold this lock or use the proxy's socket.
+    global _proxy_lock, _proxy, _held
+    _proxy_lock = threading.Lock()
+    _proxy = None
+    _held = threading.local()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def start_hub(spill_under: str | None = None) -> BaseManager:
+    """Start the hub process for this run; the caller shuts the returned manager down at the end.
+
+    Its queues spill (:class:`SpillQueue`) into a private directory made under ``spill_under`` (created if
+    missing; the run's STATE_DIR: on disk, where /tmp may be memory), else under the system's temporary
+    directory; it is removed by :func:`stop_hub`.
+
+    The hub ignores SIGINT and SIGHUP (a Ctrl-C or a hangup reaches the terminal's whole process group):
+    it lives until :func:`stop_hub`, so the run can finish, or stop cleanly, after either.
+    """
+    global _address, _authkey, _spill_dir, _proxy
+    with _proxy_lock:
+        _proxy = None  # a proxy of an earlier hub of this process would talk to a socket that is gone
+    sockdir = tempfile.mkdtemp(prefix="cmover-")  # mode 0700: only this user can reach the socket
+    _address = os.path.join(sockdir, "hub")
+    _authkey = secrets.token_bytes(32)
+    _spill_dir = os.path.join(sockdir, "spill")
+    if spill_under:
+        try:
+            os.makedirs(spill_under, mode=0o700, exist_ok=True)
+            _spill_dir = tempfile.mkdtemp(prefix="cmover-hub-", dir=spill_under)
+        except OSError as exc:
+            # Where the spill goes is the hub's own business: a STATE_DIR that cannot be written (a user with
+            # no home) leaves it in the socket's private directory, and the pass goes on.
+            log.debug("queued tasks spill to %s, not %s (%s)", sockdir, spill_under, exc.strerror or exc)
+    if _spill_dir == os.path.join(sockdir, "spill"):
+        os.mkdir(_spill_dir, 0o700)
+    manager = _HubManager(address=_address, authkey=_authkey, serializer="xmlrpclib")
+    manager.start(initializer=_ignore_hangup)
+    return manager
+
+
+def _ignore_hangup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # SIGINT: the manager's server ignores it already
+
+
+def stop_hub(manager: BaseManager) -> None:
+    """End the run's hub; consumers still polling see empty queues from now on."""
+    global _closing
+    _closing = True
+    try:
+        hub().close()  # waiters return at once instead of finding the hub gone
+    except (OSError, EOFError):
+        pass
+    manager.shutdown()
+    if _address is not None:
+        shutil.rmtree(os.path.dirname(_address), ignore_errors=True)
+    if _spill_dir is not None:
+        shutil.rmtree(_spill_dir, ignore_errors=True)
+
+
+def hub() -> Any:
+    """A proxy of the run's hub for this process (and thread-safe within it)."""
+    global _proxy
+    with _proxy_lock:
+        # No pid check: a forked child starts with no proxy (_after_fork_in_child), and asking the pid was a
+        # syscall per hub call.
+        if _proxy is None:
+            if _address is None:
+                raise RuntimeError("embedded hub not started")
+            m = _HubManager(address=_address, authkey=_authkey, serializer="xmlrpclib")
+            m.connect()
+            _proxy = Client(m.hub())  # type: ignore[attr-defined]
+        return _proxy
+
+
+def send_held() -> None:
+    """Send the calls this thread holds, if any, now."""
+    if getattr(_held, "calls", None):
+        hub().sync()
+
+
+class Client:
+    """The hub as this process calls it: every :class:`Hub` method, through the manager's proxy, and
+    :meth:`hold` for the calls whose results nobody waits for (see :data:`HELD`)."""
+
+    def __init__(self, proxy: Any) -> None:
+        self._proxy = proxy
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any) -> Any:
+            held = getattr(_held, "calls", None)
+            if held:
+                _held.calls = []
+                return self._proxy.batch([*held, [name, list(args)]])
+            return getattr(self._proxy, name)(*args)
+        return call
+
+    def hold(self, name: str, *args: Any) -> None:
+        """Make call ``name`` (one of :data:`HELD`) with this thread's next call, in the same round trip."""
+        assert name in HELD, name
+        calls = getattr(_held, "calls", None)
+        if calls is None:
+            calls = _held.calls = []
+        calls.append([name, list(args)])
+
+
+class HubStats:
+    """StatsSink over the hub."""
+
+    def add(self, run_id: str, tally: Counter[str], node: str = "", began: float = 0.0) -> None:
+        hub().hold("stats_add", run_id, json.dumps(dict(tally)))  # with the task's done
+
+    def totals(self, run_id: str) -> dict[str, int] | None:
+        return {str(k): int(v) for k, v in json.loads(hub().stats_totals(run_id)).items()}
+
+    def flush(self) -> None:
+        send_held()  # an add is held until the task's done; a process that exits sends what it still holds
+
+
+class HubErrors:
+    """Error list over the hub."""
+
+    def record(self, run_id: str, failures: Records) -> None:
+        hub().hold("errors_record", run_id, json.dumps([f.as_dict() for f in failures]))  # with the task's done
+
+    def read(self, run_id: str, limit: int = 1000) -> tuple[list[Failure], int]:
+        data = json.loads(hub().errors_read(run_id, limit))
+        return [Failure.from_dict(d) for d in data["items"]], int(data["count"])
+
+    def read_deleted(self, run_id: str, limit: int = 1000) -> tuple[list[Deletion], int]:
+        """The deletion list of delete pass ``run_id``."""
+        data = json.loads(hub().errors_read(deleted_list(run_id), limit))
+        return [Deletion.from_dict(d) for d in data["items"]], int(data["count"])
+
+    def read_hsm(self, run_id: str) -> list[HsmRecord]:
+        """The HSM list of copy run ``run_id`` as kept in the hub (a session without settings)."""
+        data = json.loads(hub().errors_read(hsm_list(run_id), MEMORY_LIMIT))
+        return [HsmRecord.from_dict(d) for d in data["items"]]
+
+    def read_differences(self, run_id: str, limit: int = 1000) -> tuple[list[Difference], int]:
+        """The differences list of verify pass ``run_id``."""
+        data = json.loads(hub().errors_read(differences_list(run_id), limit))
+        return [Difference.from_dict(d) for d in data["items"]], int(data["count"])
+
+
+class HubLedger:
+    """Completion ledger over the hub (same protocol as :mod:`cmover.state.ledger`)."""
+
+    def open_run(self, run_id: str) -> None:
+        hub().open_run(run_id)
+
+    def enqueue(self, run_id: str, tid: str) -> None:
+        hub().hold("enqueue", run_id, tid)  # with the put of its message (or the parent's done)
+
+    def begin(self, run_id: str, tid: str) -> int | None:
+        r = hub().begin(run_id, tid)
+        return None if r is None else int(r)
+
+    def finished(self, run_id: str) -> None:
+        # Not counted: an embedded run's counters reach the hub before its tasks are done, so its
+        # totals are complete when the ledger says 0 (no reader needs the count; one round trip saved).
+        pass
+
+    def finished_count(self, run_id: str) -> int | None:
+        return None
+
+    def done(self, run_id: str, tid: str) -> None:
+        hub().done(run_id, tid)
+
+    def outstanding(self, run_id: str, wait: float = 0.0) -> int | None:
+        """See :meth:`Hub.outstanding`: with ``wait``, returns as soon as the run is done (or after ``wait``)."""
+        r = hub().outstanding(run_id, wait)
+        return None if r is None else int(r)
+
+    def exact_outstanding(self, run_id: str, hint: int) -> int | None:
+        return self.outstanding(run_id)  # the hub counts under one lock: never off
+
+    def claim(self, run_id: str, key: str, value: str) -> str:
+        return str(hub().claim(run_id, key, value))
+
+    def claimed(self, run_id: str, keys: list[str]) -> int:
+        return int(hub().claimed(run_id, keys))
+
+    def incr(self, run_id: str, key: str, n: int) -> int:
+        return int(hub().incr(run_id, key, n))
+
+
+def embedded_context(settings: Settings | None = None) -> WorkerContext:
+    """The context of an embedded run's processes: ledger, counters and errors in the run's hub; HSM
+    lists in files in LOG_DIR (:class:`~cmover.state.hsmlist.HsmFile`), which outlive the session.
+
+    ``settings``: the site (its LUSTREAPI, LOG_DIR); None: the defaults, HSM lists kept in the hub.
+    """
+    return WorkerContext(ledger=HubLedger(), stats=HubStats(), errors=HubErrors(),
+                         lustreapi=settings.lustreapi if settings is not None else "",
+                         hsm=HsmFile(settings.log_path()) if settings is not None else None)

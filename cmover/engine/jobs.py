@@ -1,0 +1,146 @@
+"""What a pass task hands on besides its counters: jobs for other tasks, and per-item failures.
+
+Jobs. A pass engine publishes more work through its ``emit`` callback as :class:`Job` objects; the
+task layer turns each into one task message. A job tells it four things: its ``kind`` (with the pass
+kind, the task name), the inputs of its deterministic task id (``rel``, ``index`` and :meth:`Job.ident`,
+see :func:`cmover.state.ledger.task_id`; the ledger relies on the same work getting the same id) and its
+message arguments after the pass spec (:meth:`Job.wire_args`, JSON). Every pass has :class:`DirJob` and
+:class:`FilesJob`; a pass with work of another shape declares its own job next to its engine
+(:class:`cmover.engine.chunks.ChunkJob`, :class:`cmover.engine.deletepass.PurgeJob`).
+
+Failures. One entry that cannot be handled is a per-item failure: :func:`report_failure` counts it,
+logs it under the pass's logger and hands the :class:`~cmover.core.failure.Failure` record on; the rest
+of the task goes on. Before that, an operation that failed with an errno saying "try again"
+(:data:`~cmover.core.errors.TRANSIENT_ERRNOS`: ESTALE and ETIMEDOUT are real on Lustre and NFS) is
+run again a few times by :func:`retry_transient`, the one place those errors are handled.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from cmover.core.counters import C
+from cmover.core.errors import TRANSIENT_ERRNOS
+from cmover.core.failure import Failure, item_failure
+from cmover.core.logformat import at
+from cmover.core.paths import display, to_wire
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Job(Protocol):
+    """Work handed to another task of the same pass (see the module doc)."""
+
+    kind: ClassVar[str]  # the task's kind within its pass: cmover.<pass>.<kind>
+
+    @property
+    def rel(self) -> bytes:
+        """The directory (or file) the job is about, relative to the pass roots."""
+        ...
+
+    @property
+    def index(self) -> int:
+        """Position among the jobs of the same kind and path (batch or chunk number; 0 otherwise)."""
+        ...
+
+    def ident(self) -> tuple[bytes, ...]:
+        """What the task id covers besides pass, kind, path and index."""
+        ...
+
+    def wire_args(self) -> list[Any]:
+        """The task's message arguments after the pass spec (JSON)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DirJob:
+    """Walk directory ``rel`` (``mdt``: the MDT a new target directory is created on; None: its parent's)."""
+
+    kind: ClassVar[str] = "dir"
+    rel: bytes
+    mdt: int | None = None
+
+    @property
+    def index(self) -> int:
+        return 0
+
+    def ident(self) -> tuple[bytes, ...]:
+        return ()
+
+    def wire_args(self) -> list[Any]:
+        return [to_wire(self.rel), self.mdt]
+
+
+@dataclass(frozen=True, slots=True)
+class FilesJob:
+    """Handle the entries ``names`` of directory ``rel``: batch ``index`` of a big directory's listing.
+
+    A batch's task id covers its names, not only its position (see :func:`cmover.state.ledger.task_id`).
+    """
+
+    kind: ClassVar[str] = "files"
+    rel: bytes
+    names: tuple[bytes, ...]
+    index: int = 0
+
+    def ident(self) -> tuple[bytes, ...]:
+        return self.names
+
+    def wire_args(self) -> list[Any]:
+        return [to_wire(self.rel), [to_wire(n) for n in self.names]]
+
+
+def report_failure(tally: Counter[str], on_failure: Callable[[Failure], None], rel: bytes, op: str,
+                   exc: BaseException, side: str = "source", logger: logging.Logger = log) -> None:
+    """Count, log (under ``logger``: the pass's) and hand on one per-item failure of entry ``rel``."""
+    tally[C.FAILED] += 1
+    failure = item_failure(rel, op, exc, side)
+    logger.warning("%s", failure.line(), extra=at(rel))
+    on_failure(failure)
+
+
+#: Pauses (seconds) before the retries of an operation that failed with a transient errno: at most
+#: len(TRANSIENT_PAUSES) retries, then the last error is reported like any other.
+TRANSIENT_PAUSES = (0.05, 0.2, 0.5)
+
+
+def retry_transient(work: Callable[[], T], first: OSError, path: bytes) -> T:
+    """Run ``work`` again after it failed with ``first`` on entry ``path``, if that error is transient.
+
+    Called from the ``except`` clause of an operation's first attempt, so that the common case costs
+    nothing. ``first`` is re-raised at once unless its errno is in TRANSIENT_ERRNOS; otherwise ``work``
+    (which must be safe to repeat: every per-item operation decides from a fresh ``lstat``) is run
+    again after each pause of TRANSIENT_PAUSES while it keeps failing with a transient errno. Returns
+    what a successful attempt returned; raises the error of the last attempt (or a non-transient one).
+    """
+    if first.errno not in TRANSIENT_ERRNOS:
+        raise first
+    err = first
+    for pause in TRANSIENT_PAUSES:
+        log.info("%s: %s (%s); trying again in %.2f s", display(path), err.strerror,
+                 errno.errorcode.get(err.errno or 0, err.errno), pause, extra=at(path))
+        time.sleep(pause)
+        try:
+            return work()
+        except OSError as exc:
+            if exc.errno not in TRANSIENT_ERRNOS:
+                raise
+            err = exc
+    raise err
+
+
+def retrying(work: Callable[[], T], path: bytes) -> T:
+    """``work()``, with :func:`retry_transient` when it fails with a transient errno."""
+    try:
+        return work()
+    except OSError as exc:
+        return retry_transient(work, exc, path)
+

@@ -1,0 +1,264 @@
+"""The directory walk every pass engine shares: listings, batches, the inline budget, directory pairs.
+
+A pass task handles one directory (or one batch of a big one) and may walk small subtrees inline. What
+every pass does the same way is here, in a :class:`Walker` that each task builds; the pass engine
+keeps only what it does with a directory, a non-directory entry and a subdirectory.
+
+* **Listing** (:meth:`Walker.scan`): ``os.scandir`` on the directory's descriptor, streamed.
+  Subdirectories are returned by name; non-directory entries are held until there are more than
+  ``spec.batch`` of them, and then each full batch goes to the ``on_batch`` callback while reading goes
+  on (the copy and delete passes publish it as a batch job, a purge removes it at once). Whatever the
+  directory's size, a task holds at most one batch of entries; the rest (up to one batch) is returned
+  and handled inline by the caller.
+* **Inline budget** (:meth:`Walker.start`, :meth:`Walker.charge`, :meth:`Walker.inline`): dispatching a
+  task costs more than a small directory's work (design §8), so a task walks subdirectories inline
+  while its budget lasts, ``spec.inline_entries`` entries charged by the engine and
+  ``spec.inline_seconds`` seconds from the start of the task. Past it, every further subdirectory
+  becomes a job of its own, so large trees still spread over all workers.
+* **Directory pairs** (:meth:`Walker.pair`, :meth:`Walker.open_dir`): the source and target directory
+  of one relative path, opened from the pass roots without following a symlink in any component.
+  A directory that cannot be opened is reported as a failure of that path ("open directory" on the
+  source, "open target directory" on the target), except a missing one (``FileNotFoundError``), for
+  which the engine says what it means: ``missing=walker.vanished`` (gone since its parent was listed:
+  counted as vanished), ``walker.ignore``, its own callback, or None (a failure like any other).
+* **Per-item errors** (:meth:`Walker.guard`, :meth:`Walker.lstat_error`, :meth:`Walker.fail`): see
+  :mod:`cmover.engine.jobs`; transient errnos are retried there, everything else is reported under
+  the pass's logger and the walk goes on.
+
+Not thread-safe: one walker per task, like the engines.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
+from cmover.core import fsio
+from cmover.core.counters import C
+from cmover.core.errors import ItemError, SourceChangedError
+from cmover.core.failure import Failure
+from cmover.core.logformat import at
+from cmover.core.passes import PassSpec
+from cmover.core.paths import display, join
+from cmover.engine.jobs import report_failure, retry_transient
+
+Entries = list[os.DirEntry[str]]
+
+
+class Listing(NamedTuple):
+    """One directory as read by :meth:`Walker.scan`."""
+
+    entries: Entries  # non-directories not handed to ``on_batch`` (at most one batch), in listing order
+    subdirs: list[bytes]  # names of the subdirectories, in listing order
+    complete: bool  # False when reading failed part-way (reported) or ``on_batch`` stopped it
+
+
+class Walker:
+    """The walk of one pass task over ``spec``'s roots; counts into ``tally``, reports through ``on_failure``."""
+
+    __slots__ = ("spec", "tally", "on_failure", "log", "_budget", "_deadline")
+
+    def __init__(self, spec: PassSpec, tally: Counter[str], on_failure: Callable[[Failure], None],
+                 logger: logging.Logger) -> None:
+        """``logger`` is the pass engine's: its failures are logged under its name."""
+        self.spec = spec
+        self.tally = tally
+        self.on_failure = on_failure
+        self.log = logger
+        self._budget = 0
+        self._deadline = 0.0
+
+    # -- the inline budget -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the task's budget: ``spec.inline_entries`` entries and ``spec.inline_seconds`` from now."""
+        self._budget = self.spec.inline_entries
+        self._deadline = time.monotonic() + self.spec.inline_seconds
+
+    def charge(self, entries: int) -> None:
+        """Count ``entries`` handled (or about to be) by this task against its budget."""
+        self._budget -= entries
+
+    def inline(self) -> bool:
+        """Whether the next subdirectory is walked by this task (else: published as a job of its own)."""
+        return self._budget > 0 and time.monotonic() < self._deadline
+
+    # -- listing ---------------------------------------------------------------------------------------
+
+    def scan(self, rel: bytes, fd: int, *, side: str = "source",
+             on_batch: Callable[[Entries, int], object] | None = None,
+             excluded: Callable[[bytes], bool] | None = None) -> Listing:
+        """Read directory ``rel``, open as ``fd`` on ``side``, streaming (see the module doc).
+
+        ``on_batch(entries, index)`` receives each full batch of non-directory entries (``index`` 0, 1,
+        ...) while the listing is read; when it returns False reading stops (the listing is incomplete).
+        Without ``on_batch`` non-directories are skipped: only subdirectories are listed. ``excluded``
+        (a relative path -> True to leave it out) drops entries, counted as excluded. A listing that
+        fails part-way is reported ("list directory" on ``side``) and what was read is returned; what
+        ``on_batch`` raises is not a listing failure and propagates (e.g. broker trouble while
+        publishing: the task is then delivered again). Entries whose type cannot be told from the
+        listing count as non-directories: the engine decides again from a fresh ``lstat`` when it
+        handles them.
+        """
+        subdirs: list[bytes] = []
+        pending: Entries = []
+        complete = True
+        handing_on = False
+        try:
+            with os.scandir(fd) as it:
+                if on_batch is None:
+                    for entry in it:
+                        if fsio.entry_is_dir(entry) and (excluded is None or not self._excluded(excluded, rel, entry)):
+                            subdirs.append(os.fsencode(entry.name))
+                    return Listing(pending, subdirs, True)
+                batch = self.spec.batch
+                index = 0
+                # The loop every pass runs once per entry: keep it lean.
+                for entry in it:
+                    if excluded is not None and self._excluded(excluded, rel, entry):
+                        continue
+                    if fsio.entry_is_dir(entry):
+                        subdirs.append(os.fsencode(entry.name))
+                        continue
+                    pending.append(entry)
+                    if len(pending) > batch:
+                        # More than one batch: a big directory; full batches go on while reading.
+                        handing_on = True
+                        if on_batch(pending[:batch], index) is False:
+                            del pending[:]
+                            return Listing(pending, subdirs, False)
+                        handing_on = False
+                        index += 1
+                        del pending[:batch]
+        except OSError as exc:
+            if handing_on:
+                raise
+            # Entries already read are returned: the engine handles them, each on its own.
+            self.fail(rel, "list directory", exc, side=side)
+            complete = False
+        return Listing(pending, subdirs, complete)
+
+    def _excluded(self, excluded: Callable[[bytes], bool], rel: bytes, entry: os.DirEntry[str]) -> bool:
+        if excluded(join(rel, os.fsencode(entry.name))):
+            self.tally[C.EXCLUDED] += 1
+            return True
+        return False
+
+    # -- opening directories ---------------------------------------------------------------------------
+
+    def open_dir(self, rel: bytes, *, source: bool, missing: Callable[[bytes], None] | None,
+                 on_open: Callable[[int], object] | None = None) -> int | None:
+        """Open directory ``rel`` on the source or target side; None (reported, see the module doc) if it
+        cannot be. The caller closes the descriptor. ``on_open``: see :func:`cmover.core.fsio.open_dir`."""
+        try:
+            root = self.spec.src_root if source else self.spec.dst_root
+            if on_open is None:
+                return fsio.open_dir(root, rel, source=source)
+            return fsio.open_dir(root, rel, source=source, on_open=on_open)
+        except OSError as exc:
+            if missing is not None and isinstance(exc, FileNotFoundError):
+                missing(rel)
+            else:
+                self.fail(rel, "open directory" if source else "open target directory", exc,
+                          side="source" if source else "target")
+            return None
+
+    @contextmanager
+    def pair(self, rel: bytes, *, src_missing: Callable[[bytes], None] | None,
+             dst_missing: Callable[[bytes], None] | None,
+             check_source: Callable[[bytes, int], bool] | None = None,
+             on_open: Callable[[int], object] | None = None) -> Iterator[tuple[int, int] | None]:
+        """The source and target directory ``rel`` as ``(src_fd, dst_fd)``, closed on exit; None when either
+        cannot be opened (reported as :meth:`open_dir` says). ``check_source(rel, src_fd)`` may refuse the
+        source (it reports why) before the target is opened. ``on_open`` sees each source directory opened
+        on the way (:func:`cmover.core.fsio.open_dir`)."""
+        src_fd = self.open_dir(rel, source=True, missing=src_missing, on_open=on_open)
+        if src_fd is None:
+            yield None
+            return
+        try:
+            if check_source is not None and not check_source(rel, src_fd):
+                yield None
+                return
+            dst_fd = self.open_dir(rel, source=False, missing=dst_missing)
+            if dst_fd is None:
+                yield None
+                return
+            try:
+                yield src_fd, dst_fd
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+
+    def open_child(self, parent_fd: int, rel: bytes, *, source: bool = True) -> int | None:
+        """Open subdirectory ``rel`` (its last component) inside ``parent_fd``; None when it vanished
+        (counted) or cannot be opened (reported)."""
+        try:
+            return fsio.open_subdir(parent_fd, rel.rpartition(b"/")[2], source=source)
+        except FileNotFoundError:
+            self.vanished(rel)
+        except OSError as exc:
+            self.fail(rel, "open directory" if source else "open target directory", exc,
+                      side="source" if source else "target")
+        return None
+
+    def vanished(self, rel: bytes) -> None:
+        """Count an entry that was listed and is gone now (a race with a live source, not a failure)."""
+        self.tally[C.VANISHED] += 1
+
+    @staticmethod
+    def ignore(rel: bytes) -> None:
+        """A missing directory that means nothing to report (``missing=walker.ignore``)."""
+
+    # -- per-item errors -------------------------------------------------------------------------------
+
+    def guard(self, path: bytes, src_fd: int, name: str, work: Callable[[], None], op: str = "copy") -> None:
+        """Run ``work`` on entry ``name`` (path ``path``) of source directory ``src_fd``: the per-entry guard.
+
+        A transient errno is retried (:func:`cmover.engine.jobs.retry_transient`); then a source that
+        changed meanwhile is counted (``changed``: left for the next pass), a ``FileNotFoundError`` is a
+        vanished entry when the source entry is gone and a failure (target side) otherwise, and any other
+        OSError or ItemError is a failure of ``op``. Only those are caught.
+        """
+        try:
+            try:
+                work()
+            except OSError as exc:
+                retry_transient(work, exc, path)
+        except SourceChangedError as exc:
+            self.tally[C.CHANGED] += 1
+            self.log.info("%s: %s; left for the next pass", display(path), exc, extra=at(path))
+        except FileNotFoundError as exc:
+            if fsio.lstat_at(src_fd, name) is None:
+                self.vanished(path)  # deleted on the source while we worked on it
+            else:
+                self.fail(path, op, exc, side="target")
+        except (OSError, ItemError) as exc:
+            self.fail(path, op, exc, side=_side_of(exc) if isinstance(exc, OSError) else exc.side)
+
+    def lstat_error(self, path: bytes, exc: OSError, again: Callable[[], os.stat_result]) -> os.stat_result | None:
+        """After ``exc`` from the ``lstat`` of a listed source entry: retry a transient one with ``again``;
+        None when the entry vanished (counted) or cannot be read (reported as an "lstat" failure)."""
+        try:
+            return retry_transient(again, exc, path)
+        except FileNotFoundError:
+            self.vanished(path)
+        except OSError as last:
+            self.fail(path, "lstat", last)
+        return None
+
+    def fail(self, rel: bytes, op: str, exc: BaseException, side: str = "source") -> None:
+        """Report one per-item failure of ``rel`` (see :func:`cmover.engine.jobs.report_failure`)."""
+        report_failure(self.tally, self.on_failure, rel, op, exc, side, self.log)
+
+
+def _side_of(exc: OSError) -> str:
+    # ENOSPC/EDQUOT/EROFS can only come from writing the target.
+    return "target" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "source/target"

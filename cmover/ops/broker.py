@@ -1,0 +1,146 @@
+"""What the operator side asks RabbitMQ directly: is it there, how many messages wait in a pass's queues,
+the error and deletion lists, the shutdown broadcast.
+
+Depths are read with a passive ``queue.declare`` (the exact count of ready messages, not the sampled
+management statistics). A queue that was never declared answers it with the channel error NOT_FOUND
+(404): nothing was ever published to it, it holds 0 messages. Any other failure -- connection refused or
+reset, a timeout, access refused, a locked queue -- is :class:`BrokerUnreadable`: the depth is not known,
+and whoever decides completion must say "unknown", never read it as 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from amqp.exceptions import NotFound
+
+from cmover import app as appmod
+from cmover.core.deletion import Deletion
+from cmover.core.difference import Difference
+from cmover.core.errors import ConfigError, FatalError
+from cmover.core.failure import Failure
+from cmover.core.hsmrecord import HsmRecord
+from cmover.core.settings import Settings
+
+#: The fix named by every message about a broker that cannot be reached or read.
+FIX = "start RabbitMQ there or fix rabbitmq/rabbitmq.conf, and check the vhost/user with rabbitmq/rabbitmq_init.sh"
+
+
+class BrokerUnreadable(FatalError):
+    """The broker could not be read. ``reason`` is the error as the client gave it; ``str()`` is one line
+    naming what was read, the broker, the reason and the fix."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"cannot read {what} from the broker at {_host()} ({reason}); {FIX}")
+        self.reason = reason
+
+
+def _host() -> str:
+    try:
+        return appmod.settings().broker_host or "?"
+    except Exception:  # the message is being built for another error: never hide that one
+        return "?"
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def check_broker(settings: Settings) -> None:
+    """Connect once to the broker; ConfigError with the fix when it cannot be reached."""
+    settings.broker_url()  # missing password file etc. -> ConfigError
+    try:
+        with appmod.app.connection() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=5)
+    except Exception as exc:
+        raise ConfigError(f"cannot reach the broker at {settings.broker_host} ({exc}); {FIX}") from None
+
+
+def _depth(conn: Any, queue: str) -> int:
+    """Ready messages in ``queue`` on ``conn``, 0 when it was never declared; anything else raises."""
+    ch = conn.channel()
+    try:
+        _, n, _ = ch.queue_declare(queue, passive=True)
+        return int(n)
+    except NotFound:  # the broker closes the channel: each queue is read on a channel of its own
+        return 0
+    finally:
+        try:
+            ch.close()
+        except Exception:
+            pass  # closed by the broker already (NOT_FOUND) or with the connection: nothing to release
+
+
+def _depths(queues: list[str], what: str) -> dict[str, int]:
+    try:
+        with appmod.app.connection_for_read() as conn:
+            return {q: _depth(conn, q) for q in queues}
+    except Exception as exc:
+        raise BrokerUnreadable(what, _reason(exc)) from None
+
+
+def queue_depths(kind: str) -> dict[str, int]:
+    """Ready messages per queue of pass ``kind`` (``cmover.<kind>.dirs|files``); :class:`BrokerUnreadable`
+    when any of them cannot be read."""
+    return _depths(appmod.pass_queues(kind), f"the {kind} queues")
+
+
+def dead_letter_depth(kind: str) -> int:
+    """Messages in ``cmover.<kind>.dead`` (0 when it was never declared); :class:`BrokerUnreadable` when it
+    cannot be read."""
+    name = appmod.queue_name(kind, "dead")
+    return _depths([name], name)[name]
+
+
+def read_list(name: str, limit: int = 10_000) -> tuple[list[Failure], int]:
+    """Up to ``limit`` records of the error list of run ``name`` and their count, nothing removed;
+    :class:`BrokerUnreadable` when the broker cannot be read."""
+    from cmover.state.errorlist import BrokerErrors
+
+    try:
+        return BrokerErrors(appmod.app).read(name, limit)
+    except Exception as exc:
+        raise BrokerUnreadable(f"the list {name}", _reason(exc)) from None
+
+
+def read_deleted(run_id: str, limit: int = 10_000) -> tuple[list[Deletion], int]:
+    """Up to ``limit`` records of the deletion list of delete run ``run_id`` (what it deleted, or would delete
+    in a dry run) and their count, nothing removed; :class:`BrokerUnreadable` when the broker cannot be read."""
+    from cmover.state.errorlist import BrokerErrors, deleted_list
+
+    try:
+        return BrokerErrors(appmod.app).read_deleted(run_id, limit)
+    except Exception as exc:
+        raise BrokerUnreadable(f"the list {deleted_list(run_id)}", _reason(exc)) from None
+
+
+def read_hsm(run_id: str) -> list[HsmRecord]:
+    """Every record of copy run ``run_id``'s HSM list, nothing removed; :class:`BrokerUnreadable` when the
+    broker cannot be read."""
+    from cmover.state.errorlist import BrokerErrors
+
+    try:
+        return BrokerErrors(appmod.app).read_hsm(run_id)
+    except Exception as exc:
+        raise BrokerUnreadable(f"the HSM list of {run_id}", _reason(exc)) from None
+
+
+def read_differences(run_id: str, limit: int = 10_000) -> tuple[list[Difference], int]:
+    """Up to ``limit`` records of the differences list of verify run ``run_id`` and their count, nothing
+    removed; :class:`BrokerUnreadable` when the broker cannot be read."""
+    from cmover.state.errorlist import BrokerErrors, differences_list
+
+    try:
+        return BrokerErrors(appmod.app).read_differences(run_id, limit)
+    except Exception as exc:
+        raise BrokerUnreadable(f"the list {differences_list(run_id)}", _reason(exc)) from None
+
+
+def stop() -> None:
+    """Warm shutdown of every worker of this vhost: running tasks finish, queued ones stay queued."""
+    appmod.app.control.broadcast("shutdown")
+
+
+__all__ = ["BrokerUnreadable", "check_broker", "queue_depths", "dead_letter_depth", "read_list", "read_deleted",
+           "read_differences", "stop",
+           "FIX"]

@@ -1,0 +1,35 @@
+"""Starting a distributed pass: record the run, then seed its root directory task on the broker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cmover import app as appmod
+from cmover.core.errors import FatalError
+from cmover.core.passes import PassSpec
+from cmover.core.settings import Settings
+from cmover.engine.jobs import Job
+from cmover.ops import runs
+from cmover.ops.broker import check_broker
+from cmover.state.ledger import LedgerLost
+from cmover.worker.context import get_context
+
+
+def start(settings: Settings, spec: PassSpec, jobs: Sequence[Job] | None = None, how: str = "") -> str:
+    """Seed ``spec`` on the broker (after the caller's preflight) as the current run of its pass; return the
+    root task id (with ``jobs``, a journal-driven pass: those are seeded instead, see ``seed``). ConfigError
+    when the broker cannot be reached, FatalError when memcached cannot: a pass
+    is never published without the ledger that tells when it is complete."""
+    from cmover.worker.taskbase import seed
+
+    check_broker(settings)
+    ctx = get_context()
+    try:
+        runs.record_start(settings, spec, how)
+        return seed(appmod.app, spec, ctx, jobs)
+    except (TimeoutError, OSError, LedgerLost) as exc:
+        raise FatalError(f"memcached at {settings.memcached} is unreachable ({exc}); start it (memcached -M) "
+                         "or fix MEMCACHED in config.py: passes cannot be tracked without it") from None
+
+
+__all__ = ["start"]

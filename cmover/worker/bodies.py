@@ -1,0 +1,99 @@
+"""What each pass's tasks do with their engine, without Celery: the bodies :func:`~cmover.worker.taskbase.run_pass_task`
+runs (the task modules, ``cmover.tasks_*``, adapt messages to them) and the directory bodies a process can run
+with no worker at all (:data:`DIR_BODIES`, the embedded runner's root task).
+
+A body is called as ``body(spec, ctx, tally, fail, emit)`` (:data:`~cmover.worker.taskbase.Body`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from cmover.core.deletion import Deletion
+from cmover.core.difference import Difference
+from cmover.core.errors import ConfinementError
+from cmover.core.hsmrecord import HsmRecord
+from cmover.core.paths import rel_from_wire
+from cmover.engine.claims import RunClaims
+from cmover.engine.copypass import CopyPass
+from cmover.engine.deletepass import DeletePass
+from cmover.engine.dirtimepass import DirtimePass
+from cmover.engine.verifypass import VerifyPass
+from cmover.state.errorlist import deleted_list, differences_list
+from cmover.state.hsmlist import BrokerHsm
+
+Body = Callable[..., None]
+
+
+@contextmanager
+def copy_engine(spec: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> Iterator[CopyPass]:
+    """The copy engine for one task: the pass's filesystem API (Lustre layouts or POSIX), the HSM side
+    (a Lustre HSM source) and the run's first-writer-wins claims (hard-link leaders, chunks done).
+    What the task imported or marked goes to the run's HSM list, in one record, whatever the task's end."""
+    fs = ctx.fs_for(spec, tally)
+    records: list[HsmRecord] = []
+    try:
+        yield CopyPass(spec, fs, tally, fail, emit, RunClaims(ctx.ledger, spec.run_id),
+                       hsm=ctx.hsm_for(spec, fs, tally, records.append))
+    finally:
+        if records:
+            (ctx.hsm or BrokerHsm(ctx.errors)).record(spec.run_id, records)
+
+
+def delete_run(spec: Any, ctx: Any, tally: Any, fail: Any, emit: Any, work: Callable[[DeletePass], None]) -> None:
+    """Run ``work`` on a DeletePass; what it deleted goes to the run's deletion list in one record."""
+    deleted: list[Deletion] = []
+    try:
+        work(DeletePass(spec, tally, fail, emit, RunClaims(ctx.ledger, spec.run_id), deleted.append))
+    finally:
+        if deleted:
+            ctx.errors.record(deleted_list(spec.run_id), deleted)
+
+
+def verify_run(spec: Any, ctx: Any, tally: Any, fail: Any, emit: Any, work: Callable[[VerifyPass], None]) -> None:
+    """Run ``work`` on a VerifyPass; what it found different goes to the run's differences list."""
+    found: list[Difference] = []
+    # The filesystem API as a --restripe copy has it: the one that compares a file's layout with the policy's.
+    engine = VerifyPass(spec, tally, fail, emit, RunClaims(ctx.ledger, spec.run_id), found.append,
+                        ctx.fs_for(dataclasses.replace(spec, restripe=True), tally), ctx.hsm_lib(spec))
+    try:
+        work(engine)
+    finally:
+        engine.close()
+        if found:
+            ctx.errors.record(differences_list(spec.run_id), found)
+
+
+def copy_dir(rel: Any, mdt: Any) -> Body:
+    def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
+        if mdt is not None and (isinstance(mdt, bool) or not isinstance(mdt, int) or not -1 <= mdt < 2**31):
+            raise ConfinementError(f"MDT index in message is not -1 or an MDT index: {mdt!r}")
+        with copy_engine(spec_, ctx, tally, fail, emit) as engine:
+            engine.run_dir(rel_from_wire(rel), mdt)
+    return body
+
+
+def delete_dir(rel: Any, mdt: Any) -> Body:
+    def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
+        delete_run(spec_, ctx, tally, fail, emit, lambda d: d.run_dir(rel_from_wire(rel)))
+    return body
+
+
+def dirtime_dir(rel: Any, mdt: Any) -> Body:
+    def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
+        DirtimePass(spec_, tally, fail, emit).run_dir(rel_from_wire(rel))
+    return body
+
+
+def verify_dir(rel: Any, mdt: Any) -> Body:
+    def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
+        verify_run(spec_, ctx, tally, fail, emit, lambda v: v.run_dir(rel_from_wire(rel)))
+    return body
+
+
+#: Pass kind (its value) -> the body of its directory task for (relative path as on the wire, MDT index or None).
+DIR_BODIES: dict[str, Callable[[Any, Any], Body]] = {
+    "copy": copy_dir, "delete": delete_dir, "dirtime": dirtime_dir, "verify": verify_dir}

@@ -1,0 +1,140 @@
+"""Celery signal handlers of cmover's workers (the distributed ``celery worker`` and the embedded runner).
+
+Imported by every worker at start, before it sets up logging and forks its pool: the Celery app lists
+this module in its ``include`` (:mod:`cmover.app`), and Celery imports those modules when a worker is
+created (``WorkController.__init__`` -> ``loader.init_worker()``), for ``celery worker`` and the embedded
+runner's in-process worker alike. A process that only publishes or reads (the ``cmover`` commands) never
+imports it.
+
+* a worker started with ``--logfile`` writes it through a multi-process rotating handler, and every worker
+  writes its log lines as ``LOG_FORMAT`` says (:mod:`cmover.core.logformat`); a record logged after a task
+  belongs to no task;
+* a worker not running as root says once what its copies do not preserve;
+* a pool process that exits reports the counts it still holds;
+* a ``celery worker`` started while a pass is paused leaves that pass's queues out, and takes them back
+  once the pass is resumed (:mod:`cmover.state.pauses`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    celeryd_after_setup,
+    task_postrun,
+    worker_init,
+    worker_process_shutdown,
+    worker_ready,
+)
+
+from cmover import app as appmod
+from cmover.core import logformat, privileges
+from cmover.core.passes import PassKind
+from cmover.state import keys, pauses
+from cmover.state.pauses import State
+from cmover.worker import logs
+from cmover.worker.context import contexts
+
+log = logging.getLogger(__name__)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_setup(logger: logging.Logger, logfile: str | None = None, **_: Any) -> None:
+    """A worker started with ``--logfile`` writes it through a multi-process rotating handler; every
+    handler Celery set up (the worker's and its pool processes') writes as LOG_FORMAT says."""
+    logs.use_rotating_file(logger, logfile)
+    log_format = appmod.settings().log_format
+    logformat.apply(log_format, logger)
+    if log_format == "json":  # only then is a task's context written (a text line costs nothing per task)
+        task_postrun.connect(_end_of_task, weak=False, dispatch_uid="cmover-log-end-of-task")
+
+
+def _end_of_task(**_: Any) -> None:
+    """Records logged after a task (Celery's "succeeded" line is logged before this) are about no task."""
+    logformat.clear_task()
+
+
+@worker_init.connect
+def _say_privileges(**_: Any) -> None:
+    """A worker not running as root says once, in its log, what its copies do not preserve (before its pool
+    forks, so the pool processes inherit that it was said; the embedded mode says it on the command line)."""
+    privileges.announce()
+
+
+@worker_process_shutdown.connect
+def _report_counts_at_exit(**_: Any) -> None:
+    """A pool process that exits (warm shutdown, pool shrink) reports the counts it still holds."""
+    ctx = contexts.current()
+    if ctx is not None:
+        ctx.stats.flush()
+
+
+# -- a worker started during a pause -----------------------------------------------------------------------
+# celeryd_after_setup and worker_ready are sent by `celery worker` (celery.apps.worker) only, never by the
+# embedded runner's WorkController: an embedded run has no pause records.
+
+#: Queues this worker process left out at start because their pass was paused (worker main process only).
+_held: list[str] = []
+
+
+@celeryd_after_setup.connect
+def _hold_paused_queues(sender: str, instance: Any, **_: Any) -> None:
+    """Before the consumer starts: leave out the queues of passes paused on this worker, and record them.
+
+    memcached unreachable: logged once, every queue is consumed.
+    """
+    queues = instance.app.amqp.queues
+    consumed = set(queues.consume_from)
+    held: list[str] = []
+    try:
+        settings = appmod.settings()
+        mc = keys.memcache_client(settings)
+        for kind in PassKind:
+            mine = [q for q in appmod.pass_queues(kind.value) if q in consumed]
+            if not mine:
+                continue
+
+            def hold(cur: State | None, mine: list[str] = mine) -> State | None:
+                if not pauses.paused_on(cur, sender):
+                    return None
+                assert cur is not None
+                # This start decides what the worker consumes: its record replaces an earlier run's.
+                cur["nodes"][sender] = mine
+                return cur
+
+            if pauses.paused_on(pauses.update(mc, pauses.record_key(settings, kind.value), hold), sender):
+                held += mine
+                log.warning("the %s pass is paused: not consuming %s until `cmover resume %s`",
+                            kind.value, ", ".join(mine), kind.value)
+    except Exception as exc:
+        log.warning("cannot read the pause records in memcached (%s): consuming every queue given with -Q", exc)
+        return
+    for q in held:
+        queues.deselect(q)
+    _held[:] = held
+
+
+@worker_ready.connect
+def _release_if_resumed(sender: Any, **_: Any) -> None:
+    """Once the worker listens to remote control: take back held queues of a pass resumed meanwhile.
+
+    A resume that ran while this worker started may have broadcast before the worker listened.
+    """
+    if not _held:
+        return
+    node = sender.hostname
+    try:
+        settings = appmod.settings()
+        for kind in PassKind:
+            mine = [q for q in appmod.pass_queues(kind.value) if q in _held]
+            if mine and not pauses.paused_on(pauses.read(settings, kind.value), node):
+                for q in mine:
+                    sender.call_soon(sender.add_task_queue, q)
+                log.warning("the %s pass was resumed: consuming %s", kind.value, ", ".join(mine))
+    except Exception as exc:
+        log.warning("cannot read the pause records in memcached (%s): still not consuming %s; "
+                    "`cmover resume` gives them back", exc, ", ".join(_held))

@@ -1,0 +1,313 @@
+"""What every cmover task does around its engine call: the one place tasks handle errors.
+
+:func:`run_pass_task` decodes and checks the pass spec, consults the completion ledger (duplicate
+deliveries become no-ops; a message delivered more than ``max_deliveries`` times is dead-lettered),
+runs the engine with a tally, an error collector and an emitter, then records counters and failures
+and marks the task done. Error classes (see :mod:`cmover.core.errors`):
+
+* malformed or out-of-root message -> rejected (not requeued), logged;
+* broker trouble while publishing children -> the message is requeued, the task runs again later;
+* per-item failures -> collected by the engine, the rest goes on;
+* anything unexpected -> logged with its traceback, recorded as a failure of the directory or batch,
+  and the task completes: the pass finishes and lists it instead of hanging.
+
+Nothing here imports Celery or kombu until it publishes (or rejects, or dead-letters): the embedded runner
+runs a pass's root task in its own process with :func:`run_root_here`, and a small pass is then done without
+either (the Celery task class is :class:`cmover.worker.passtask.PassTask`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cmover.core import logformat
+from cmover.core.counters import C
+from cmover.core.errors import ConfigError, ConfinementError, PreflightError
+from cmover.core.failure import Failure
+from cmover.core.passes import PassSpec
+from cmover.core.paths import display, to_wire
+from cmover.core.tasknames import TASK_NAMES, queue_name
+from cmover.engine.jobs import Job
+from cmover.state.ledger import task_id
+from cmover.worker.context import WorkerContext, get_context
+
+log = logging.getLogger(__name__)
+
+Body = Callable[[PassSpec, WorkerContext, Counter[str], Callable[[Failure], None], Callable[[Job], None]], None]
+
+
+#: The run counter (``Ledger.incr``) of tasks published while the ledger could not count them: the ledger's
+#: count of such a run can reach 0 while one of them still runs, so `cmover status` reads a run that has it
+#: as "unknown", never "complete" (:func:`cmover.ops.runs.untrusted_key`). It is written before the
+#: uncounted task is published when memcached answers by then; otherwise at the publishing process's next
+#: publication of the run, and at the latest before its task is marked done (which waits for it). Only in
+#: between can the uncounted task, finishing first, bring the count to 0 unmarked.
+UNTRUSTED = "untrusted"
+
+
+class _LedgerGuard:
+    """Ledger calls that never break the copy: a failing ledger is logged once and reported as lost."""
+
+    warned = False
+    #: Runs for which this process published a task uncounted and could not yet write UNTRUSTED.
+    unmarked: set[str] = set()
+
+    @classmethod
+    def call(cls, fn: Callable[..., Any], *args: Any, default: Any = None) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:
+            if not cls.warned:
+                log.error("completion ledger unavailable (%s): copying goes on, `status` will say unknown", exc)
+                cls.warned = True
+            return default
+
+    @classmethod
+    def enqueue(cls, ledger: Any, run_id: str, tid: str) -> None:
+        """``ledger.enqueue``, never raising. When it fails, the task is still published (the copy goes on)
+        but uncounted, so the run is marked UNTRUSTED: a memcached that lost the run reads as unknown anyway,
+        and one that failed for a moment keeps the mark for the run's lifetime."""
+        if cls.call(ledger.enqueue, run_id, tid, default=False) is False:
+            cls.unmarked.add(run_id)
+        cls.mark(ledger, run_id)
+
+    @classmethod
+    def mark(cls, ledger: Any, run_id: str) -> bool:
+        """Write the UNTRUSTED mark of ``run_id`` if this process owes it; False while it cannot be written."""
+        if run_id not in cls.unmarked:
+            return True
+        try:
+            ledger.incr(run_id, UNTRUSTED, 1)
+        except Exception:
+            return False
+        cls.unmarked.discard(run_id)
+        return True
+
+
+#: A task message to send: task name, arguments, task id (see :func:`publish`).
+Message = tuple[str, list[Any], str]
+
+
+class Emitter:
+    """Publishes child jobs: counted in the ledger first, then sent with a deterministic task id.
+
+    ``held``: a list that keeps the messages instead (counted in the ledger all the same), for
+    :func:`publish` to send later.
+    """
+
+    def __init__(self, spec_d: dict[str, Any], spec: PassSpec, ctx: WorkerContext,
+                 held: list[Message] | None = None) -> None:
+        self.spec_d = spec_d
+        self.spec = spec
+        self.ctx = ctx
+        self.held = held
+
+    def __call__(self, job: Job) -> None:
+        name = TASK_NAMES[(self.spec.kind.value, job.kind)]
+        tid = job_task_id(self.spec, job)
+        _LedgerGuard.enqueue(self.ctx.ledger, self.spec.run_id, tid)
+        message = (name, [self.spec_d, *job.wire_args()], tid)
+        if self.held is not None:
+            self.held.append(message)
+        else:
+            publish(_app(), [message])
+
+
+def publish(app: Any, messages: Sequence[Message]) -> None:
+    """Send task messages (each counted in the ledger already) through the Celery ``app``."""
+    for name, args, tid in messages:
+        app.send_task(name, args=args, task_id=tid, argsrepr=_argsrepr(args[1:]))
+
+
+def _app() -> Any:
+    """The Celery app (imported on first use: a process that runs a task with no worker, the embedded runner
+    with its root task, has no Celery to import until it publishes)."""
+    from cmover.app import app
+
+    return app
+
+
+def job_task_id(spec: PassSpec, job: Job) -> str:
+    """The deterministic id of ``job`` of pass ``spec``; a retry attempt's jobs get ids of their own, so
+    that the tasks of `retry-failed` (and their children) are never taken for ones already done."""
+    kind = f"retry{spec.attempt}.{job.kind}" if spec.attempt else job.kind
+    return task_id(spec.run_id, kind, job.rel, job.index, job.ident())
+
+
+def seed(app: Any, spec: PassSpec, ctx: WorkerContext, jobs: Sequence[Job] | None = None) -> str:
+    """Open the run in the ledger and publish the pass's root directory task; return its task id.
+
+    With ``jobs`` (a journal-driven pass, :mod:`cmover.engine.changeplan`) those are published instead,
+    each counted in the ledger before it is sent, and "" is returned: a pass with no job is complete at once.
+    """
+    ctx.ledger.open_run(spec.run_id)
+    if jobs is not None:
+        emit = Emitter(spec.as_dict(), spec, ctx)
+        for job in jobs:
+            emit(job)
+        return ""
+    tid = task_id(spec.run_id, "dir", spec.start, 0)
+    ctx.ledger.enqueue(spec.run_id, tid)
+    name = TASK_NAMES[(spec.kind.value, "dir")]
+    app.send_task(name, args=[spec.as_dict(), to_wire(spec.start), None], task_id=tid,
+                  argsrepr=_argsrepr([to_wire(spec.start), None]))
+    return tid
+
+
+def run_root_here(spec: PassSpec, ctx: WorkerContext) -> list[Message]:
+    """Open the run in the ledger and run the pass's root directory task in this process, without Celery: the
+    same body (:data:`cmover.worker.bodies.DIR_BODIES`), ledger accounting and error handling as in a worker.
+    Return the messages of the tasks it published, counted in the ledger but not sent: the caller sends them
+    (:func:`publish`) once it has a broker to send them to.
+
+    For the embedded runner: a pass whose root task covers the whole tree (a small tree, walked inline within
+    the task's budget) needs no worker, nor Celery. When the task did not complete (its context failed: the
+    hub gone) its own message is among those returned, so that a worker runs it again.
+    """
+    from cmover.worker.bodies import DIR_BODIES
+
+    ctx.ledger.open_run(spec.run_id)
+    tid = task_id(spec.run_id, "dir", spec.start, 0)
+    ctx.ledger.enqueue(spec.run_id, tid)
+    name = TASK_NAMES[(spec.kind.value, "dir")]
+    spec_d = spec.as_dict()
+    args = [spec_d, to_wire(spec.start), None]
+    held: list[Message] = []
+    try:
+        _run_task(name, tid, "", spec_d, args[1], DIR_BODIES[spec.kind.value](args[1], None),
+                  lambda spec_, ctx_: Emitter(spec_d, spec_, ctx_, held))
+    except _Rejected:
+        held.append((name, args, tid))
+    finally:
+        logformat.clear_task()  # this process's later log lines belong to no task
+    return held
+
+
+def _argsrepr(wire_args: Sequence[Any]) -> str:
+    """What a message shows of its arguments (Celery's ``argsrepr``: logs and events only): the job's own
+    arguments, not the pass spec every task carries, which Celery would repeat there (1 KiB of each message,
+    kept by the broker or the embedded hub for every queued task)."""
+    return "(<spec>, " + ", ".join(repr(a) for a in wire_args)[:1000] + ")"
+
+
+def run_pass_task(task: Any, spec_d: Any, rel_wire: Any, body: Body) -> None:
+    """Run ``body`` for one delivery of Celery task ``task`` (see module doc for the error handling)."""
+    from celery.exceptions import Reject
+
+    try:
+        _run_task(task.name, task.request.id, str(getattr(task.request, "hostname", "") or ""), spec_d, rel_wire,
+                  body, lambda spec, ctx: Emitter(spec_d, spec, ctx),
+                  lambda spec, delivery: _dead_letter(task, spec, delivery))
+    except _Rejected as exc:
+        raise Reject(exc.reason, requeue=exc.requeue) from None
+
+
+class _Rejected(Exception):
+    """The message is rejected: ``requeue`` it (the task runs again later) or drop it."""
+
+    def __init__(self, reason: str, requeue: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.requeue = requeue
+
+
+def _broker_errors() -> tuple[type[BaseException], ...]:
+    """What publishing raises when the broker is in trouble (kombu imported only when something was raised)."""
+    from kombu.exceptions import OperationalError
+
+    return OperationalError, ConnectionError
+
+
+def _run_task(name: str, tid: str, hostname: str, spec_d: Any, rel_wire: Any, body: Body,
+              emitter: Callable[[PassSpec, WorkerContext], Callable[[Job], None]],
+              dead_letter: Callable[[PassSpec, int], None] | None = None) -> None:
+    """Run ``body`` for one delivery of task ``tid`` named ``name``; raises :class:`_Rejected`."""
+    ctx = get_context()
+    try:
+        spec = PassSpec.from_dict(spec_d)
+        if not name.startswith(f"cmover.{spec.kind.value}."):
+            raise ConfinementError(f"a {spec.kind.value} pass spec in a {name} message")
+        ctx.check_spec(spec)
+    except (ConfinementError, ConfigError) as exc:
+        log.error("rejected message %s of %s: %s", tid, name, exc)
+        raise _Rejected(str(exc), requeue=False) from None
+    run_id = spec.run_id
+    where = _describe(rel_wire)
+    logformat.bind_task(spec.kind.value, run_id, where)  # cleared after the task (cmover.worker.hooks)
+    delivery = _LedgerGuard.call(ctx.ledger.begin, run_id, tid, default=1)
+    if delivery is None:
+        log.debug("task %s already done; duplicate delivery ignored", tid)
+        return
+    began = time.time()
+    tally: Counter[str] = Counter({C.TASKS: 1})
+    failures: list[Failure] = []
+    if delivery > spec.max_deliveries:
+        if dead_letter is not None:
+            dead_letter(spec, delivery)
+        tally[C.DEAD] += 1
+        tally[C.FAILED] += 1
+        failures.append(Failure(where, name, 0,
+                                f"gave up after {delivery - 1} deliveries (it kept killing its worker); "
+                                f"message kept in {queue_name(spec.kind.value, 'dead')}"))
+    else:
+        try:
+            body(spec, ctx, tally, failures.append, emitter(spec, ctx))
+        except _broker_errors() as exc:
+            # Children may be unpublished: do not mark done; the broker hands the message out again.
+            log.warning("broker trouble in %s (%s); requeued", tid, exc)
+            raise _Rejected(str(exc), requeue=True) from None
+        except PreflightError as exc:
+            # A safety check inside the task failed (e.g. the source root vanished): loud, no traceback.
+            log.error("%s (%s): %s", name, display(where), exc)
+            tally[C.FAILED] += 1
+            failures.append(Failure(where, name, 0, str(exc)))
+        except ConfinementError as exc:
+            log.error("rejected message %s of %s: %s", tid, name, exc)
+            tally[C.FAILED] += 1
+            failures.append(Failure(where, name, 0, f"rejected: {exc}"))
+        except Exception as exc:
+            log.exception("unexpected error in %s (%s)", name, display(where))
+            tally[C.FAILED] += 1
+            failures.append(Failure(where, name, 0, f"internal error: {type(exc).__name__}: {exc}"))
+    # Counted before the counters go out and before done: `status` waits until the workers' reported
+    # tasks add up to it (every count has reached memcached), and the exact scan sees that it moved.
+    _LedgerGuard.call(ctx.ledger.finished, run_id)
+    ctx.stats.add(run_id, tally, hostname, began)
+    if failures:
+        try:
+            ctx.errors.record(run_id, failures)
+        except Exception as exc:  # the failures are in the log in any case
+            log.error("could not record %d failure(s) in the error list: %s", len(failures), exc)
+    if _LedgerGuard.mark(ctx.ledger, run_id):
+        _LedgerGuard.call(ctx.ledger.done, run_id, tid)
+    else:  # left outstanding: the run must not look complete while its mark is missing
+        log.error("task %s of run %s left not done in the ledger: a task it published is uncounted", tid, run_id)
+
+
+def _describe(rel_wire: Any) -> bytes:
+    try:
+        from cmover.core.paths import from_wire
+
+        return from_wire(rel_wire)
+    except ConfinementError:
+        return repr(rel_wire).encode()[:200]
+
+
+def _dead_letter(task: Any, spec: PassSpec, delivery: int) -> None:
+    from kombu import Exchange, Queue
+
+    name = queue_name(spec.kind.value, "dead")
+    q = Queue(name, Exchange("", type="direct"), routing_key=name, durable=True, auto_delete=False)
+    body = {"task": task.name, "id": task.request.id, "args": list(task.request.args or []),
+            "deliveries": delivery - 1, "run_id": spec.run_id}
+    try:
+        with _app().producer_or_acquire() as producer:
+            producer.publish(body, exchange="", routing_key=name, declare=[q], serializer="json",
+                             delivery_mode=2, retry=True, retry_policy={"max_retries": 5})
+    except Exception as exc:
+        log.error("could not dead-letter %s: %s", task.request.id, exc)
+    log.error("task %s (%s) dead-lettered after %d deliveries", task.request.id, task.name, delivery - 1)

@@ -1,0 +1,53 @@
+"""cmover.core.deletion.Deletion: the deletion list's record, its wire form, and records of older lists."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from cmover.core.deletion import Deletion
+from cmover.core.failure import Failure
+from cmover.state.errorlist import MemoryErrors, deleted_list
+
+
+@pytest.mark.parametrize("d", [Deletion(b"a/b", "file"), Deletion(b"caf\xe9/\n t", "tree", True, "h:1", 5.5)])
+def test_round_trip_through_json(d):
+    back = Deletion.from_dict(json.loads(json.dumps(d.as_dict())))
+    assert back == d and (back.worker, back.at, back.dry_run) == (d.worker, d.at, d.dry_run)
+
+
+def test_wire_form():
+    assert Deletion(b"x/\xff", "tree", True, "host:7", 1.25).as_dict() == {
+        "path": {"b64": "eC//"}, "what": "tree", "dry_run": True, "worker": "host:7", "time": 1.25}
+
+
+def test_now_names_this_process():
+    d = Deletion.now(b"f", "file", False)
+    assert d.worker.endswith(f":{os.getpid()}") and d.at > 0
+    assert d == Deletion(b"f", "file")  # where and when are not part of what was deleted
+
+
+def test_line_shows_a_tree_with_a_slash_and_escapes_names():
+    assert Deletion(b"d/gone", "tree").line() == "d/gone/"
+    assert Deletion(b"d/gone", "file").line() == "d/gone"
+    assert Deletion(b"caf\xe9", "file").line() == "b'caf\\xe9'"
+    assert Deletion(b"caf\xe9", "tree").line() == "b'caf\\xe9/'"  # as listed before deletions had a record
+
+
+def test_records_of_an_older_list_still_read():
+    """Lists written when deletions were error-list records: op "delete tree" and a "/" mark a tree."""
+    tree = Failure(b"gone/", "delete tree", 0, "directory tree", "target").as_dict()
+    entry = Failure(b"d/f\xff", "delete", 0, "file", "target").as_dict()
+    assert Deletion.from_dict(tree) == Deletion(b"gone", "tree")
+    assert Deletion.from_dict(entry) == Deletion(b"d/f\xff", "file")
+    assert [Deletion.from_dict(d).line() for d in (tree, entry)] == ["gone/", "b'd/f\\xff'"]
+
+
+def test_memory_list_keeps_deletions_apart_from_failures():
+    lists = MemoryErrors()
+    lists.record("delete-1", [Failure(b"x", "lstat", 13, "Permission denied")])
+    lists.record(deleted_list("delete-1"), [Deletion(b"a", "file"), Deletion(b"t", "tree")])
+    assert lists.read_deleted("delete-1") == ([Deletion(b"a", "file"), Deletion(b"t", "tree")], 2)
+    assert [f.path for f in lists.read("delete-1")[0]] == [b"x"]

@@ -1,0 +1,145 @@
+"""The pass roots a process keeps open (cmover.core.fsio): only inside keeping_roots(), reused only while the
+root's path still names the same directory, never listed through, never shared with a forked child, bounded
+in number, all closed when the scope ends (a long-lived worker keeps no mount busy)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cmover.core import fsio
+
+
+def _names(fd: int) -> set[str]:
+    with os.scandir(fd) as it:
+        return {e.name for e in it}
+
+
+@pytest.fixture(autouse=True)
+def _keeping() -> Iterator[None]:
+    fsio._forget_kept()
+    with fsio.keeping_roots():
+        yield
+
+
+def _ino(fd: int) -> int:
+    try:
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
+def test_a_root_opened_again_is_reached_through_its_kept_descriptor_with_an_offset_of_its_own(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    (root / "sub").mkdir(parents=True)
+    for i in range(50):
+        (root / f"f{i}").write_bytes(b"")
+    broot = os.fsencode(root)
+    first = fsio.open_root(broot, source=True)
+    assert (os.getpid(), broot, True) in fsio._kept
+    # Two listings at once, each through its own descriptor: neither sees a part of the other's offset.
+    second = fsio.open_root(broot, source=True)
+    try:
+        assert _names(first) == _names(second) == {"sub", *(f"f{i}" for i in range(50))}
+    finally:
+        os.close(first)
+        os.close(second)
+    assert _ino(fsio.open_dir(broot, b"sub", source=False)) == (root / "sub").stat().st_ino
+
+
+def test_a_root_replaced_or_turned_into_a_link_is_opened_from_the_top_again(tmp_path: Path) -> None:
+    root, outside = tmp_path / "dst", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    (outside / "sub").mkdir(parents=True)
+    broot = os.fsencode(root)
+    os.close(fsio.open_dir(broot, b"sub", source=False))  # kept now
+
+    root.rename(tmp_path / "old")  # the kept directory lives on elsewhere; a new one takes the path
+    (root / "sub").mkdir(parents=True)
+    assert _ino(fsio.open_dir(broot, b"sub", source=False)) == (root / "sub").stat().st_ino
+    assert _ino(fsio.open_root(broot, source=False)) == root.stat().st_ino
+
+    os.rename(root, tmp_path / "older")
+    root.symlink_to(outside)  # the root's path is a link now: never followed, kept descriptor or not
+    with pytest.raises(OSError):
+        fsio.open_dir(broot, b"sub", source=False)
+    with pytest.raises(OSError):
+        fsio.open_root(broot, source=False)
+    root.unlink()
+    with pytest.raises(FileNotFoundError):
+        fsio.open_dir(broot, b"sub", source=False)
+
+
+def test_a_link_above_the_root_leads_nowhere_else(tmp_path: Path) -> None:
+    (tmp_path / "a" / "root" / "sub").mkdir(parents=True)
+    (tmp_path / "b" / "root" / "sub").mkdir(parents=True)
+    broot = os.fsencode(tmp_path / "a" / "root")
+    os.close(fsio.open_dir(broot, b"sub", source=True))
+    (tmp_path / "a").rename(tmp_path / "a-gone")
+    (tmp_path / "a").symlink_to(tmp_path / "b")  # the path resolves to another directory through a link
+    with pytest.raises(OSError):  # not the kept one (another inode), and the link refused from the top
+        fsio.open_dir(broot, b"sub", source=True)
+
+
+def test_kept_roots_are_bounded_and_not_inherited_by_a_forked_child(tmp_path: Path) -> None:
+    roots = []
+    for i in range(fsio.KEPT_ROOTS + 3):
+        (tmp_path / f"r{i}").mkdir()
+        roots.append(os.fsencode(tmp_path / f"r{i}"))
+    before = len(os.listdir("/proc/self/fd"))
+    for r in roots:
+        os.close(fsio.open_root(r, source=False))
+    assert len(fsio._kept) == fsio.KEPT_ROOTS
+    assert len(os.listdir("/proc/self/fd")) == before + fsio.KEPT_ROOTS  # the evicted ones are closed
+
+    pid = os.fork()
+    if pid == 0:  # the child: nothing kept, nothing to keep until it asks, then roots of its own
+        ok = not fsio._kept
+        os.close(fsio.open_root(roots[-1], source=False))
+        ok = ok and not fsio._kept
+        with fsio.keeping_roots():
+            fd = fsio.open_root(roots[-1], source=False)
+            ok = ok and os.fstat(fd).st_ino == os.stat(roots[-1]).st_ino and len(fsio._kept) == 1
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_nothing_is_kept_outside_the_scope_and_the_scope_closes_what_it_kept(tmp_path: Path) -> None:
+    (tmp_path / "r").mkdir()
+    broot = os.fsencode(tmp_path / "r")
+    fsio._forget_kept()  # leave the fixture's scope: as a distributed worker runs
+    before = len(os.listdir("/proc/self/fd"))
+    os.close(fsio.open_root(broot, source=False))
+    assert not fsio._kept and len(os.listdir("/proc/self/fd")) == before
+    with fsio.keeping_roots():
+        os.close(fsio.open_root(broot, source=False))
+        with fsio.keeping_roots():  # nested: the outer scope decides
+            os.close(fsio.open_root(broot, source=True))
+        assert len(fsio._kept) == 2
+    assert not fsio._kept and len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_process_that_keeps_roots_while_busy_lets_them_go_when_idle(tmp_path: Path) -> None:
+    """A forked child (as an embedded pool process) keeps a root while it works and closes it once idle."""
+    (tmp_path / "r").mkdir()
+    broot = os.fsencode(tmp_path / "r")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        fsio.IDLE_ROOT_SECONDS = 0.4
+        fsio.keep_roots_while_busy()
+        os.close(fsio.open_root(broot, source=False))
+        kept = len(fsio._kept)
+        time.sleep(1.2)
+        os.write(w, b"%d %d" % (kept, len(fsio._kept)))
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    assert os.read(r, 100) == b"1 0"
+    os.close(r)

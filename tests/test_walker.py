@@ -1,0 +1,305 @@
+"""cmover.engine.walker.Walker and cmover.engine.jobs: the walk every pass shares, and transient errors.
+
+The walker's contract on real directories: listings streamed with full batches handed on while reading,
+the inline budget, the open conventions of a source/target pair. Then the one place transient errnos are
+handled (retry_transient), on its own and through the copy pass's per-entry guard with a filesystem seam
+that fails N times.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections import Counter
+
+import pytest
+from support.worker import InProcessWorker
+
+import cmover.app as appmod
+from cmover.core.counters import C
+from cmover.core.failure import Failure
+from cmover.core.passes import PassKind, PassSpec
+from cmover.engine import jobs
+from cmover.engine.jobs import DirJob, FilesJob, retry_transient, retrying
+from cmover.engine.walker import Walker
+from cmover.lustre.base import PosixFs
+from cmover.tasks_copy import copy_dir
+from cmover.tasks_delete import delete_dir
+from cmover.tasks_dirtime import dirtime_dir
+
+log = logging.getLogger("cmover.engine.test")
+
+
+def walker(spec) -> tuple[Walker, Counter, list[Failure]]:
+    tally: Counter = Counter()
+    failures: list[Failure] = []
+    return Walker(spec, tally, failures.append, log), tally, failures
+
+
+def files(root: bytes, rel: bytes, *names: bytes) -> None:
+    os.makedirs(os.path.join(root, rel), exist_ok=True)
+    for name in names:
+        with open(os.path.join(root, rel, name), "wb"):
+            pass
+
+
+# -- listing ---------------------------------------------------------------------------------------------
+
+
+def test_scan_hands_on_full_batches_while_reading(roots, make_spec):
+    """11 files with batch 3: three full batches go to on_batch during the listing, 2 stay for the caller."""
+    src, _ = roots
+    names = [b"f%02d" % i for i in range(11)]
+    files(src, b"d", *names)
+    os.makedirs(os.path.join(src, b"d/sub"))
+    w, tally, failures = walker(make_spec(batch=3))
+    batches: list[tuple[int, list[bytes]]] = []
+    fd = os.open(os.path.join(src, b"d"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        listing = w.scan(b"d", fd, on_batch=lambda b, i: batches.append((i, [os.fsencode(e.name) for e in b])))
+    finally:
+        os.close(fd)
+    assert [i for i, _ in batches] == [0, 1, 2] and all(len(b) == 3 for _, b in batches)
+    assert len(listing.entries) == 2 and listing.subdirs == [b"sub"] and listing.complete
+    seen = sorted([n for _, b in batches for n in b] + [os.fsencode(e.name) for e in listing.entries])
+    assert seen == names
+    assert failures == [] and tally == Counter()
+
+
+def test_scan_stops_when_on_batch_says_so_and_lists_dirs_only_without_it(roots, make_spec):
+    src, _ = roots
+    files(src, b"", *[b"f%d" % i for i in range(10)])
+    for d in (b"a", b"b"):
+        os.makedirs(os.path.join(src, d))
+    w, _, _ = walker(make_spec(batch=2))
+    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        calls: list[int] = []
+        stopped = w.scan(b"", fd, on_batch=lambda b, i: calls.append(i) or False)
+        assert calls == [0] and not stopped.complete and stopped.entries == []
+        os.lseek(fd, 0, os.SEEK_SET)
+        dirs = w.scan(b"", fd)
+        assert sorted(dirs.subdirs) == [b"a", b"b"] and dirs.entries == [] and dirs.complete
+    finally:
+        os.close(fd)
+
+
+def test_scan_excludes_and_counts(roots, make_spec):
+    src, _ = roots
+    files(src, b"", b"keep", b"skip")
+    os.makedirs(os.path.join(src, b"skipdir"))
+    w, tally, _ = walker(make_spec())
+    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        listing = w.scan(b"", fd, on_batch=lambda b, i: None, excluded=lambda rel: rel.startswith(b"skip"))
+    finally:
+        os.close(fd)
+    assert [e.name for e in listing.entries] == ["keep"] and listing.subdirs == []
+    assert tally[C.EXCLUDED] == 2
+
+
+def test_scan_failure_is_reported_on_its_side(roots, make_spec):
+    w, tally, failures = walker(make_spec())
+    fd = os.open(roots[1], os.O_RDONLY)
+    os.close(fd)  # a descriptor that is no longer open: the listing fails at once
+    listing = w.scan(b"x", fd, side="target", on_batch=lambda b, i: None)
+    assert not listing.complete and listing.entries == [] and listing.subdirs == []
+    assert [(f.path, f.op, f.errno, f.side) for f in failures] == [(b"x", "list directory", errno.EBADF, "target")]
+    assert tally[C.FAILED] == 1
+
+
+# -- budget and directory pairs ------------------------------------------------------------------------
+
+
+def test_inline_budget_counts_entries_and_time(make_spec):
+    w, _, _ = walker(make_spec(inline_entries=5, inline_seconds=3600.0))
+    w.start()
+    assert w.inline()
+    w.charge(4)
+    assert w.inline()
+    w.charge(1)
+    assert not w.inline()
+    w.start()  # every task starts afresh
+    assert w.inline()
+    timed, _, _ = walker(make_spec(inline_entries=10**6, inline_seconds=0.0))
+    timed.start()
+    assert not timed.inline()
+
+
+def test_pair_conventions_for_missing_and_unreadable_directories(roots, make_spec):
+    src, dst = roots
+    os.makedirs(os.path.join(src, b"both"))
+    os.makedirs(os.path.join(dst, b"both"))
+    os.makedirs(os.path.join(src, b"src-only"))
+    w, tally, failures = walker(make_spec())
+    with w.pair(b"both", src_missing=None, dst_missing=None) as fds:
+        assert fds is not None and all(os.fstat(fd) for fd in fds)
+        opened = fds
+    for fd in opened:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed on exit
+    with w.pair(b"gone", src_missing=w.vanished, dst_missing=None) as fds:
+        assert fds is None
+    assert tally[C.VANISHED] == 1 and failures == []
+    with w.pair(b"src-only", src_missing=None, dst_missing=w.ignore) as fds:
+        assert fds is None
+    assert failures == []
+    with w.pair(b"src-only", src_missing=None, dst_missing=None) as fds:
+        assert fds is None
+    with w.pair(b"gone", src_missing=None, dst_missing=None) as fds:
+        assert fds is None
+    assert [(f.path, f.op, f.side) for f in failures] == [(b"src-only", "open target directory", "target"),
+                                                           (b"gone", "open directory", "source")]
+    refused: list[bytes] = []
+    with w.pair(b"both", src_missing=None, dst_missing=None,
+                check_source=lambda rel, fd: refused.append(rel) and False) as fds:
+        assert fds is None and refused == [b"both"]
+
+
+# -- transient errors -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pauses(monkeypatch) -> list[float]:
+    """The pauses retry_transient takes, recorded instead of slept."""
+    taken: list[float] = []
+    monkeypatch.setattr(jobs.time, "sleep", taken.append)
+    return taken
+
+
+def failing(n: int, err: int, result: str = "ok"):
+    """A callable that raises OSError(err) on its first ``n`` calls, then returns ``result``."""
+    calls = []
+
+    def work() -> str:
+        calls.append(1)
+        if len(calls) <= n:
+            raise OSError(err, os.strerror(err))
+        return result
+
+    work.calls = calls  # type: ignore[attr-defined]
+    return work
+
+
+@pytest.mark.parametrize("err", [errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EINTR, errno.EBUSY],
+                         ids=errno.errorcode.get)
+def test_transient_errno_retried_after_a_pause(pauses, err):
+    work = failing(2, err)
+    assert retrying(work, b"p") == "ok"
+    assert len(work.calls) == 3 and pauses == list(jobs.TRANSIENT_PAUSES[:2])
+
+
+def test_transient_errno_given_up_with_the_last_error(pauses):
+    work = failing(99, errno.ESTALE)
+    with pytest.raises(OSError) as ei:
+        retrying(work, b"p")
+    assert ei.value.errno == errno.ESTALE
+    assert len(work.calls) == 1 + len(jobs.TRANSIENT_PAUSES) and pauses == list(jobs.TRANSIENT_PAUSES)
+
+
+def test_other_errors_are_not_retried(pauses):
+    first = OSError(errno.EACCES, "Permission denied")
+    with pytest.raises(OSError) as ei:
+        retry_transient(failing(0, 0), first, b"p")
+    assert ei.value is first and pauses == []
+    errors = [OSError(errno.ESTALE, "stale"), FileNotFoundError(errno.ENOENT, "gone")]
+
+    def stale_then_gone() -> None:
+        raise errors.pop(0)
+
+    with pytest.raises(FileNotFoundError):
+        retrying(stale_then_gone, b"p")  # a non-transient error on a retry ends the retries at once
+    assert pauses == [jobs.TRANSIENT_PAUSES[0]]
+
+
+class FlakyFs(PosixFs):
+    """The filesystem seam of the copy pass, failing ``create_file`` of one name ``n`` times with ``err``."""
+
+    def __init__(self, name: str, n: int, err: int) -> None:
+        self.name, self.n, self.err, self.calls = name, n, err, 0
+
+    def create_file(self, dir_fd: int, name: str, src_fd: int) -> int:
+        if name == self.name:
+            self.calls += 1
+            if self.calls <= self.n:
+                raise OSError(self.err, os.strerror(self.err))
+        return super().create_file(dir_fd, name, src_fd)
+
+
+@pytest.mark.parametrize("err", [errno.ESTALE, errno.ETIMEDOUT], ids=errno.errorcode.get)
+def test_copy_retries_a_transient_error_then_copies(roots, make_spec, run_copy, pauses, err):
+    src, dst = roots
+    for name in (b"flaky", b"other"):
+        with open(os.path.join(src, name), "wb") as f:
+            f.write(b"data " + name)
+    fs = FlakyFs("flaky", 2, err)
+    res = run_copy(make_spec(), fs=lambda tally: fs)
+    assert res.failures == [] and res.tally[C.COPIED] == 2 and res.tally[C.FAILED] == 0
+    assert fs.calls == 3 and pauses == list(jobs.TRANSIENT_PAUSES[:2])
+    with open(os.path.join(dst, b"flaky"), "rb") as f:
+        assert f.read() == b"data flaky"
+    assert os.stat(os.path.join(dst, b"flaky")).st_mtime_ns == os.stat(os.path.join(src, b"flaky")).st_mtime_ns
+
+
+def test_copy_gives_up_on_a_transient_error_that_does_not_clear(roots, make_spec, run_copy, pauses):
+    src, dst = roots
+    for name in (b"flaky", b"other"):
+        with open(os.path.join(src, name), "wb") as f:
+            f.write(b"data")
+    fs = FlakyFs("flaky", 99, errno.ESTALE)
+    res = run_copy(make_spec(), fs=lambda tally: fs)
+    assert [(f.path, f.op, f.errno) for f in res.failures] == [(b"flaky", "copy", errno.ESTALE)]
+    assert res.tally[C.FAILED] == 1 and res.tally[C.COPIED] == 1  # the rest goes on
+    assert fs.calls == 1 + len(jobs.TRANSIENT_PAUSES) and pauses == list(jobs.TRANSIENT_PAUSES)
+    assert not os.path.lexists(os.path.join(dst, b"flaky")) and os.path.exists(os.path.join(dst, b"other"))
+
+
+def test_copy_does_not_retry_a_permanent_error(roots, make_spec, run_copy, pauses):
+    src, _ = roots
+    with open(os.path.join(src, b"f"), "wb"):
+        pass
+    fs = FlakyFs("f", 99, errno.EIO)
+    res = run_copy(make_spec(), fs=lambda tally: fs)
+    assert [(f.path, f.errno) for f in res.failures] == [(b"f", errno.EIO)]
+    assert fs.calls == 1 and pauses == []
+
+
+# -- jobs --------------------------------------------------------------------------------------------------
+
+
+def test_jobs_compare_by_kind_and_content():
+    assert DirJob(b"a") == DirJob(b"a", None) != DirJob(b"a", 0)
+    assert FilesJob(b"a", (b"x",)) != FilesJob(b"a", (b"x",), 1)
+    assert DirJob.kind == "dir" and FilesJob.kind == "files"
+
+
+# -- broker trouble while publishing -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["copy", "delete", "dirtime"])
+def test_broker_trouble_while_publishing_requeues_the_task(tmp_path, monkeypatch, kind):
+    """A publish that fails while a big directory is listed (a batch) or its subdirectories are handed on is
+    broker trouble, not a listing failure: the task is requeued (run again later), nothing is recorded."""
+    src, dst = tmp_path / "s" / "src", tmp_path / "d" / "dst"
+    for root in (src, dst):
+        (root / "sub").mkdir(parents=True)
+    for i in range(5):
+        (dst if kind == "delete" else src).joinpath(f"f{i}").write_bytes(b"x")
+    (src / "keep").write_bytes(b"k")
+    (dst / "keep").write_bytes(b"k")
+    spec = PassSpec(run_id=f"{kind}-publish", kind=PassKind(kind), src_root=os.fsencode(src), dst_root=os.fsencode(dst),
+                    batch=2, inline_entries=0).as_dict()
+    worker = InProcessWorker(os.fsencode(tmp_path / "s"), os.fsencode(tmp_path / "d"))
+    worker.install(monkeypatch)
+    try:
+        def send_task(*args, **kwargs):
+            raise ConnectionError(errno.ECONNRESET, "Connection reset by peer")
+
+        monkeypatch.setattr(appmod.app, "send_task", send_task)
+        task = {"copy": copy_dir, "delete": delete_dir, "dirtime": dirtime_dir}[kind]
+        rej = worker.deliver(task, spec, "", None)
+    finally:
+        worker.uninstall()
+    assert rej is not None and rej.requeue is True, rej
+    assert worker.failures(f"{kind}-publish") == []
