@@ -94,13 +94,17 @@ def send_graphite(dep: Deployment, *args: str) -> Any:
 
 
 def stored(carbon: Carbon, metric: str) -> float | None:
-    """The newest value carbon wrote for ``metric`` in the last 10 minutes, None when there is none."""
+    """The newest value carbon wrote for ``metric`` in the last 10 minutes, None when there is none (yet)."""
     import whisper
 
     path = carbon.whisper_dir.joinpath(*metric.split(".")).with_suffix(".wsp")
     if not path.exists():
         return None
-    _, values = whisper.fetch(str(path), time.time() - 600, time.time() + 60)
+    try:
+        _, values = whisper.fetch(str(path), time.time() - 600, time.time() + 60)
+    except whisper.CorruptWhisperFile:
+        # carbon creates a file and writes its header afterwards: a reader in between sees it empty
+        return None
     got = [v for v in values if v is not None]
     return got[-1] if got else None
 
