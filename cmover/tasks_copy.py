@@ -1,7 +1,8 @@
 """Copy-pass tasks: thin adapters from messages to :class:`cmover.engine.copypass.CopyPass`.
 
 ``cmover.copy.dir(spec, rel, mdt)`` handles a directory (and small subtrees inline) and publishes the
-rest; ``cmover.copy.files(spec, rel, names)`` copies one batch of a large directory;
+rest; ``cmover.copy.files(spec, rel, names[, also])`` copies one batch of a large directory (with ``also``,
+the few changed names of further directories: journal-driven passes);
 ``cmover.copy.chunk(spec, rel, index, chunk)`` writes one chunk of a huge file (see :mod:`cmover.engine.chunks`).
 Arguments are JSON: the pass spec, wire-encoded relative paths (see :mod:`cmover.core.paths`), an MDT index
 or null, a chunk index and the file's chunk description.
@@ -13,7 +14,7 @@ from typing import Any
 
 from cmover.app import app
 from cmover.core.errors import ConfinementError
-from cmover.core.paths import names_from_wire, rel_from_wire
+from cmover.core.paths import rel_from_wire
 from cmover.engine.chunks import ChunkSpec
 from cmover.worker import bodies
 from cmover.worker.passtask import PassTask
@@ -26,11 +27,11 @@ def copy_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None) -> None:
 
 
 @app.task(name="cmover.copy.files", base=PassTask, bind=True)
-def copy_files(self: PassTask, spec: Any, rel: Any, names: Any) -> None:
+def copy_files(self: PassTask, spec: Any, rel: Any, names: Any, also: Any = None) -> None:
     def body(spec_, ctx, tally, fail, emit):
-        batch = names_from_wire(names)
+        groups = bodies.batch_groups(rel, names, also)
         with bodies.copy_engine(spec_, ctx, tally, fail, emit) as engine:
-            engine.run_files(rel_from_wire(rel), batch)
+            engine.run_groups(groups)
 
     run_pass_task(self, spec, rel, body)
 

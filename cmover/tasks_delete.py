@@ -1,7 +1,8 @@
 """Delete-pass tasks: thin adapters from messages to :class:`cmover.engine.deletepass.DeletePass`.
 
 ``cmover.delete.dir(spec, rel, mdt)`` compares target directory ``rel`` with its source and walks on;
-``cmover.delete.files(spec, rel, names)`` handles one batch of a large target directory;
+``cmover.delete.files(spec, rel, names[, also])`` handles one batch of a large target directory (or of several
+directories: journal-driven passes);
 ``cmover.delete.purge(spec, rel, root)`` removes part of a target tree whose source is gone. A task that
 finds the source root unsafe (gone, unmounted, replaced, empty) deletes nothing and fails loudly.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from cmover.app import app
-from cmover.core.paths import names_from_wire, rel_from_wire
+from cmover.core.paths import rel_from_wire
 from cmover.worker import bodies
 from cmover.worker.passtask import PassTask
 from cmover.worker.taskbase import run_pass_task
@@ -23,10 +24,10 @@ def delete_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None) -> None:
 
 
 @app.task(name="cmover.delete.files", base=PassTask, bind=True)
-def delete_files(self: PassTask, spec: Any, rel: Any, names: Any) -> None:
+def delete_files(self: PassTask, spec: Any, rel: Any, names: Any, also: Any = None) -> None:
     def body(spec_, ctx, tally, fail, emit):
-        batch = names_from_wire(names)
-        bodies.delete_run(spec_, ctx, tally, fail, emit, lambda d: d.run_files(rel_from_wire(rel), batch))
+        groups = bodies.batch_groups(rel, names, also)
+        bodies.delete_run(spec_, ctx, tally, fail, emit, lambda d: d.run_groups(groups))
 
     run_pass_task(self, spec, rel, body)
 

@@ -1,14 +1,13 @@
 """Dirtime-pass tasks: ``cmover.dirtime.dir(spec, rel, mdt)`` sets the times of target directory ``rel``
-and its subtree; ``cmover.dirtime.files(spec, rel, names)`` (journal-driven passes) those of the
-subdirectories ``names`` of ``rel`` only, or of ``rel`` itself when ``names`` is empty (see
-:mod:`cmover.engine.dirtimepass`)."""
+and its subtree; ``cmover.dirtime.files(spec, rel, names[, also])`` (journal-driven passes) those of the
+subdirectories ``names`` of ``rel`` only, or of ``rel`` itself when ``names`` is empty, then the same for each
+further [directory, names] pair of ``also`` (see :mod:`cmover.engine.dirtimepass`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from cmover.app import app
-from cmover.core.paths import names_from_wire, rel_from_wire
 from cmover.engine.dirtimepass import DirtimePass
 from cmover.worker import bodies
 from cmover.worker.passtask import PassTask
@@ -21,9 +20,9 @@ def dirtime_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None) -> None:
 
 
 @app.task(name="cmover.dirtime.files", base=PassTask, bind=True)
-def dirtime_files(self: PassTask, spec: Any, rel: Any, names: Any) -> None:
+def dirtime_files(self: PassTask, spec: Any, rel: Any, names: Any, also: Any = None) -> None:
     def body(spec_, ctx, tally, fail, emit):
-        batch = names_from_wire(names)
-        DirtimePass(spec_, tally, fail, emit).run_files(rel_from_wire(rel), batch)
+        groups = bodies.batch_groups(rel, names, also)
+        DirtimePass(spec_, tally, fail, emit).run_groups(groups)
 
     run_pass_task(self, spec, rel, body)

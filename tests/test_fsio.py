@@ -143,3 +143,67 @@ def test_a_process_that_keeps_roots_while_busy_lets_them_go_when_idle(tmp_path: 
     os.waitpid(pid, 0)
     assert os.read(r, 100) == b"1 0"
     os.close(r)
+
+
+def _fds() -> set[int]:
+    return {int(n) for n in os.listdir("/proc/self/fd")}
+
+
+def _count_openat(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Record the name of every directory fsio opens inside a parent (one openat each)."""
+    opened: list[bytes] = []
+    real = fsio.open_subdir
+
+    def counting(parent_fd: int, name: str | bytes, *, source: bool) -> int:
+        opened.append(os.fsencode(name))
+        return real(parent_fd, name, source=source)
+
+    monkeypatch.setattr(fsio, "open_subdir", counting)
+    return opened
+
+
+def test_sorted_directories_opened_in_one_scope_share_their_way_and_everything_is_closed_at_its_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "src"
+    for d in ("a/b/c", "a/b/d", "a/e", "f"):
+        (root / d).mkdir(parents=True)
+        (root / d / "x").write_bytes(b"")
+    broot = os.fsencode(root)
+    before = _fds()
+    opened = _count_openat(monkeypatch)
+    seen: list[int] = []
+    with fsio.sharing_dirs():
+        for rel in (b"a/b/c", b"a/b/d", b"a/e", b"f", b"", b"f"):
+            fd = fsio.open_dir(broot, rel, source=True, on_open=lambda fd: seen.append(os.fstat(fd).st_ino))
+            try:
+                assert os.fstat(fd).st_ino == (root / os.fsdecode(rel)).stat().st_ino
+                assert _names(fd) == ({"x"} if rel else {"a", "f"})
+                assert _names(fd) == ({"x"} if rel else {"a", "f"})  # an offset of its own, listed twice
+            finally:
+                os.close(fd)
+        # The root's own way once (from /), then a once, a/b once: the shared way; each directory asked for
+        # opened anew (a descriptor of its own).
+        assert opened == [*(os.fsencode(p) for p in root.parts[1:]), b"a", b"b", b"c", b"d", b"e", b"f", b"f"]
+        # on_open saw the root and every directory on the way, kept or new: 4 + 4 + 3 + 2 + 1 + 2.
+        assert len(seen) == 16 and seen[:4] == [(root / p).stat().st_ino for p in ("", "a", "a/b", "a/b/c")]
+    fsio._release_kept()
+    assert _fds() == before
+
+
+def test_a_scope_refuses_a_link_on_the_way_and_goes_on_from_what_it_could_open(tmp_path: Path) -> None:
+    root, outside = tmp_path / "dst", tmp_path / "outside"
+    for d in ("a/b", "c"):
+        (root / d).mkdir(parents=True)
+    (outside / "b").mkdir(parents=True)
+    (root / "l").symlink_to(outside)
+    broot = os.fsencode(root)
+    with fsio.sharing_dirs():
+        os.close(fsio.open_dir(broot, b"a/b", source=False))
+        for rel in (b"l/b", b"l", b"c/nope"):
+            with pytest.raises(OSError):
+                fsio.open_dir(broot, rel, source=False)
+        assert _ino(fsio.open_dir(broot, b"a/b", source=False)) == (root / "a/b").stat().st_ino
+        with fsio.sharing_dirs():  # nested: the same scope
+            assert _ino(fsio.open_dir(broot, b"c", source=False)) == (root / "c").stat().st_ino
+        assert fsio._shared.chains is not None
+    assert fsio._shared.chains is None

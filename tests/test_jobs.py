@@ -28,6 +28,8 @@ CASES = [
     (DirJob(b""), "0cf8d197-4555-5cca-a0c4-d047f1ac43f8", "3fbb6b8e-bfa2-54d6-93f6-d69dbd257cff", ["", None]),
     (FilesJob(b"a", (b"x", b"caf\xc3\xa9", b"\xfe"), 2), "c7eeb809-8738-5496-b905-1f2323e4baab",
      "781d42d2-a8b8-5586-b276-7af0303d275e", ["a", ["x", "caf\u00e9", {"b64": "/g=="}]]),
+    (FilesJob(b"a", (b"x",), 0, ((b"a/b", (b"y", b"\xfe")), (b"c", ()))), "d276fc46-e06d-51a5-82d6-3e2157843fdd",
+     "b810d9e7-7c28-5edb-b997-b170c6c07fd0", ["a", ["x"], [["a/b", ["y", {"b64": "/g=="}]], ["c", []]]]),
     (ChunkJob(b"a/big", 7, CS), "fb15e2aa-5532-56c5-94b4-2b0da2677ba1", "a1ff0b93-d3b6-5b8a-b093-564451b670d5",
      ["a/big", 7, {"size": 10485760, "mtime_ns": 1700000000123456789, "ctime_ns": 1700000000987654321,
                    "ino": 4242, "chunk": 1048576}]),
@@ -44,5 +46,48 @@ def test_task_ids_and_message_arguments_never_change(job, tid, retry_tid, wire):
 
 
 def test_each_job_kind_names_its_task():
-    assert [type(c[0]).kind for c in CASES] == ["dir", "dir", "files", "chunk", "purge"]
-    assert [c[0].index for c in CASES] == [0, 0, 2, 7, 0]
+    assert [type(c[0]).kind for c in CASES] == ["dir", "dir", "files", "files", "chunk", "purge"]
+    assert [c[0].index for c in CASES] == [0, 0, 2, 0, 7, 0]
+
+
+def test_a_batch_message_with_further_directories_is_checked_whole_before_anything_runs():
+    from cmover.core.errors import ConfinementError
+    from cmover.worker.bodies import batch_groups
+
+    job = CASES[3][0]
+    assert batch_groups(*json.loads(json.dumps(job.wire_args()))) == [(b"a", [b"x"]), (b"a/b", [b"y", b"\xfe"]),
+                                                                       (b"c", [])]
+    assert batch_groups("a", ["x"], None) == [(b"a", [b"x"])]
+    for also in ([["../up", ["x"]]], [["a", ["x/y"]]], [["a"]], "a", [["a", "x"]]):
+        with pytest.raises(ConfinementError):
+            batch_groups("a", ["x"], also)
+
+
+def test_gathered_batches_are_each_handled_once_in_sorted_order_big_ones_alone_over_enough_tasks():
+    from cmover.engine.changeplan import GATHER_MIN, GATHER_TASKS, gather
+
+    jobs = [FilesJob(b"", ())] + [FilesJob(b"d%04d" % i, (b"n",)) for i in range(40)]
+    jobs.insert(10, FilesJob(b"d0008x", tuple(b"f%d" % i for i in range(GATHER_MIN))))
+    out = gather(jobs, 1000)
+    tasks = [[(g.rel, g.names), *g.also] for g in out]
+    assert sorted(p for t in tasks for p in t) == sorted((j.rel, j.names) for j in jobs)
+    assert all(t == sorted(t) for t in tasks)
+    assert FilesJob(b"d0008x", jobs[10].names) in out  # as large as a share: on its own
+    assert [1 + len(g.also) for g in out if g.rel != b"d0008x"] == [16, 16, 9]
+    # Many names: at least GATHER_TASKS tasks, each a share of about the same size; a batch bounds the share.
+    many = [FilesJob(b"d%05d" % i, (b"a", b"b")) for i in range(5000)]
+    assert len(gather(many, 1000)) >= GATHER_TASKS
+    assert max(2 * (1 + len(g.also)) for g in gather(many, 50)) <= 50
+
+
+def test_a_gathered_task_past_its_time_hands_the_directories_not_begun_to_a_new_task(monkeypatch):
+    from cmover.engine import jobs as jobsmod
+
+    clock = iter([0.0, 1.0, 99.0])
+    monkeypatch.setattr(jobsmod.time, "monotonic", lambda: next(clock))
+    done: list[bytes] = []
+    emitted: list[FilesJob] = []
+    groups = [(b"a", [b"x"]), (b"b", [b"y"]), (b"c", []), (b"d", [b"z"])]
+    jobsmod.run_groups(groups, 10.0, emitted.append, lambda rel, names: done.append(rel))
+    assert done == [b"a", b"b"]
+    assert emitted == [FilesJob(b"c", (), 0, ((b"d", (b"z",)),))]

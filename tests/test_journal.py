@@ -208,3 +208,37 @@ def test_renamed_directories_and_files_are_renamed_on_the_target_not_copied_agai
     after = _inodes(site.dst / "renames")
     assert {new: after[new] for new in kept} == {new: before[old] for new, old in kept.items()}
     assert "; 7 renamed on the target, 3 not" in r.stderr, r.stderr
+
+
+def test_a_reading_with_no_newer_change_resolves_directories_as_the_last_one_did(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The passes of one `sync --changes` read the journal one after the other: while the source records no
+    # change, a directory's path is what the previous reading resolved, without open_by_handle_at again.
+    from cmover.journal import fanotify, local
+    from cmover.journal.base import touched
+
+    calls: list[object] = []
+    real = fanotify.open_handle
+    monkeypatch.setattr(fanotify, "open_handle", lambda fd, h: calls.append(h) or real(fd, h))
+    monkeypatch.setattr(local, "_memo", None)
+    src = os.fsencode(site.src)
+    moved = site.src / "memo-a"
+    (moved / "sub").mkdir(parents=True)
+    (moved / "sub" / "f").write_bytes(b"x")
+    j = local.LocalJournal(site.changes, src)
+    since = int(read_state(j.directory)["started_ns"])
+
+    def dirs() -> set[bytes]:
+        r = j.read(since)
+        return set(touched(r.changes, r.resolve, src, b"").names)
+
+    first = dirs()
+    assert b"memo-a/sub" in first and calls
+    n = len(calls)
+    assert dirs() == first and len(calls) == n  # nothing new: every key as before, none opened
+    os.rename(moved, site.src / "memo-b")  # a change: the paths may differ now, every key is resolved again
+    again = dirs()
+    assert len(calls) >= 2 * n and b"memo-b/sub" in again and b"memo-a/sub" not in again
+    r = site.sync("--changes")
+    assert r.returncode == 0 and _from_journal(r) == 3, r.stderr
+    assert site.identical() == []

@@ -81,6 +81,16 @@ def names_from_wire(obj: object) -> list[bytes]:
     return [name_from_wire(n) for n in obj]
 
 
+def groups_from_wire(obj: object) -> list[tuple[bytes, list[bytes]]]:
+    """The further (directory, names) pairs of a batch message (absent: none), each checked as
+    :func:`rel_from_wire` and :func:`names_from_wire` check theirs."""
+    if obj is None:
+        return []
+    if not isinstance(obj, list) or not all(isinstance(g, list) and len(g) == 2 for g in obj):
+        raise ConfinementError("further batch directories in message are not a list of [directory, names] pairs")
+    return [(rel_from_wire(rel), names_from_wire(names)) for rel, names in obj]
+
+
 def join(rel: bytes, name: bytes) -> bytes:
     """The relative path of entry ``name`` inside directory ``rel``."""
     return name if not rel else rel + b"/" + name

@@ -3,7 +3,8 @@
 Input: :class:`cmover.journal.base.Touched` (per directory, the names entered, changed or removed; the
 directories whose own metadata changed; the directories to re-check shallowly). Output: the jobs of
 the pass, the same :class:`~cmover.engine.jobs.DirJob` and :class:`~cmover.engine.jobs.FilesJob` the walk
-publishes, run by the same tasks with ``spec.changes`` set (see :class:`cmover.core.passes.PassSpec`).
+publishes, run by the same tasks with ``spec.changes`` set (see :class:`cmover.core.passes.PassSpec`); the
+batches of consecutive directories with few names each are gathered into one task (:func:`gather`).
 
 Each name is decided from the source as it is now (one ``lstat`` per name, one directory open per
 directory): a directory that was entered (created, renamed or moved in) is walked in full by every
@@ -185,8 +186,9 @@ def _plan(spec: PassSpec, t: Touched, src: _Source) -> Plan:
         batches.setdefault(d, set()).update(listed)
         if kind is PassKind.COPY:
             _own(d, batches, itself)
+    files: list[FilesJob] = []
     for d in sorted(itself):
-        plan.jobs.append(FilesJob(d, ()))
+        files.append(FilesJob(d, ()))
         plan.dirs += 1
     for d in sorted(batches):
         names_sorted = sorted(batches[d])
@@ -195,8 +197,49 @@ def _plan(spec: PassSpec, t: Touched, src: _Source) -> Plan:
         else:
             plan.entries += len(names_sorted)
         for i in range(0, len(names_sorted), spec.batch):
-            plan.jobs.append(FilesJob(d, tuple(names_sorted[i:i + spec.batch]), i // spec.batch))
+            files.append(FilesJob(d, tuple(names_sorted[i:i + spec.batch]), i // spec.batch))
+    files.sort(key=lambda j: (j.rel, j.index))
+    plan.jobs.extend(gather(files, spec.batch))
     return plan
+
+
+#: A journal-driven pass spreads its batches over at least this many tasks when it has the names for it
+#: (so that every worker process gets some), with at least GATHER_MIN names per task.
+GATHER_TASKS = 64
+GATHER_MIN = 16
+
+
+def gather(jobs: list[FilesJob], batch: int) -> list[FilesJob]:
+    """The batch jobs ``jobs`` (sorted by directory) with those of consecutive directories gathered into one task
+    (:attr:`FilesJob.also`) up to a share of the names (a job with no names, a directory itself, counts one):
+    a change journal names a few entries in each of many directories, and a task per directory would open the
+    directories on the way to each one again (per tree, per component) and pay a task's own cost for one
+    name. Gathered in sorted order, a task's directories share most of their way
+    (:func:`cmover.core.fsio.sharing_dirs`). A job as large as the share stays on its own."""
+    total = sum(max(1, len(j.names)) for j in jobs)
+    share = max(GATHER_MIN, min(batch, total // GATHER_TASKS))
+    out: list[FilesJob] = []
+    group: list[FilesJob] = []
+    size = 0
+
+    def flush() -> None:
+        if group:
+            first, rest = group[0], group[1:]
+            out.append(FilesJob(first.rel, first.names, first.index, tuple((j.rel, j.names) for j in rest)))
+            group.clear()
+
+    for job in jobs:
+        n = max(1, len(job.names))
+        if n >= share:
+            out.append(job)
+            continue
+        if size + n > share:
+            flush()
+            size = 0
+        group.append(job)
+        size += n
+    flush()
+    return out
 
 
 def _own(d: bytes, batches: dict[bytes, set[bytes]], itself: set[bytes]) -> None:

@@ -41,7 +41,7 @@ from cmover.engine.copier import Copier
 from cmover.engine.filters import Filter
 from cmover.engine.hardlinks import HardLinker
 from cmover.engine.hsmcopy import HsmCopier
-from cmover.engine.jobs import DirJob, FilesJob, Job
+from cmover.engine.jobs import DirJob, FilesJob, Job, run_groups
 from cmover.engine.walker import Entries, Walker
 from cmover.lustre.base import FsApi
 
@@ -133,6 +133,10 @@ class CopyPass:
                         self._shallow_dir(join(rel, bname), src_fd, dst_fd)
                     continue  # became a directory since listing; its parent's next pass walks it
                 self._entry(rel, src_fd, dst_fd, name, st)
+
+    def run_groups(self, groups: list[tuple[bytes, list[bytes]]]) -> None:
+        """:meth:`run_files` for each (directory, names) pair of a batch job (:func:`cmover.engine.jobs.run_groups`)."""
+        run_groups(groups, self.spec.batch_seconds, self.emit, self.run_files)
 
     def _shallow_dir(self, rel: bytes, src_parent: int, dst_parent: int) -> None:
         """A directory named by a change journal: its target gets its metadata, not its contents; a target

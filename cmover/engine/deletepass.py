@@ -46,7 +46,7 @@ from cmover.core.paths import check_rel, components, display, join, to_wire
 from cmover.core.privileges import current
 from cmover.engine import metadata
 from cmover.engine.claims import Claims
-from cmover.engine.jobs import DirJob, FilesJob, Job, retry_transient, retrying
+from cmover.engine.jobs import DirJob, FilesJob, Job, retry_transient, retrying, run_groups
 from cmover.engine.safety import SourceUnsafe, source_root_problem
 from cmover.engine.walker import Entries, Walker
 
@@ -107,6 +107,15 @@ class DeletePass:
     def run_files(self, rel: bytes, names: Iterable[bytes]) -> None:
         """The batch variant: entries ``names`` of target directory ``rel``."""
         self._guard()
+        self._files(rel, names)
+
+    def run_groups(self, groups: list[tuple[bytes, list[bytes]]]) -> None:
+        """:meth:`run_files` for each (directory, names) pair of a batch job (:func:`cmover.engine.jobs.run_groups`),
+        the source root checked once for the task, as for every task."""
+        self._guard()
+        run_groups(groups, self.spec.batch_seconds, self.emit, self._files)
+
+    def _files(self, rel: bytes, names: Iterable[bytes]) -> None:
         self._batch = True
         with self._pair(rel) as fds:
             if fds is None:

@@ -27,7 +27,7 @@ from cmover.core.passes import PassSpec
 from cmover.core.paths import join
 from cmover.core.privileges import current
 from cmover.engine import metadata
-from cmover.engine.jobs import DirJob, Job, retry_transient
+from cmover.engine.jobs import DirJob, Job, retry_transient, run_groups
 from cmover.engine.walker import Walker
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,10 @@ class DirtimePass:
                         os.close(dst_fd)
                 finally:
                     os.close(src_fd)
+
+    def run_groups(self, groups: list[tuple[bytes, list[bytes]]]) -> None:
+        """:meth:`run_files` for each (directory, names) pair of a batch job (:func:`cmover.engine.jobs.run_groups`)."""
+        run_groups(groups, self.spec.batch_seconds, self.emit, self.run_files)
 
     def _child(self, parent_fd: int, rel: bytes, side: str, fix: str) -> int | None:
         """Subdirectory ``rel`` (its last component) opened inside ``parent_fd``; None when missing (counted and

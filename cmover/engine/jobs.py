@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from cmover.core import fsio
 from cmover.core.counters import C
 from cmover.core.errors import TRANSIENT_ERRNOS
 from cmover.core.failure import Failure, item_failure
@@ -79,9 +80,18 @@ class DirJob:
         return [to_wire(self.rel), self.mdt]
 
 
+#: Further (directory, names) pairs of a batch job (see :class:`FilesJob`).
+Groups = tuple[tuple[bytes, tuple[bytes, ...]], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class FilesJob:
     """Handle the entries ``names`` of directory ``rel``: batch ``index`` of a big directory's listing.
+
+    ``also``: the entries of further directories, handled by the same task after ``rel``'s, in this order
+    (sorted, so that they share the directories on their way: :func:`cmover.core.fsio.sharing_dirs`). Only a
+    journal-driven pass gathers the few changed names of many directories that way
+    (:func:`cmover.engine.changeplan.gather`); the walk's batches name one directory.
 
     A batch's task id covers its names, not only its position (see :func:`cmover.state.ledger.task_id`).
     """
@@ -90,12 +100,36 @@ class FilesJob:
     rel: bytes
     names: tuple[bytes, ...]
     index: int = 0
+    also: Groups = ()
 
     def ident(self) -> tuple[bytes, ...]:
-        return self.names
+        if not self.also:
+            return self.names
+        # A directory's path is set apart from names by the separator a name cannot hold.
+        return self.names + tuple(x for rel, names in self.also for x in (b"/" + rel, *names))
 
     def wire_args(self) -> list[Any]:
-        return [to_wire(self.rel), [to_wire(n) for n in self.names]]
+        args: list[Any] = [to_wire(self.rel), [to_wire(n) for n in self.names]]
+        if self.also:
+            args.append([[to_wire(rel), [to_wire(n) for n in names]] for rel, names in self.also])
+        return args
+
+
+def run_groups(groups: list[tuple[bytes, list[bytes]]], batch_seconds: float, emit: Callable[[Job], None],
+               one: Callable[[bytes, list[bytes]], None]) -> None:
+    """Run ``one(rel, names)`` for each (directory, names) pair of a batch job (:class:`FilesJob`: its own
+    pair, then ``also``), sharing the directories on their way (:func:`cmover.core.fsio.sharing_dirs`). Once
+    ``batch_seconds`` have passed (the consumer timeout's budget), the pairs not begun become one job."""
+    if len(groups) == 1:
+        one(*groups[0])
+        return
+    deadline = time.monotonic() + batch_seconds
+    with fsio.sharing_dirs():
+        for i, (rel, names) in enumerate(groups):
+            if i and time.monotonic() > deadline:
+                emit(FilesJob(rel, tuple(names), 0, tuple((r, tuple(n)) for r, n in groups[i + 1:])))
+                return
+            one(rel, names)
 
 
 def report_failure(tally: Counter[str], on_failure: Callable[[Failure], None], rel: bytes, op: str,

@@ -33,6 +33,9 @@ from cmover.journal import fanotify
 from cmover.journal.base import Change, Reading, Untrusted, What
 from cmover.journal.store import journal_dir, read_segment, read_state
 
+#: The last reading's resolved directories: ((source root, watcher generation, index of the newest change), key ->
+#: path); see :meth:`LocalJournal._remembering`.
+_memo: tuple[tuple[bytes, str, int], dict[str, bytes | None]] | None = None
 #: A watcher whose last heartbeat is older than this many heartbeats is taken for dead.
 STALE_BEATS = 5
 #: How long a reading waits for the watcher to drain its queue.
@@ -103,6 +106,7 @@ class LocalJournal:
         seg = self.directory / str(state["segment"])
         source = f"fanotify:{state.get('fsid', '')}"
         changes: list[Change] = []
+        latest = 0  # the index of the newest change recorded, whatever the instant asked for
         try:
             for n, rec in enumerate(read_segment(seg)):
                 if rec.get("i") != n:
@@ -117,12 +121,37 @@ class LocalJournal:
                     if t >= since_ns:
                         raise Untrusted(f"the kernel dropped events of {src} {_ago(t)} (fanotify queue overflow)")
                     continue
-                if ev is not None or t < since_ns:
+                if ev is not None:
                     continue
-                changes.extend(changes_of(rec, source))
+                latest = n
+                if t >= since_ns:
+                    changes.extend(changes_of(rec, source))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise Untrusted(f"the journal of {src} cannot be read ({exc})") from None
-        return Reading(changes, self.resolver(), upto, source)
+        return Reading(changes, self._remembering(str(state["generation"]), latest), upto, source)
+
+    def _remembering(self, generation: str, latest: int) -> Callable[[str], bytes | None]:
+        """:meth:`resolver`, remembering what it resolves for the next reading of this process (the passes of one
+        ``sync``): a directory's path stays what it was while the source records no change -- the journal,
+        trusted, says so -- so a reading of the same watcher whose newest change is the newest the last reading
+        had (``latest``, its index: nothing recorded since, the watcher drained both times) resolves with the
+        same answers, and only the keys it has not seen cost ``open_by_handle_at``. Only paths are remembered
+        (no descriptor: nothing holds the source mount busy between passes)."""
+        global _memo
+        key = (self.src_root, generation, latest)
+        if _memo is None or _memo[0] != key:
+            _memo = (key, {})
+        known = _memo[1]
+        fresh: list[Callable[[str], bytes | None]] = []  # the resolver, opened at the first key not known
+
+        def resolve(dkey: str) -> bytes | None:
+            if dkey not in known:
+                if not fresh:
+                    fresh.append(self.resolver())
+                known[dkey] = fresh[0](dkey)
+            return known[dkey]
+
+        return resolve
 
     def _drain(self, pid: int, generation: str) -> int:
         asked = time.time_ns()

@@ -16,7 +16,7 @@ from cmover.core.deletion import Deletion
 from cmover.core.difference import Difference
 from cmover.core.errors import ConfinementError
 from cmover.core.hsmrecord import HsmRecord
-from cmover.core.paths import rel_from_wire
+from cmover.core.paths import groups_from_wire, names_from_wire, rel_from_wire
 from cmover.engine.claims import RunClaims
 from cmover.engine.copypass import CopyPass
 from cmover.engine.deletepass import DeletePass
@@ -65,6 +65,12 @@ def verify_run(spec: Any, ctx: Any, tally: Any, fail: Any, emit: Any, work: Call
         engine.close()
         if found:
             ctx.errors.record(differences_list(spec.run_id), found)
+
+
+def batch_groups(rel: Any, names: Any, also: Any) -> list[tuple[bytes, list[bytes]]]:
+    """The (directory, names) pairs of a batch message: its own, then those of ``also`` (None: none); every
+    path checked before any is handled (ConfinementError)."""
+    return [(rel_from_wire(rel), names_from_wire(names)), *groups_from_wire(also)]
 
 
 def copy_dir(rel: Any, mdt: Any) -> Body:
