@@ -228,17 +228,22 @@ def test_a_reading_with_no_newer_change_resolves_directories_as_the_last_one_did
     j = local.LocalJournal(site.changes, src)
     since = int(read_state(j.directory)["started_ns"])
 
+    memos: list[dict[object, object]] = []
+
     def dirs() -> set[bytes]:
         r = j.read(since)
+        memos.append(r.memo)
         return set(touched(r.changes, r.resolve, src, b"").names)
 
     first = dirs()
     assert b"memo-a/sub" in first and calls
     n = len(calls)
     assert dirs() == first and len(calls) == n  # nothing new: every key as before, none opened
+    assert memos[1] is memos[0]  # and what the first plan learnt of the source holds for the second
     os.rename(moved, site.src / "memo-b")  # a change: the paths may differ now, every key is resolved again
     again = dirs()
     assert len(calls) >= 2 * n and b"memo-b/sub" in again and b"memo-a/sub" not in again
+    assert memos[2] is not memos[0] and memos[2] == {}
     r = site.sync("--changes")
     assert r.returncode == 0 and _from_journal(r) == 3, r.stderr
     assert site.identical() == []

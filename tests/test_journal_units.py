@@ -271,3 +271,36 @@ def test_replay_renames_only_what_the_trees_agree_on(tmp_path: Path) -> None:
     (dst / "b").rename(dst / "a")
     assert replay(spec, t, lambda r: False).done == []  # the later passes would not read the records
     assert (dst / "a" / "f").exists()
+
+
+def test_a_plan_from_what_an_earlier_plan_saw_asks_the_source_nothing_and_names_the_same_entries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cmover.core import fsio
+    from cmover.core.passes import PassKind, PassSpec
+    from cmover.engine import changeplan
+    from cmover.journal.base import Touched
+
+    src = tmp_path / "src"
+    for d in ("a/b", "c"):
+        (src / d).mkdir(parents=True)
+    (src / "a/b/kept").write_bytes(b"x")
+    (src / "c/new").write_bytes(b"y")
+    t = Touched()
+    t.add(b"a/b", b"kept", CHANGED)
+    t.add(b"a/b", b"gone", REMOVED)
+    t.add(b"c", b"new", ENTERED)
+
+    def spec(kind: PassKind) -> PassSpec:
+        return PassSpec(run_id=f"{kind.value}-1", kind=kind, src_root=os.fsencode(src),
+                        dst_root=os.fsencode(tmp_path / "dst"), changes=True)
+
+    def named(plan: changeplan.Plan) -> list[tuple[bytes, tuple[bytes, ...]]]:
+        return [(r, n) for j in plan.jobs for r, n in [(j.rel, j.names), *getattr(j, "also", ())]]
+
+    seen: changeplan.Seen = {}
+    copy = changeplan.plan_changes(spec(PassKind.COPY), t, seen)
+    assert named(copy) == [(b"a/b", (b"kept",)), (b"c", (b"new",))] and len(copy.jobs) == 1  # one task
+    asked = len(seen)
+    monkeypatch.setattr(fsio, "lstat_at", lambda fd, name: pytest.fail("the source was asked again"))
+    delete = changeplan.plan_changes(spec(PassKind.DELETE), t, seen)
+    assert named(delete) == [(b"a/b", (b"gone",))] and len(seen) == asked == 3

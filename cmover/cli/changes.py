@@ -139,7 +139,7 @@ def prepare(kind: PassKind, spec: PassSpec, settings: Settings, mode: str | None
             reading = journal.read(clean.start_ns)
         t = touched(reading.changes, reading.resolve, spec.src_root, spec.start)
         driven = dataclasses.replace(spec, changes=True)
-        plan = plan_changes(driven, t)
+        plan = plan_changes(driven, t, reading.memo.setdefault("seen", {}))
         if kind is PassKind.COPY and t.renames:
             done = replay(driven, t, _read_by_later_passes(settings, spec, reading))
             plan.renamed, plan.not_renamed = len(done.done), done.not_replayed

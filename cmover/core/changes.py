@@ -22,7 +22,7 @@ import enum
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from cmover.core.paths import is_within
 
@@ -183,6 +183,9 @@ class Reading:
     upto_ns: int
     source: str
     marks: dict[str, int] = field(default_factory=dict)  # per source (an MDT): the last record index read
+    #: What the passes planned from this reading learnt of the source (e.g. the ``lstat`` of a name): the same
+    #: object for the readings of one process that find nothing recorded since (the source is as it was).
+    memo: dict[Any, Any] = field(default_factory=dict)
 
 
 class ChangeSource(Protocol):

@@ -23,6 +23,7 @@ entries, delete the target entries its source lacks, dirtime its times. Nothing 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterable
@@ -62,60 +63,65 @@ def _ancestors(rel: bytes) -> Iterable[bytes]:
         yield b"/".join(parts[:i])
 
 
-class _Source:
-    """``lstat`` of names on the source, through directory descriptors opened one component at a time (no
-    symlink followed on the way). The descriptors of the last directory asked for and of its ancestors stay
-    open: directories asked for in sorted order cost one ``openat`` each."""
+#: What a plan learnt of the source: (source root, directory, name) -> its ``lstat`` (None: absent).
+Seen = dict[tuple[bytes, bytes, bytes], os.stat_result | None]
 
-    def __init__(self, root: bytes) -> None:
+
+class _Source:
+    """``lstat`` of names on the source, through directories opened without following a symlink on the way and
+    sharing it (:func:`cmover.core.fsio.sharing_dirs`: directories asked for in sorted order cost about one
+    ``openat`` each). The last directory stays open for its next names. ``seen`` answers what an earlier plan
+    of the same source state asked (see :func:`plan_changes`)."""
+
+    def __init__(self, root: bytes, seen: Seen) -> None:
         self.root = root
-        self.chain: list[tuple[bytes, int | None]] = []  # (rel, fd) from the root down to the last directory
+        self.seen = seen
+        self.last: tuple[bytes, int | None] | None = None
+        self.scope = contextlib.ExitStack()
+        self.scope.enter_context(fsio.sharing_dirs())
 
     def lstat(self, rel: bytes, name: bytes) -> os.stat_result | None:
-        fd = self.dir(rel)
-        if fd is None:
-            return None
-        try:
-            return fsio.lstat_at(fd, name)
-        except OSError:
-            return None
+        key = (self.root, rel, name)
+        if key not in self.seen:
+            fd = self.dir(rel)
+            st = None
+            if fd is not None:
+                try:
+                    st = fsio.lstat_at(fd, name)
+                except OSError:
+                    st = None
+            self.seen[key] = st
+        return self.seen[key]
 
     def dir(self, rel: bytes) -> int | None:
-        parts = components(rel)
-        keep = 0
-        while keep < min(len(self.chain) - 1, len(parts)) and self.chain[keep + 1][0] == b"/".join(parts[:keep + 1]):
-            keep += 1
-        if not self.chain:
+        if self.last is None or self.last[0] != rel:
+            self._close_last()
+            fd: int | None
             try:
-                self.chain.append((b"", fsio.open_root(self.root, source=True)))
+                fd = fsio.open_dir(self.root, rel, source=True)
             except OSError:
-                self.chain.append((b"", None))
-        self._truncate(keep + 1)
-        for i in range(keep, len(parts)):
-            parent = self.chain[-1][1]
-            fd: int | None = None
-            if parent is not None:
-                try:
-                    fd = fsio.open_subdir(parent, parts[i], source=True)
-                except OSError:
-                    fd = None
-            self.chain.append((b"/".join(parts[:i + 1]), fd))
-        return self.chain[-1][1]
+                fd = None
+            self.last = (rel, fd)
+        return self.last[1]
 
-    def _truncate(self, n: int) -> None:
-        while len(self.chain) > n:
-            fd = self.chain.pop()[1]
-            if fd is not None:
-                os.close(fd)
+    def _close_last(self) -> None:
+        if self.last is not None and self.last[1] is not None:
+            os.close(self.last[1])
+        self.last = None
 
     def close(self) -> None:
-        self._truncate(0)
+        self._close_last()
+        self.scope.close()
 
 
-def plan_changes(spec: PassSpec, t: Touched) -> Plan:
+def plan_changes(spec: PassSpec, t: Touched, seen: Seen | None = None) -> Plan:
     """The jobs of pass ``spec`` for the changes ``t`` (see the module doc); Untrusted when the changes
-    cannot be mapped to names exactly (a hard-link group only partly named, for a copy pass)."""
-    src = _Source(spec.src_root)
+    cannot be mapped to names exactly (a hard-link group only partly named, for a copy pass).
+
+    ``seen``: the source's answers of an earlier plan, kept while they hold (the journal reading's
+    :attr:`~cmover.core.changes.Reading.memo`: the passes of one ``sync`` while the source records no change),
+    filled with this plan's."""
+    src = _Source(spec.src_root, {} if seen is None else seen)
     try:
         return _plan(spec, t, src)
     finally:

@@ -33,9 +33,9 @@ from cmover.journal import fanotify
 from cmover.journal.base import Change, Reading, Untrusted, What
 from cmover.journal.store import journal_dir, read_segment, read_state
 
-#: The last reading's resolved directories: ((source root, watcher generation, index of the newest change), key ->
-#: path); see :meth:`LocalJournal._remembering`.
-_memo: tuple[tuple[bytes, str, int], dict[str, bytes | None]] | None = None
+#: The last reading's resolved directories and memo: ((source root, watcher generation, index of the newest change),
+#: key -> path, :attr:`Reading.memo`); see :meth:`LocalJournal._remembering`.
+_memo: tuple[tuple[bytes, str, int], dict[str, bytes | None], dict[Any, Any]] | None = None
 #: A watcher whose last heartbeat is older than this many heartbeats is taken for dead.
 STALE_BEATS = 5
 #: How long a reading waits for the watcher to drain its queue.
@@ -128,19 +128,21 @@ class LocalJournal:
                     changes.extend(changes_of(rec, source))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise Untrusted(f"the journal of {src} cannot be read ({exc})") from None
-        return Reading(changes, self._remembering(str(state["generation"]), latest), upto, source)
+        resolve, memo = self._remembering(str(state["generation"]), latest)
+        return Reading(changes, resolve, upto, source, memo=memo)
 
-    def _remembering(self, generation: str, latest: int) -> Callable[[str], bytes | None]:
+    def _remembering(self, generation: str, latest: int) -> tuple[Callable[[str], bytes | None], dict[Any, Any]]:
         """:meth:`resolver`, remembering what it resolves for the next reading of this process (the passes of one
         ``sync``): a directory's path stays what it was while the source records no change -- the journal,
         trusted, says so -- so a reading of the same watcher whose newest change is the newest the last reading
         had (``latest``, its index: nothing recorded since, the watcher drained both times) resolves with the
-        same answers, and only the keys it has not seen cost ``open_by_handle_at``. Only paths are remembered
-        (no descriptor: nothing holds the source mount busy between passes)."""
+        same answers, and only the keys it has not seen cost ``open_by_handle_at``; such readings share their
+        :attr:`~cmover.journal.base.Reading.memo` too (returned with the resolver). Only paths and answers are
+        remembered (no descriptor: nothing holds the source mount busy between passes)."""
         global _memo
         key = (self.src_root, generation, latest)
         if _memo is None or _memo[0] != key:
-            _memo = (key, {})
+            _memo = (key, {}, {})
         known = _memo[1]
         fresh: list[Callable[[str], bytes | None]] = []  # the resolver, opened at the first key not known
 
@@ -151,7 +153,7 @@ class LocalJournal:
                 known[dkey] = fresh[0](dkey)
             return known[dkey]
 
-        return resolve
+        return resolve, _memo[2]
 
     def _drain(self, pid: int, generation: str) -> int:
         asked = time.time_ns()
