@@ -76,8 +76,9 @@ def complete_key(run_id: str) -> str:
 
 def untrusted_key(run_id: str) -> str:
     """The run's ledger counter :data:`cmover.worker.taskbase.UNTRUSTED` (``Ledger.incr`` keeps it here): how
-    many tasks were published while the ledger could not count them. Present, the ledger's count cannot
-    prove the run complete."""
+    many tasks were published while the ledger could not count them -- at most: an ``incr`` that timed out on a
+    memcached that was only frozen is applied when it wakes, and the mark is written again. Present, the
+    ledger's count cannot prove the run complete."""
     return keys.ledger_counter(run_id, UNTRUSTED)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -258,7 +259,9 @@ def test_a_task_published_uncounted_makes_the_run_unknown_for_good(
 
     rc, st = state()
     assert (rc, st["state"], st["outstanding"]) == (3, "unknown", None), st
-    assert st["why"].startswith("1 task(s) were published while the completion ledger could not count them"), st
+    # One task went uncounted; the mark may say 2: its first incr timed out on the frozen memcached, which
+    # applied it on waking, and the mark was written again (memcached's incr cannot be made idempotent).
+    assert re.match(r"[12] task\(s\) were published while the completion ledger could not count them", st["why"]), st
 
     first, second = sorted(children)
     tid, args = children[first]
