@@ -55,6 +55,7 @@ _kept: OrderedDict[tuple[int, bytes, bool], tuple[int, int, int]] = OrderedDict(
 _kept_lock = threading.Lock()
 _keeping = 0  # depth of keeping_roots() in this process
 _shared = threading.local()  # .chains: this thread's sharing_dirs() scope (its chains), None outside one
+_pid = os.getpid()  # this process's (set again in a forked child): one getpid() less per open
 
 
 def _release_kept() -> None:
@@ -71,9 +72,10 @@ def _release_kept() -> None:
 
 def _forget_kept() -> None:
     """In a forked child: a lock of its own, nothing kept and nothing to keep until it asks."""
-    global _kept_lock, _keeping
+    global _kept_lock, _keeping, _pid
     _kept_lock = threading.Lock()
     _keeping = 0
+    _pid = os.getpid()
     _release_kept()
     _shared.chains = None  # the parent's scope stays the parent's
 
@@ -133,7 +135,7 @@ def _open_kept(root: bytes, name: bytes, *, source: bool) -> int | None:
     """``name`` (a component, or ``.`` for the root itself) opened inside the kept descriptor of ``root``, or
     None when none is kept or the root's path no longer names that directory. Under the lock: no other
     thread of the process closes the kept descriptor meanwhile."""
-    key = (os.getpid(), root, source)
+    key = (_pid, root, source)
     with _kept_lock:
         kept = _kept.get(key)
         if kept is None:
@@ -166,7 +168,7 @@ def _keep(root: bytes, source: bool, fd: int) -> None:
     if not _keeping:
         return
     st = os.fstat(fd)
-    key = (os.getpid(), root, source)
+    key = (_pid, root, source)
     with _kept_lock:
         if key in _kept:
             return
