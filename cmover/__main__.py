@@ -1,5 +1,5 @@
 """``python -m cmover`` is the ``cmover`` command."""
 
-from cmover.cli.main import main
+from cmover.cli import main
 
 raise SystemExit(main())

@@ -187,3 +187,31 @@ def test_ctrl_c_or_sigterm_stops_the_pass_and_tears_down(tmp_path: Path, cfg: Pa
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert compare_trees(src, dst) == []
+
+
+#: The command as the console script runs it, with a real SIGINT sent to itself while ``module`` is being imported
+#: (a Ctrl-C in the first ~0.15 s of a command, at a moment chosen exactly).
+_EARLY_CTRL_C = """
+import os, signal, sys
+module = sys.argv.pop(1)
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == module:
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, CtrlC())
+from cmover.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("module", ["cmover.cli.main", "cmover.cli.passes", "cmover.embedded.runner"])
+def test_ctrl_c_while_the_command_imports_is_one_line_and_exit_130(tmp_path: Path, cfg: Path, module: str) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    random_tree(src, seed=16, n_files=20, n_dirs=3)
+    r = subprocess.run([sys.executable, "-c", _EARLY_CTRL_C, module, "copy", str(src), str(dst)], env=_env(cfg),
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert r.returncode == 130, (r.returncode, r.stderr)
+    assert r.stderr.startswith("cmover: interrupted") and len(r.stderr.splitlines()) == 1, r.stderr
+    assert not dst.exists()

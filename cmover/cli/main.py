@@ -62,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(changes.changes_argv(sys.argv[1:] if argv is None else argv))
-    output.for_command(args.command)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.monotonic()
     try:
+        args = build_parser().parse_args(changes.changes_argv(sys.argv[1:] if argv is None else argv))
+        output.for_command(args.command)
+        level = logging.WARNING - 10 * min(args.verbose, 2)
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return int(args.func(args))
     except CmoverError as exc:
         print(f"cmover: {exc}", file=sys.stderr)
