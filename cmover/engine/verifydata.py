@@ -2,7 +2,8 @@
 
 With ``--content`` both files are read and their BLAKE3 digests compared (:mod:`cmover.engine.checksum`).
 A file of ``spec.chunk_threshold`` bytes or more is compared in chunk jobs spread over the workers
-(:class:`VerifyChunkJob`: each reads one byte range on both sides; a file that differs is reported once,
+(:class:`~cmover.engine.chunks.ChunkJob`, the copy pass's chunk job on the verify pass's queue: each
+reads one byte range on both sides; a file that differs is reported once,
 by the first chunk task that finds it, through a run claim), except with a manifest, which needs each
 file's digest in one piece: then the task that finds it reads it. With ``--manifest`` each digest goes
 to this process's shard (:mod:`cmover.engine.manifest`); a file whose source size, mtime and ctime and
@@ -21,17 +22,15 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar
 
 from cmover.core import fsio
 from cmover.core.counters import C
 from cmover.core.errors import SourceChangedError
 from cmover.core.logformat import at
 from cmover.core.passes import PassSpec, VerifyOptions
-from cmover.core.paths import display, to_wire
+from cmover.core.paths import display
 from cmover.engine import checksum, manifest
-from cmover.engine.chunks import ChunkSpec, chunk_geometry
+from cmover.engine.chunks import ChunkJob, ChunkSpec, chunk_geometry
 from cmover.engine.claims import Claims
 from cmover.engine.jobs import Job
 from cmover.engine.verifycmp import Side
@@ -40,22 +39,6 @@ from cmover.engine.walker import Walker
 log = logging.getLogger("cmover.engine.verifypass")
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyChunkJob:
-    """Compare chunk ``index`` of file ``rel`` (split as ``cs``) on both sides: a verify-pass job."""
-
-    kind: ClassVar[str] = "chunk"
-    rel: bytes
-    index: int
-    cs: ChunkSpec
-
-    def ident(self) -> tuple[bytes, ...]:
-        return (self.cs.key(),)
-
-    def wire_args(self) -> list[Any]:
-        return [to_wire(self.rel), self.index, self.cs.as_wire()]
 
 
 class DataCheck:
@@ -105,7 +88,7 @@ class DataCheck:
                            chunk_geometry(size, self.spec.chunk_size, 0))
             self.tally[C.FILES_READ] += 1
             for i in range(cs.count):
-                self.emit(VerifyChunkJob(path, i, cs))
+                self.emit(ChunkJob(path, i, cs))
             return
         prev = self._previous(path)
         if prev is not None and (prev.size, prev.mtime_ns, prev.ctime_ns, prev.target_ctime_ns) == \

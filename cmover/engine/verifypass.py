@@ -50,7 +50,7 @@ from cmover.engine.filters import Filter
 from cmover.engine.hsmcopy import target_state_ok
 from cmover.engine.jobs import DirJob, FilesJob, Job
 from cmover.engine.verifycmp import Side, Table, checks_for, compare, has_project
-from cmover.engine.verifydata import DataCheck, VerifyChunkJob
+from cmover.engine.verifydata import DataCheck
 from cmover.engine.walker import Entries, Walker
 from cmover.lustre.base import FsApi
 from cmover.lustre.hsm import NONE, Hsm, HsmState
@@ -336,4 +336,4 @@ def _shown(wire: Any) -> str:
     return display(from_wire(wire))
 
 
-__all__ = ["VerifyPass", "VerifyChunkJob"]
+__all__ = ["VerifyPass"]

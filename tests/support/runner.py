@@ -39,7 +39,6 @@ from cmover.engine.copypass import CopyPass
 from cmover.engine.deletepass import DeletePass, PurgeJob
 from cmover.engine.dirtimepass import DirtimePass
 from cmover.engine.jobs import DirJob, FilesJob, Job
-from cmover.engine.verifydata import VerifyChunkJob
 from cmover.engine.verifypass import VerifyPass
 from cmover.lustre.base import FsApi, PosixFs
 from cmover.state.ledger import MemoryLedger, task_id
@@ -156,7 +155,7 @@ class Run:
                     vp.run_dir(job.rel)
                 elif isinstance(job, FilesJob):
                     vp.run_files(job.rel, list(job.names))
-                elif isinstance(job, VerifyChunkJob):
+                elif isinstance(job, ChunkJob):
                     vp.run_chunk(job.rel, job.index, job.cs)
                 else:
                     raise AssertionError(f"a verify pass has no {job!r}")
