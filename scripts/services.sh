@@ -419,6 +419,13 @@ _ensure_project_venv() {
         fi
     fi
 
+    # The project is installed in editable mode, so its modules are byte-compiled on import, and only cached
+    # where the environment allows it (PYTHONDONTWRITEBYTECODE keeps the cache from being written): compiled
+    # here, every command and worker starts from the cache (0.09 s less per command on the development
+    # machine); a module edited later is recompiled here the next time, and until then on each import.
+    "$venv/bin/python" -m compileall -q "$REPO/cmover" "$REPO"/*.py >/dev/null ||
+        _svc_log "byte-compiling $REPO/cmover failed; commands still run, compiling it on each start"
+
     local want have stamp
     want="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
     for stamp in "$@"; do

@@ -18,9 +18,12 @@ from support.cli import CMOVER, TIMEOUT
 from support.snap import compare_trees
 from support.tree import random_tree
 
+from cmover.core.passes import PassKind, PassSpec
+from cmover.core.settings import from_mapping
 from cmover.embedded import hub as hubmod
 from cmover.embedded import packing
 from cmover.embedded import transport as _transport  # noqa: F401 (registers cmover-local://)
+from cmover.engine.planner import PassOptions, plan
 
 
 @pytest.fixture
@@ -288,7 +291,7 @@ from cmover.embedded.runner import EmbeddedSession
 from cmover.engine.planner import PassOptions, create_target_root, plan, preflight
 
 src, dst = sys.argv[1], sys.argv[2]
-settings = from_mapping({})
+settings = from_mapping(json.loads(sys.argv[3]))
 with EmbeddedSession(2, settings) as session:
     spec = plan(PassKind.COPY, settings, src, dst, options=PassOptions())
     preflight(spec, create_target=True)
@@ -302,13 +305,34 @@ print(json.dumps({"state": result.state, "totals": result.totals, "worker": work
 
 def test_a_pass_its_root_task_completes_starts_no_worker_and_imports_no_celery(tmp_path: Path) -> None:
     """A small tree is copied by the root directory task, which the session's own process runs: no worker, no
-    pool, and not even Celery, kombu or billiard imported (a tenth of a second of a small pass)."""
+    pool, and not even Celery, kombu or billiard imported (a tenth of a second of a small pass). That task
+    walks inline up to ROOT_ENTRIES_FACTOR times the pass's INLINE_ENTRIES: with INLINE_ENTRIES = 3 a tree
+    of ~45 entries is still its alone (a worker's task would have published ten subdirectories)."""
+    from cmover.embedded.runner import ROOT_ENTRIES_FACTOR
+
     src, dst = tmp_path / "src", tmp_path / "dst"
     random_tree(src, seed=23, n_files=40, n_dirs=4, max_size=4096)
-    r = subprocess.run([sys.executable, "-c", _SMALL_PASS_SCRIPT, str(src), str(dst)], capture_output=True,
-                       text=True, timeout=TIMEOUT, cwd=tmp_path)
+    entries = sum(1 + len(d) + len(f) for _, d, f in os.walk(src))
+    assert 3 < entries <= 3 * ROOT_ENTRIES_FACTOR
+    r = subprocess.run([sys.executable, "-c", _SMALL_PASS_SCRIPT, str(src), str(dst), '{"INLINE_ENTRIES": 3}'],
+                       capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["state"] == "complete" and doc["totals"]["tasks"] == 1 and doc["totals"]["files_copied"] >= 40
     assert doc["worker"] is False and doc["celery"] == []
     assert compare_trees(src, dst) == []
+
+
+def test_the_root_budget_scales_the_pass_budget_and_keeps_its_zeros() -> None:
+    """The root task the runner runs gets ROOT_ENTRIES_FACTOR times the pass's entries for at most
+    ROOT_SECONDS; a pass configured with no inline walking (0 entries or 0 seconds) gets none there either."""
+    from cmover.embedded.runner import ROOT_ENTRIES_FACTOR, ROOT_SECONDS, root_budget
+
+    def spec(**kw: object) -> PassSpec:
+        return plan(PassKind.COPY, from_mapping({k.upper(): v for k, v in kw.items()}), "/a", "/b",
+                    options=PassOptions())
+
+    assert root_budget(spec()) == (2000 * ROOT_ENTRIES_FACTOR, ROOT_SECONDS)
+    assert root_budget(spec(inline_entries=0)) == (0, ROOT_SECONDS)
+    assert root_budget(spec(inline_seconds=0)) == (2000 * ROOT_ENTRIES_FACTOR, 0)
+    assert root_budget(spec(inline_seconds=0.1)) == (2000 * ROOT_ENTRIES_FACTOR, 0.1)

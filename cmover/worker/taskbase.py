@@ -158,7 +158,7 @@ def seed(app: Any, spec: PassSpec, ctx: WorkerContext, jobs: Sequence[Job] | Non
     return tid
 
 
-def run_root_here(spec: PassSpec, ctx: WorkerContext) -> list[Message]:
+def run_root_here(spec: PassSpec, ctx: WorkerContext, budget: tuple[int, float] | None = None) -> list[Message]:
     """Open the run in the ledger and run the pass's root directory task in this process, without Celery: the
     same body (:data:`cmover.worker.bodies.DIR_BODIES`), ledger accounting and error handling as in a worker.
     Return the messages of the tasks it published, counted in the ledger but not sent: the caller sends them
@@ -167,6 +167,9 @@ def run_root_here(spec: PassSpec, ctx: WorkerContext) -> list[Message]:
     For the embedded runner: a pass whose root task covers the whole tree (a small tree, walked inline within
     the task's budget) needs no worker, nor Celery. When the task did not complete (its context failed: the
     hub gone) its own message is among those returned, so that a worker runs it again.
+
+    ``budget``: (entries, seconds) this task walks inline instead of the pass's ``inline_entries`` and
+    ``inline_seconds``; the messages it returns (its children's, its own) carry the pass's.
     """
     from cmover.worker.bodies import DIR_BODIES
 
@@ -177,8 +180,9 @@ def run_root_here(spec: PassSpec, ctx: WorkerContext) -> list[Message]:
     spec_d = spec.as_dict()
     args = [spec_d, to_wire(spec.start), None]
     held: list[Message] = []
+    task_d = spec_d if budget is None else {**spec_d, "inline_entries": budget[0], "inline_seconds": budget[1]}
     try:
-        _run_task(name, tid, "", spec_d, args[1], DIR_BODIES[spec.kind.value](args[1], None),
+        _run_task(name, tid, "", task_d, args[1], DIR_BODIES[spec.kind.value](args[1], None),
                   lambda spec_, ctx_: Emitter(spec_d, spec_, ctx_, held))
     except _Rejected:
         held.append((name, args, tid))
