@@ -26,7 +26,7 @@ from cmover.state.runstats import MemcacheStats, WorkerStats
 ACTIVE_SLACK = 10.0
 
 #: Longest wait, after a run is first seen complete, for the workers' last reports (they report pending
-#: counts once idle for 0.25 s). `status` stops waiting as soon as the reports are proven complete
+#: counts once idle for REPORT_IDLE, 0.02 s). `status` stops waiting as soon as the reports are proven complete
 #: (:func:`reports_complete`), normally a fraction of a second; the limit is reached only when they
 #: cannot be: a process killed with unreported counts (those are lost), counters failing, workers of an
 #: older cmover. It is what a live worker on an overloaded node is given to report at the latest.
@@ -36,7 +36,7 @@ SETTLE = 5.0
 REPORT_POLL = 0.02
 
 #: Seconds between two reads of the ledger's outstanding count by `wait` (one memcached read each).
-PROBE = 0.05
+PROBE = 0.02
 
 #: Longest time `wait` goes on reading while the broker cannot be read (restarted, unreachable, access
 #: refused) before it gives that "unknown" reading back. The pass itself goes on regardless.
