@@ -9,15 +9,16 @@ process may (owner or CAP_FOWNER), so a copy pass does not change the atimes the
 depends on; without the permission the open is retried plainly.
 
 Inside :func:`keeping_roots` (the embedded command's own root task) or after :func:`keep_roots_while_busy`
-(its pool processes, which close a root unused for :data:`IDLE_ROOT_SECONDS`), a process opens
+(pool processes, embedded and distributed, which close a root unused for :data:`IDLE_ROOT_SECONDS`), a process opens
 each pass root that way once: it keeps a descriptor of it (at most :data:`KEPT_ROOTS`), and later opens
 below the root are made relative to that descriptor after one ``lstat`` of the root's path shows the same
 directory (device and inode) still there. Anything else -- the path gone, replaced, or a link -- opens the
 root from ``/`` again, as the first time. The kept descriptor is only ever a ``dir_fd``, never listed (a
 listing gets a descriptor of its own, with its own offset), and never used by another process (the key
-holds the pid, and a forked child starts with none). Outside that scope nothing is kept: a distributed
-worker lives on between passes, and a descriptor it kept would hold the source and target mounts busy
-(``umount`` fails with EBUSY) after the migration.
+holds the pid, and a forked child starts with none). Outside those scopes nothing is kept, and a pool
+process closes what it kept once unused for :data:`IDLE_ROOT_SECONDS`: a distributed worker lives on between
+passes, and a descriptor kept for good would hold the source and target mounts busy (``umount`` fails with
+EBUSY) after the migration; it holds them that long after its last task at most.
 """
 
 from __future__ import annotations
@@ -103,11 +104,18 @@ _last_use: dict[tuple[int, bytes, bool], float] = {}
 
 def keep_roots_while_busy() -> None:
     """Keep pass roots from now on in this process, each closed once unused for :data:`IDLE_ROOT_SECONDS`
-    (a daemon thread looks every half of that): for the embedded pass's pool processes, which serve every
-    pass of the command; an idle pool holds no mount busy for longer than that (module doc)."""
-    global _keeping
+    (a daemon thread looks every half of that): for the pool processes of the embedded command and of the
+    distributed workers, which serve pass after pass; an idle process holds no mount busy for longer than
+    that (module doc). A second call in the same process changes nothing."""
+    global _keeping, _busy_pid
+    if _busy_pid == _pid:
+        return
+    _busy_pid = _pid
     _keeping += 1
     threading.Thread(target=_close_idle, name="cmover-idle-roots", daemon=True).start()
+
+
+_busy_pid = 0  # the process that called keep_roots_while_busy (a forked child has not, whatever its parent did)
 
 
 def _close_idle() -> None:

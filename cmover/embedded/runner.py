@@ -107,8 +107,6 @@ class EmbeddedSession:
 
             # Celery resets SIGHUP to the default in each pool process; the run's processes must outlive a hangup.
             worker_process_init.connect(_ignore_hangup, weak=False, dispatch_uid="cmover-embedded-sighup")
-            # The pool processes keep the pass roots open while they work (cmover.core.fsio).
-            worker_process_init.connect(_keep_roots, weak=False, dispatch_uid="cmover-embedded-roots")
             appmod.use_embedded(self.jobs)
             appmod.app.finalize()
             # The shutdown command below is ours; Celery would log it as a warning.
@@ -253,10 +251,6 @@ def _wait_outstanding(ledger: Any, run_id: str) -> int | None:
 
 def _ignore_hangup(**_: object) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
-def _keep_roots(**_: object) -> None:
-    fsio.keep_roots_while_busy()
 
 
 class _Worker:

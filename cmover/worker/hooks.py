@@ -10,6 +10,8 @@ imports it.
   writes its log lines as ``LOG_FORMAT`` says (:mod:`cmover.core.logformat`); a record logged after a task
   belongs to no task;
 * a worker not running as root says once what its copies do not preserve;
+* a pool process keeps the pass roots open while it works (:func:`cmover.core.fsio.keep_roots_while_busy`:
+  each closed once unused for 2 s, so a worker idle after the migration holds no mount busy);
 * a pool process that exits reports the counts it still holds;
 * a ``celery worker`` started while a pass is paused leaves that pass's queues out, and takes them back
   once the pass is resumed (:mod:`cmover.state.pauses`).
@@ -26,12 +28,13 @@ from celery.signals import (
     celeryd_after_setup,
     task_postrun,
     worker_init,
+    worker_process_init,
     worker_process_shutdown,
     worker_ready,
 )
 
 from cmover import app as appmod
-from cmover.core import logformat, privileges
+from cmover.core import fsio, logformat, privileges
 from cmover.core.passes import PassKind
 from cmover.state import keys, pauses
 from cmover.state.pauses import State
@@ -63,6 +66,13 @@ def _say_privileges(**_: Any) -> None:
     """A worker not running as root says once, in its log, what its copies do not preserve (before its pool
     forks, so the pool processes inherit that it was said; the embedded mode says it on the command line)."""
     privileges.announce()
+
+
+@worker_process_init.connect
+def _keep_roots(**_: Any) -> None:
+    """A pool process opens each pass root from ``/`` once, not once per task (8 opens per root 7 levels
+    deep); it lets it go once unused for a moment (:data:`cmover.core.fsio.IDLE_ROOT_SECONDS`)."""
+    fsio.keep_roots_while_busy()
 
 
 @worker_process_shutdown.connect
