@@ -189,6 +189,41 @@ def test_ctrl_c_or_sigterm_stops_the_pass_and_tears_down(tmp_path: Path, cfg: Pa
     assert compare_trees(src, dst) == []
 
 
+#: `cmover copy` with a real SIGINT sent to itself as its own process starts the root directory task (the
+#: import of the task bodies), and a line on stderr if Celery is ever imported.
+_CTRL_C_IN_ROOT_TASK = """
+import os, signal, sys
+class Hooks:
+    def find_spec(self, name, path=None, target=None):
+        if name == "cmover.worker.bodies":
+            os.kill(os.getpid(), signal.SIGINT)
+        elif name == "celery":
+            sys.stderr.write("celery imported\\n")
+        return None
+sys.meta_path.insert(0, Hooks())
+from cmover.cli import main
+sys.exit(main())
+"""
+
+
+def test_ctrl_c_while_the_command_walks_the_root_task_starts_no_pool(tmp_path: Path, cfg: Path) -> None:
+    """Ctrl-C while the command's own process runs the root directory task (up to 0.25 s of walking before a
+    pool would start): the pass ends there, interrupted, exit 130, without starting Celery and a pool only
+    to stop them (half a second after the Ctrl-C); the next copy completes the target."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    random_tree(src, seed=16, n_files=600, n_dirs=60, max_size=1024)  # more than INLINE_ENTRIES = 5 covers
+    r = subprocess.run([sys.executable, "-c", _CTRL_C_IN_ROOT_TASK, "copy", "-j", "2", str(src), str(dst)],
+                       env=_env(cfg), cwd=tmp_path, capture_output=True, text=True, timeout=EXIT_SECONDS * 4,
+                       start_new_session=True)
+    assert r.returncode == 130, (r.stdout, r.stderr)
+    assert "interrupted" in r.stdout, (r.stdout, r.stderr)
+    assert "celery imported" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    again = subprocess.run([*CMOVER, "copy", "-q", str(src), str(dst)], env=_env(cfg), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert compare_trees(src, dst) == []
+
+
 #: The command as the console script runs it, with a real SIGINT sent to itself while ``module`` is being imported
 #: (a Ctrl-C in the first ~0.15 s of a command, at a moment chosen exactly).
 _EARLY_CTRL_C = """

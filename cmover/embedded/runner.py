@@ -150,6 +150,10 @@ class EmbeddedSession:
             # The tasks it published are counted in the ledger already; they are sent once it is done.
             with fsio.keeping_roots():  # released at the end of the task: this process lives on
                 held = run_root_here(spec, ctx, root_budget(spec))
+            if held and stop_event is not None and stop_event.is_set():
+                # Ctrl-C while this process walked: the pass ends here, with no pool started only to be
+                # stopped (half a second). Its remaining tasks, counted but never sent, leave it incomplete.
+                return self._result(spec, ctx, time.monotonic() - t0, "interrupted")
             if held:
                 publish(self._app(), held)
         else:
