@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import pytest
 
@@ -27,6 +28,29 @@ def test_now_names_this_process():
     d = Deletion.now(b"f", "file", False)
     assert d.worker.endswith(f":{os.getpid()}") and d.at > 0
     assert d == Deletion(b"f", "file")  # where and when are not part of what was deleted
+
+
+def test_a_forked_child_names_itself_not_its_parent():
+    """The ``host:pid`` of records is worked out once per process (cmover.core.origin), and again in a forked
+    child (a pool process): a deletion made there names the child."""
+    from cmover.core.difference import Difference
+    from cmover.core.failure import item_failure
+
+    parent = Deletion.now(b"f", "file", False).worker
+    assert parent == f"{socket.gethostname()}:{os.getpid()}"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        made = [Deletion.now(b"f", "file", False).worker, Difference.now(b"f", "size", 1, 2).worker,
+                item_failure(b"f", "copy", OSError(5, "EIO")).worker]
+        os.write(w, json.dumps(made).encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    got = json.loads(os.read(r, 4096))
+    os.close(r)
+    assert got == [f"{socket.gethostname()}:{pid}"] * 3
+    assert Deletion.now(b"f", "file", False).worker == parent
 
 
 def test_line_shows_a_tree_with_a_slash_and_escapes_names():

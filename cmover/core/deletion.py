@@ -11,12 +11,11 @@ Lists written before deletions had a record of their own hold error-list records
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cmover.core.origin import origin
 from cmover.core.paths import display, from_wire, to_wire
 
 What = Literal["file", "tree"]
@@ -40,7 +39,7 @@ class Deletion:
     @classmethod
     def now(cls, path: bytes, what: What, dry_run: bool) -> Deletion:
         """The record of a deletion made by this process, now."""
-        return cls(path, what, dry_run, f"{_host()}:{os.getpid()}", time.time())
+        return cls(path, what, dry_run, origin(), time.time())
 
     def line(self) -> str:
         """The path as listed for the operator, ``/`` after a tree (escaped as a whole when not printable UTF-8)."""
@@ -62,12 +61,3 @@ class Deletion:
                 path = path.rstrip(b"/")
         return cls(path, what, bool(d.get("dry_run", False)), str(d.get("worker", "")), float(d.get("time", 0.0)))
 
-
-_HOST: str | None = None
-
-
-def _host() -> str:
-    global _HOST
-    if _HOST is None:
-        _HOST = socket.gethostname()
-    return _HOST

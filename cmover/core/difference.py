@@ -12,12 +12,11 @@ form is a JSON object::
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cmover.core.origin import origin
 from cmover.core.paths import display, from_wire, to_wire
 
 #: Every category a verify pass reports, in the order it checks them.
@@ -41,7 +40,7 @@ class Difference:
     @classmethod
     def now(cls, path: bytes, category: str, source: object, target: object) -> Difference:
         """The record of a difference found by this process, now."""
-        return cls(path, category, str(source), str(target), f"{_host()}:{os.getpid()}", time.time())
+        return cls(path, category, str(source), str(target), origin(), time.time())
 
     def line(self) -> str:
         """One line for the operator: path, category, source value -> target value."""
@@ -61,12 +60,3 @@ def counter(category: str) -> str:
     """The counter of differences of ``category`` (``diff_<category>``)."""
     return "diff_" + category
 
-
-_HOST: str | None = None
-
-
-def _host() -> str:
-    global _HOST
-    if _HOST is None:
-        _HOST = socket.gethostname()
-    return _HOST

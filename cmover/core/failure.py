@@ -10,12 +10,11 @@ met while handling an entry into this record. Its wire form is a JSON object::
 from __future__ import annotations
 
 import errno as _errno
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 
 from cmover.core.errors import ItemError
+from cmover.core.origin import origin
 from cmover.core.paths import display, from_wire, to_wire
 
 
@@ -55,10 +54,10 @@ class Failure:
 
 def item_failure(path: bytes, op: str, exc: BaseException, side: str = "source") -> Failure:
     """Turn an exception met while handling one entry into a :class:`Failure` record (this process, now)."""
-    origin = {"worker": f"{socket.gethostname()}:{os.getpid()}", "at": time.time()}
+    made = {"worker": origin(), "at": time.time()}
     if isinstance(exc, OSError):
-        return Failure(path, op, exc.errno or 0, exc.strerror or str(exc), side, **origin)  # type: ignore[arg-type]
+        return Failure(path, op, exc.errno or 0, exc.strerror or str(exc), side, **made)  # type: ignore[arg-type]
     if isinstance(exc, ItemError):
-        return Failure(path, exc.op or op, exc.errno, str(exc), side, **origin)  # type: ignore[arg-type]
-    return Failure(path, op, 0, f"{type(exc).__name__}: {exc}", side, **origin)  # type: ignore[arg-type]
+        return Failure(path, exc.op or op, exc.errno, str(exc), side, **made)  # type: ignore[arg-type]
+    return Failure(path, op, 0, f"{type(exc).__name__}: {exc}", side, **made)  # type: ignore[arg-type]
 

@@ -11,12 +11,11 @@ The list is kept per run like the error list (distributed: the durable queue of 
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cmover.core.origin import origin
 from cmover.core.paths import display, from_wire, to_wire
 
 What = Literal["imported", "archived", "skipped"]
@@ -42,7 +41,7 @@ class HsmRecord:
 
     @classmethod
     def now(cls, path: bytes, what: What, src_fid: str = "", dst_fid: str = "", archive_id: int = 0) -> HsmRecord:
-        return cls(path, what, src_fid, dst_fid, archive_id, f"{socket.gethostname()}:{os.getpid()}", time.time())
+        return cls(path, what, src_fid, dst_fid, archive_id, origin(), time.time())
 
     @property
     def rebinds(self) -> bool:

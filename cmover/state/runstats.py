@@ -11,8 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from collections import Counter, deque
@@ -20,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmover.core.counters import C
+from cmover.core.origin import origin
 from cmover.state import keys
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ class MemcacheStats:
         self._runs: dict[str, _ProcessTotals] = {}
         n = next(self._instances)
         # One record per sink; a process normally holds one sink (tests may build several).
-        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}" + (f".{n}" if n else "")
+        self.worker = worker or origin() + (f".{n}" if n else "")
 
     def _mc(self):
         if self._client is None:
