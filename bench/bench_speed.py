@@ -24,6 +24,7 @@ deleted at the end) and the local memcached; the script starts and stops its own
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -86,6 +87,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
     return time.monotonic() - t0
 
 
+@functools.cache
 def _perf_works() -> bool:
     """Whether ``perf stat`` can count the kernel's syscall tracepoint here (Debian: linux-perf; root)."""
     try:

@@ -33,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from cmover.core.errors import ConfinementError
+from cmover.core.origin import pid
 from cmover.core.paths import check_rel, components
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -56,7 +57,7 @@ _kept: OrderedDict[tuple[int, bytes, bool], tuple[int, int, int]] = OrderedDict(
 _kept_lock = threading.Lock()
 _keeping = 0  # depth of keeping_roots() in this process
 _shared = threading.local()  # .chains: this thread's sharing_dirs() scope (its chains), None outside one
-_pid = os.getpid()  # this process's (set again in a forked child): one getpid() less per open
+_busy = False  # keep_roots_while_busy() was called in this process (a forked child starts without)
 
 
 def _release_kept() -> None:
@@ -73,10 +74,10 @@ def _release_kept() -> None:
 
 def _forget_kept() -> None:
     """In a forked child: a lock of its own, nothing kept and nothing to keep until it asks."""
-    global _kept_lock, _keeping, _pid
+    global _kept_lock, _keeping, _busy
     _kept_lock = threading.Lock()
     _keeping = 0
-    _pid = os.getpid()
+    _busy = False
     _release_kept()
     _shared.chains = None  # the parent's scope stays the parent's
 
@@ -107,15 +108,12 @@ def keep_roots_while_busy() -> None:
     (a daemon thread looks every half of that): for the pool processes of the embedded command and of the
     distributed workers, which serve pass after pass; an idle process holds no mount busy for longer than
     that (module doc). A second call in the same process changes nothing."""
-    global _keeping, _busy_pid
-    if _busy_pid == _pid:
+    global _keeping, _busy
+    if _busy:
         return
-    _busy_pid = _pid
+    _busy = True
     _keeping += 1
     threading.Thread(target=_close_idle, name="cmover-idle-roots", daemon=True).start()
-
-
-_busy_pid = 0  # the process that called keep_roots_while_busy (a forked child has not, whatever its parent did)
 
 
 def _close_idle() -> None:
@@ -143,7 +141,7 @@ def _open_kept(root: bytes, name: bytes, *, source: bool) -> int | None:
     """``name`` (a component, or ``.`` for the root itself) opened inside the kept descriptor of ``root``, or
     None when none is kept or the root's path no longer names that directory. Under the lock: no other
     thread of the process closes the kept descriptor meanwhile."""
-    key = (_pid, root, source)
+    key = (pid(), root, source)
     with _kept_lock:
         kept = _kept.get(key)
         if kept is None:
@@ -176,7 +174,7 @@ def _keep(root: bytes, source: bool, fd: int) -> None:
     if not _keeping:
         return
     st = os.fstat(fd)
-    key = (_pid, root, source)
+    key = (pid(), root, source)
     with _kept_lock:
         if key in _kept:
             return

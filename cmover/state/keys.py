@@ -22,9 +22,9 @@ Per site (``<site>`` is USERNAME, the vhost: several migrations may share one me
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from cmover.core.origin import pid
 from cmover.core.settings import Settings
 
 #: Expiry of every key that outlives a task. memcached reads an expiry of 30 days or more as an absolute
@@ -88,7 +88,7 @@ def memcache_client(settings: Settings) -> Any:
     server must not hang a worker or a command) and ``noreply`` off (answers matter: ``add`` decides
     who wins). Built on first use in each process, so a pool process never shares its parent's sockets.
     """
-    key = (settings.memcached, os.getpid())
+    key = (settings.memcached, pid())
     client = _clients.get(key)
     if client is None:
         from pymemcache.client.base import PooledClient

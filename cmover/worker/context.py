@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from cmover.core.errors import ConfinementError
 from cmover.core.hsmrecord import HsmRecord
+from cmover.core.origin import pid
 from cmover.core.passes import PassSpec
 from cmover.core.paths import is_within
 from cmover.core.privileges import current
@@ -126,15 +127,15 @@ class ContextFactory:
     def get(self) -> WorkerContext:
         """This process's context, built on first use in each process."""
         with self._lock:
-            if self._ctx is None or self._ctx.pid != os.getpid():
+            if self._ctx is None or self._ctx.pid != pid():
                 self._ctx = self._build()
-                self._ctx.pid = os.getpid()
+                self._ctx.pid = pid()
             return self._ctx
 
     def current(self) -> WorkerContext | None:
         """This process's context if it has been built (nothing is built here)."""
         ctx = self._ctx
-        return ctx if ctx is not None and ctx.pid == os.getpid() else None
+        return ctx if ctx is not None and ctx.pid == pid() else None
 
     @contextmanager
     def building(self, build: Builder) -> Iterator[None]:
