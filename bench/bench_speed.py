@@ -159,12 +159,11 @@ def _hwm(pid: int) -> int:
     return 0
 
 
-def _children(pid: int, thread: int | None = None) -> list[int]:
-    """Children of process ``pid`` (forked by any of its threads, or by ``thread`` only)."""
+def _children(pid: int) -> list[int]:
+    """Children of process ``pid`` (forked by any of its threads)."""
     out = []
     try:
-        tids = [thread] if thread is not None else [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-        for tid in tids:
+        for tid in [int(t) for t in os.listdir(f"/proc/{pid}/task")]:
             with open(f"/proc/{pid}/task/{tid}/children") as f:
                 out += [int(c) for c in f.read().split()]
     except OSError:
@@ -179,7 +178,7 @@ class Peaks:
         self.roots = roots
         self.peak: dict[int, int] = {}
         self.parent: dict[int, int] = {}
-        self.of_main_thread: set[int] = set()  # children forked by their parent's main thread
+        self.seen: dict[int, float] = {}  # when each process was first seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -190,9 +189,9 @@ class Peaks:
             while todo:
                 pid = todo.pop()
                 self.peak[pid] = max(self.peak.get(pid, 0), _hwm(pid))
-                self.of_main_thread.update(_children(pid, pid))
                 for c in _children(pid):
                     self.parent[c] = pid
+                    self.seen.setdefault(c, time.monotonic())
                     todo.append(c)
             self._stop.wait(0.02)
 
@@ -202,15 +201,14 @@ class Peaks:
 
 
 def embedded_peaks(cmd: list[str], env: dict[str, str]) -> dict[str, int]:
-    """Peak RSS of an embedded run: main, hub (forked by its main thread), pool processes (forked by its worker
-    thread; the largest)."""
+    """Peak RSS of an embedded run: main, hub (its first child: started as the run starts), pool processes (the
+    other children, forked with the first task the main process sends them; the largest)."""
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peaks = Peaks([p.pid])
     p.wait()
     peaks.stop()
-    kids = [pid for pid, par in peaks.parent.items() if par == p.pid]
-    hub = [k for k in kids if k in peaks.of_main_thread]
-    pool = [k for k in kids if k not in peaks.of_main_thread]
+    kids = sorted((pid for pid, par in peaks.parent.items() if par == p.pid), key=lambda k: peaks.seen[k])
+    hub, pool = kids[:1], kids[1:]
     return {"main": peaks.peak.get(p.pid, 0), "hub": max((peaks.peak[k] for k in hub), default=0),
             "pool (max)": max((peaks.peak[k] for k in pool), default=0), "pool processes": len(pool)}
 
@@ -370,11 +368,14 @@ def _status_mib(pid: int, field: str) -> int:
 
 
 def hub_growth(tasks: int) -> list[tuple[int, int]]:
-    """The embedded hub's RSS (MiB) as a run's tasks grow: each task enqueued, its message put and taken, begun,
-    counted and done through the hub's proxy, as a pass's tasks are. Returns (tasks so far, RSS) pairs."""
+    """The embedded hub's RSS (MiB) as a run's tasks grow: each task enqueued, its message put, taken and
+    acknowledged, begun, counted and done through the hub's proxy, as a pass's tasks are. Returns (tasks so far,
+    RSS) pairs."""
     import uuid
 
+    from cmover.core.passes import PassKind, PassSpec
     from cmover.embedded import hub as hubmod
+    from cmover.embedded.packing import pack
 
     manager = hubmod.start_hub()
     try:
@@ -382,13 +383,14 @@ def hub_growth(tasks: int) -> list[tuple[int, int]]:
         pid = manager._process.pid  # type: ignore[attr-defined]
         run = "copy-bench"
         h.open_run(run)
-        msg = json.dumps({"body": "x" * 600, "headers": {"id": str(uuid.uuid4())}})  # a dir task's size
+        spec = PassSpec(run_id=run, kind=PassKind.COPY, src_root=b"/mnt/src", dst_root=b"/mnt/dst").as_dict()
         out, mark = [], 1000
         for i in range(1, tasks + 1):
             tid = str(uuid.uuid4())
             h.enqueue(run, tid)
-            h.put("cmover.copy.dirs", msg)
-            h.get_first(["cmover.copy.dirs"])
+            h.put("cmover.copy.dirs", pack(("cmover.copy.dir", [spec, f"d{i:07d}", None], tid)))
+            tag, _ = h.take(["cmover.copy.dirs"], 0.0, "bench")
+            h.ack(tag)
             h.begin(run, tid)
             h.stats_add(run, json.dumps({"dirs": 1, "files_scanned": 100, "files_skipped": 100}))
             h.done(run, tid)
@@ -403,7 +405,8 @@ def hub_growth(tasks: int) -> list[tuple[int, int]]:
 def hub_queued(tasks: int) -> list[tuple[str, int, int]]:
     """The embedded hub's memory (MiB: RSS, peak RSS) when ``tasks`` directory tasks are queued at once, as a
     full copy of that many directories queues them: each counted in the ledger and its packed message (0.45 KiB,
-    as a directory task's) put; then every one taken, begun, counted and done. Returns (phase, RSS, peak)."""
+    more than a directory task's) put; then every one taken, acknowledged, begun and done. Returns (phase, RSS,
+    peak)."""
     import uuid
     import xmlrpc.client
 
@@ -422,7 +425,8 @@ def hub_queued(tasks: int) -> list[tuple[str, int, int]]:
             h.put("cmover.copy.dirs", xmlrpc.client.Binary(os.urandom(460)))  # packed: incompressible
         out.append((f"{tasks:,} queued", _status_mib(pid, "VmRSS"), _status_mib(pid, "VmHWM")))
         for tid in tids:
-            h.get_first(["cmover.copy.dirs"])
+            tag, _ = h.take(["cmover.copy.dirs"], 0.0, "bench")
+            h.ack(tag)
             h.begin(run, tid)
             h.done(run, tid)
         out.append(("all taken and done", _status_mib(pid, "VmRSS"), _status_mib(pid, "VmHWM")))

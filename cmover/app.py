@@ -2,8 +2,8 @@
 
 One app serves both deployments. Distributed workers (``celery -A cmover.app worker``, see
 scripts/run.sh) get the broker URL from the site settings (:func:`settings`) when Celery first reads its
-configuration; the embedded mode (:mod:`cmover.embedded.runner`) calls :func:`use_embedded` first and runs an
-in-process worker on the hub's transport. Importing this module opens nothing. What a task needs besides
+configuration; the embedded mode (:mod:`cmover.embedded.runner`) runs the same task bodies without Celery
+(:mod:`cmover.embedded.pool`). Importing this module opens nothing. What a task needs besides
 its message comes from :mod:`cmover.worker.context`; the workers' signal handlers live in
 :mod:`cmover.worker.hooks`, which every worker imports at start (it is in the app's ``include``).
 
@@ -83,7 +83,7 @@ def _configure_broker(sender: Celery, **_: Any) -> None:
 
 
 def use_broker(url: str) -> None:
-    """Make this process's app use the broker at ``url`` instead of the site's (the embedded mode; tests).
+    """Make this process's app use the broker at ``url`` instead of the site's (tests).
 
     Effective whether or not the app has read its configuration yet; the site settings are not read for
     the broker from then on.
@@ -91,23 +91,6 @@ def use_broker(url: str) -> None:
     global _broker_override
     _broker_override = url
     app.conf.broker_url = url  # reading app.conf configures the app first: _configure_broker uses the override
-
-
-def use_embedded(jobs: int) -> None:
-    """Switch the app to the embedded broker (:mod:`cmover.embedded.hub`) with ``jobs`` pool processes."""
-    use_broker("cmover-local://localhost/")
-    app.conf.update(
-        # Nothing is lost by prefetching in one process: a few reserved tasks per pool process keep the
-        # pool busy. The consumer waits inside the hub for messages; the short interval only paces
-        # its loop while all prefetch slots are taken (it then asks the hub for remote-control messages
-        # only). 10 ms: at 5 ms that loop was ~6,500 of a 100k-entry no-change pass's 249,000 syscalls and
-        # took CPU from the pool (1.04 s against 0.94 s); at 50 ms a freed slot waited long enough to
-        # slow a 20k-entry pass (0.52 -> 0.56 s).
-        broker_transport_options={"polling_interval": 0.01},
-        worker_prefetch_multiplier=4,
-        worker_concurrency=jobs,
-        worker_hijack_root_logger=False,
-    )
 
 
 # -- the site ------------------------------------------------------------------------------------------
@@ -124,5 +107,4 @@ def settings() -> Settings:
     return site.get()
 
 
-__all__ = ["app", "TASK_NAMES", "queue_name", "pass_queues", "settings", "install_settings", "use_broker",
-           "use_embedded"]
+__all__ = ["app", "TASK_NAMES", "queue_name", "pass_queues", "settings", "install_settings", "use_broker"]

@@ -13,9 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from cmover.app import app
-from cmover.core.errors import ConfinementError
-from cmover.core.paths import rel_from_wire
-from cmover.engine.chunks import ChunkSpec
 from cmover.worker import bodies
 from cmover.worker.passtask import PassTask
 from cmover.worker.taskbase import run_pass_task
@@ -23,26 +20,14 @@ from cmover.worker.taskbase import run_pass_task
 
 @app.task(name="cmover.copy.dir", base=PassTask, bind=True)
 def copy_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None) -> None:
-    run_pass_task(self, spec, rel, bodies.copy_dir(rel, mdt))
+    run_pass_task(self, spec, rel, bodies.copy_dir(self.request.id, rel, mdt))
 
 
 @app.task(name="cmover.copy.files", base=PassTask, bind=True)
 def copy_files(self: PassTask, spec: Any, rel: Any, names: Any, also: Any = None) -> None:
-    def body(spec_, ctx, tally, fail, emit):
-        groups = bodies.batch_groups(rel, names, also)
-        with bodies.copy_engine(spec_, ctx, tally, fail, emit) as engine:
-            engine.run_groups(groups)
-
-    run_pass_task(self, spec, rel, body)
+    run_pass_task(self, spec, rel, bodies.copy_files(self.request.id, rel, names, also))
 
 
 @app.task(name="cmover.copy.chunk", base=PassTask, bind=True)
 def copy_chunk(self: PassTask, spec: Any, rel: Any, index: Any, chunk: Any) -> None:
-    def body(spec_, ctx, tally, fail, emit):
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise ConfinementError(f"chunk index in message is not an integer: {index!r}")
-        cs = ChunkSpec.from_wire(chunk)
-        with bodies.copy_engine(spec_, ctx, tally, fail, emit) as engine:
-            engine.run_chunk(rel_from_wire(rel), index, cs, self.request.id)
-
-    run_pass_task(self, spec, rel, body)
+    run_pass_task(self, spec, rel, bodies.copy_chunk(self.request.id, rel, index, chunk))

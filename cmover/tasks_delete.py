@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from cmover.app import app
-from cmover.core.paths import rel_from_wire
 from cmover.worker import bodies
 from cmover.worker.passtask import PassTask
 from cmover.worker.taskbase import run_pass_task
@@ -20,21 +19,14 @@ from cmover.worker.taskbase import run_pass_task
 
 @app.task(name="cmover.delete.dir", base=PassTask, bind=True)
 def delete_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None) -> None:
-    run_pass_task(self, spec, rel, bodies.delete_dir(rel, mdt))
+    run_pass_task(self, spec, rel, bodies.delete_dir(self.request.id, rel, mdt))
 
 
 @app.task(name="cmover.delete.files", base=PassTask, bind=True)
 def delete_files(self: PassTask, spec: Any, rel: Any, names: Any, also: Any = None) -> None:
-    def body(spec_, ctx, tally, fail, emit):
-        groups = bodies.batch_groups(rel, names, also)
-        bodies.delete_run(spec_, ctx, tally, fail, emit, lambda d: d.run_groups(groups))
-
-    run_pass_task(self, spec, rel, body)
+    run_pass_task(self, spec, rel, bodies.delete_files(self.request.id, rel, names, also))
 
 
 @app.task(name="cmover.delete.purge", base=PassTask, bind=True)
 def delete_purge(self: PassTask, spec: Any, rel: Any, root: Any) -> None:
-    def body(spec_, ctx, tally, fail, emit):
-        bodies.delete_run(spec_, ctx, tally, fail, emit, lambda d: d.run_purge(rel_from_wire(rel), rel_from_wire(root)))
-
-    run_pass_task(self, spec, rel, body)
+    run_pass_task(self, spec, rel, bodies.delete_purge(self.request.id, rel, root))

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from cmover.app import app
-from cmover.engine.dirtimepass import DirtimePass
 from cmover.worker import bodies
 from cmover.worker.passtask import PassTask
 from cmover.worker.taskbase import run_pass_task
@@ -16,13 +15,9 @@ from cmover.worker.taskbase import run_pass_task
 
 @app.task(name="cmover.dirtime.dir", base=PassTask, bind=True)
 def dirtime_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None) -> None:
-    run_pass_task(self, spec, rel, bodies.dirtime_dir(rel, mdt))
+    run_pass_task(self, spec, rel, bodies.dirtime_dir(self.request.id, rel, mdt))
 
 
 @app.task(name="cmover.dirtime.files", base=PassTask, bind=True)
 def dirtime_files(self: PassTask, spec: Any, rel: Any, names: Any, also: Any = None) -> None:
-    def body(spec_, ctx, tally, fail, emit):
-        groups = bodies.batch_groups(rel, names, also)
-        DirtimePass(spec_, tally, fail, emit).run_groups(groups)
-
-    run_pass_task(self, spec, rel, body)
+    run_pass_task(self, spec, rel, bodies.dirtime_files(self.request.id, rel, names, also))

@@ -145,9 +145,9 @@ sys.exit(0)  # the interpreter's exit handlers run: nothing may be left for them
 @pytest.mark.parametrize("how", ["complete", "interrupt"])
 def test_embedded_run_leaves_nothing_for_exit_handlers(tmp_path: Path, how: str) -> None:
     """The contract of run_embedded behind the hang: on return its pool processes and hub are gone
-    (reaped: no child at all) and billiard's pool finalizer is retired, so a normal interpreter exit is
-    prompt. Before: the pool processes were only signalled and their finalizer left registered; at exit
-    it could wait for ever on a queue lock a killed process held."""
+    (reaped: no child at all) and no pool or manager finalizer is left registered, so a normal interpreter
+    exit is prompt. Before: the pool processes were only signalled and their finalizer left registered; at
+    exit it could wait for ever on a queue lock a killed process held."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     random_tree(src, seed=14, n_files=3000 if how == "interrupt" else 200, n_dirs=100, max_size=4096)
     o = close_output([sys.executable, "-c", _TEARDOWN_SCRIPT, "copy", str(src), str(dst), how], read=100,
@@ -190,7 +190,7 @@ def test_ctrl_c_or_sigterm_stops_the_pass_and_tears_down(tmp_path: Path, cfg: Pa
 
 
 #: `cmover copy` with a real SIGINT sent to itself as its own process starts the root directory task (the
-#: import of the task bodies), and a line on stderr if Celery is ever imported.
+#: import of the task bodies), and a line on stderr if Celery is ever imported (the embedded mode never does).
 _CTRL_C_IN_ROOT_TASK = """
 import os, signal, sys
 class Hooks:
@@ -206,10 +206,11 @@ sys.exit(main())
 """
 
 
-def test_ctrl_c_while_the_command_walks_the_root_task_starts_no_pool(tmp_path: Path, cfg: Path) -> None:
-    """Ctrl-C while the command's own process runs the root directory task (up to 0.25 s of walking before a
-    pool would start): the pass ends there, interrupted, exit 130, without starting Celery and a pool only
-    to stop them (half a second after the Ctrl-C); the next copy completes the target."""
+def test_ctrl_c_while_the_command_walks_the_root_task(tmp_path: Path, cfg: Path) -> None:
+    """Ctrl-C while the command's own process runs the root directory task: the pass ends interrupted, exit
+    130, its pool (forked with the task's first child) stopped, no Celery imported at any point (an earlier
+    embedded mode imported and started it, half a second, only to stop it); the next copy completes the
+    target."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     random_tree(src, seed=16, n_files=600, n_dirs=60, max_size=1024)  # more than INLINE_ENTRIES = 5 covers
     r = subprocess.run([sys.executable, "-c", _CTRL_C_IN_ROOT_TASK, "copy", "-j", "2", str(src), str(dst)],

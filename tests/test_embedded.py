@@ -1,4 +1,4 @@
-"""The embedded mode's hub and runner: kombu's message paths through the hub, a pool process lost mid-pass."""
+"""The embedded mode's hub, pool and runner: messages handed out and given back, a pool process lost mid-pass."""
 
 from __future__ import annotations
 
@@ -13,17 +13,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from kombu import Connection, Exchange, Queue
 from support.cli import CMOVER, TIMEOUT
 from support.snap import compare_trees
 from support.tree import random_tree
 
 from cmover.core.passes import PassKind, PassSpec
-from cmover.core.settings import from_mapping
 from cmover.embedded import hub as hubmod
 from cmover.embedded import packing
-from cmover.embedded import transport as _transport  # noqa: F401 (registers cmover-local://)
-from cmover.engine.planner import PassOptions, plan
 
 
 @pytest.fixture
@@ -34,47 +30,45 @@ def hub_running():
         yield
     finally:
         hubmod.stop_hub(manager)
-        hubmod._closing = False  # the next test's hub serves again
 
 
 def test_queued_messages_are_kept_compact_and_come_back_exactly():
-    """The hub keeps a queued message packed (base64 body decoded, compressed with the common keys preset):
-    what comes back is the message as kombu gave it, whatever its body encoding."""
-    import base64
-
-    body = json.dumps([[{"run_id": "copy-x", "src_root": "/s" * 200}, "d/e", None], {}, {}])
-    msg = {"body": base64.b64encode(body.encode()).decode(), "content-type": "application/json",
-           "headers": {"id": "t1", "argsrepr": "(<spec>, 'd/e', None)"},
-           "properties": {"body_encoding": "base64", "delivery_tag": "t1"}}
+    """The hub keeps a queued task message packed (compressed, a pass spec's keys preset): what comes back is
+    the message as sent, and anything else is refused with ValueError, not taken for a message."""
+    spec = PassSpec(run_id="copy-x", kind=PassKind.COPY, src_root=b"/s" * 200, dst_root=b"/d")
+    msg = ("cmover.copy.files", [spec.as_dict(), "d/e", ["f1", "caf\u00e9"], None], "t1")
     packed = packing.pack(msg)
     assert len(packed.data) < len(json.dumps(msg)) / 3
     assert packing.unpack(packed) == msg and packing.unpack(packed.data) == msg
-    for other in ({**msg, "body": "not base64!"}, {**msg, "properties": {"body_encoding": "utf-8"}, "body": "x"},
-                  {**msg, "body": base64.b64encode(b"\xff\xfe").decode()}):
-        assert packing.unpack(packing.pack(other)) == other
+    for junk in (b"", b"not zlib", packing.pack(("n", "not a list", "t")).data, packing.pack((1, [], "t")).data):
+        with pytest.raises(ValueError):
+            packing.unpack(junk)
 
 
-def test_basic_get_reads_one_queue_of_the_hub(hub_running):
-    """``Queue.get`` (AMQP basic_get) goes through Channel._get, not the consumer's _get_many. Before: it
-    called ``Hub.get``, which does not exist, and every basic_get raised AttributeError."""
-    name = "cmover.test.files"
-    q = Queue(name, Exchange(name, type="direct"), routing_key=name)
-    other = Queue("cmover.test.other", Exchange("cmover.test.other", type="direct"), routing_key="cmover.test.other")
-    with Connection("cmover-local://localhost/") as conn:
-        bound, bound_other = q(conn.default_channel), other(conn.default_channel)
-        bound.declare()
-        bound_other.declare()
-        producer = conn.Producer(serializer="json")
-        producer.publish({"n": 0}, exchange=other.exchange, routing_key=other.routing_key, declare=[other])
-        for n in (1, 2):
-            producer.publish({"n": n}, exchange=q.exchange, routing_key=q.routing_key, declare=[q])
-        first = bound.get(no_ack=False, accept=["json"])
-        assert first is not None and first.payload == {"n": 1}
-        first.ack()
-        second = bound.get(no_ack=True, accept=["json"])
-        assert second is not None and second.payload == {"n": 2}
-        assert bound.get(no_ack=True) is None  # empty: the other queue's message is not taken
-        assert bound_other.get(no_ack=True, accept=["json"]).payload == {"n": 0}
+def test_a_message_handed_out_returns_unless_acknowledged(hub_running):
+    """A message taken by a pool process stays the hub's: acknowledged, it is gone; given back (requeue), or
+    its process dead (requeue_owner), it is first in its queue again; a dead process is handed nothing more.
+    Queues are asked in the order given; an empty wait returns None."""
+    h = hubmod.hub()
+    for n in (1, 2, 3):
+        h.put("cmover.test.files", packing.xmlrpc.client.Binary(b"m%d" % n))
+    h.put("cmover.test.dirs", packing.xmlrpc.client.Binary(b"d"))
+    tag, payload = h.take(["cmover.test.dirs", "cmover.test.files"], 0.0, "p1")
+    assert payload.data == b"d"
+    h.ack(tag)
+    tag1, payload = h.take(["cmover.test.dirs", "cmover.test.files"], 0.0, "p1")
+    assert payload.data == b"m1"
+    h.requeue(tag1)
+    tag1, payload = h.take(["cmover.test.files"], 0.0, "p1")
+    tag2, payload2 = h.take(["cmover.test.files"], 0.0, "p2")
+    assert (payload.data, payload2.data) == (b"m1", b"m2")
+    assert h.requeue_owner("p1") == 1 and h.requeue_owner("p1") == 0
+    assert h.take(["cmover.test.files"], 0.0, "p1") is None  # dead: handed nothing
+    h.ack(tag1)  # a late acknowledgement of a message given back changes nothing
+    got = [h.take(["cmover.test.files"], 0.0, "p3") for _ in range(2)]
+    assert [g[1].data for g in got] == [b"m1", b"m3"]
+    assert h.take(["cmover.test.files"], 0.05, "p3") is None
+    assert h.size("cmover.test.files") == 0
 
 
 def test_a_queue_beyond_its_memory_budget_spills_to_a_file_in_order(tmp_path):
@@ -118,11 +112,10 @@ def test_hub_spills_queued_messages_under_the_given_directory_and_removes_them(t
         (spill,) = (tmp_path / "state").iterdir()
         assert sum(f.stat().st_size for f in spill.iterdir()) > 200 * 100
         assert h.size("cmover.test.dirs") == 300
-        got = [h.get_first(["cmover.test.dirs"])[1] for _ in range(300)]
-        assert [g.data for g in got] == sent and h.get_first(["cmover.test.dirs"]) is None
+        got = [h.take(["cmover.test.dirs"], 0.0, "p")[1] for _ in range(300)]
+        assert [g.data for g in got] == sent and h.take(["cmover.test.dirs"], 0.0, "p") is None
     finally:
         hubmod.stop_hub(manager)
-        hubmod._closing = False
     assert list((tmp_path / "state").iterdir()) == []
 
 
@@ -185,21 +178,20 @@ def _copying(k: int, src: Path) -> bool:
 
 
 def _waiting_for_a_task(k: int) -> bool:
-    """Process ``k`` is blocked reading the pool's task pipe: it holds the lock the pool's processes share."""
+    """Process ``k`` is blocked reading its connection to the hub: it waits there for a message."""
     try:
         with open(f"/proc/{k}/syscall") as f:
             call = f.read().split()
-        return call[0] == "0" and os.readlink(f"/proc/{k}/fd/{int(call[1], 16)}").startswith("pipe:")
+        return call[0] == "0" and os.readlink(f"/proc/{k}/fd/{int(call[1], 16)}").startswith("socket:")
     except (OSError, IndexError, ValueError):
         return False
 
 
 @pytest.mark.parametrize("victim", ["copying", "waiting"])
 def test_pool_process_killed_mid_pass(tmp_path: Path, victim: str) -> None:
-    """SIGKILL (as the OOM killer sends) of a pool process of `cmover copy` mid-pass: the pass completes and
-    the trees compare identical. Before: a process killed while waiting for a task kept the pool's task
-    lock for ever (no process took a task again), and a task lost with its process came back only after
-    billiard's 10 s lost-worker timeout; either way `cmover copy` could wait for ever."""
+    """SIGKILL (as the OOM killer sends) of a pool process of `cmover copy` mid-pass, while it copies or while
+    it waits in the hub for a message: the pass completes, says which process died, and the trees compare
+    identical (the message it held went back to its queue; a new process took its place)."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     random_tree(src, seed=21, n_files=1500, n_dirs=60, max_size=4096)
     for i in range(12):  # files that take a while to copy, so that a process is caught with one open
@@ -234,6 +226,64 @@ def test_pool_process_killed_mid_pass(tmp_path: Path, victim: str) -> None:
     assert compare_trees(src, dst) == []
 
 
+def test_a_pool_whose_processes_die_as_they_start_stops_the_pass(hub_running, monkeypatch):
+    """Pool processes that die as they start, holding no message (a fault at start), are replaced, and after
+    three such deaths in a row the pass stops with one clear error instead of forking for ever."""
+    from cmover.core.errors import FatalError
+    from cmover.embedded import pool as poolmod
+
+    monkeypatch.setattr(poolmod, "_serve", lambda owner, parent: os._exit(3))  # inherited by the fork
+    pool = poolmod.Pool(1)
+    pool.start()
+    deadline = time.monotonic() + 10
+    try:
+        with pytest.raises(FatalError, match="die as they start"):
+            while time.monotonic() < deadline:
+                pool.lost()
+                time.sleep(0.01)
+    finally:
+        pool.stop(idle=True)
+    assert pool._early == 3
+
+
+#: `cmover` with the fault seams of tests/faults/seams.py installed first (CMFAULT_POISON: copying that entry
+#: kills its process with SIGKILL, every time).
+_WITH_SEAMS = """
+import sys
+sys.path.insert(0, sys.argv.pop(1))
+import seams
+seams.install()
+from cmover.cli import main
+sys.exit(main())
+"""
+
+
+def test_a_task_that_kills_every_pool_process_is_given_up(tmp_path: Path) -> None:
+    """A poison message in the embedded mode (copying ``poison/kill-me.dat`` kills its pool process every
+    time): the directory task holding it kills MAX_DELIVERIES = 3 processes, each replaced, and is given up at
+    its fourth delivery (one failure, listed); the rest of the pass completes, and the trees differ by that
+    directory's files alone. Deaths of processes holding a message are not taken for a pool that cannot
+    start."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    random_tree(src, seed=24, n_files=300, n_dirs=20, max_size=2048)
+    (src / "poison").mkdir()
+    (src / "poison" / "kill-me.dat").write_bytes(b"poison" * 100)
+    cfg = tmp_path / "config.py"
+    cfg.write_text("INLINE_ENTRIES = 0\nMAX_DELIVERIES = 3\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CMOVER_", "CMFAULT_"))}
+    env.update(CMOVER_CONFIG=str(cfg), CMFAULT_POISON="poison/kill-me.dat")
+    seams = Path(__file__).resolve().parent / "faults"
+    r = subprocess.run([sys.executable, "-c", _WITH_SEAMS, str(seams), "copy", "-j", "2", str(src), str(dst)],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr.count("kills its worker process") == 3, r.stderr
+    assert r.stderr.count("of the embedded run died; their tasks run again") == 3, r.stderr
+    assert "gave up after 3 deliveries" in r.stdout + r.stderr, (r.stdout, r.stderr)
+    assert "die as they start" not in r.stderr
+    differ = {d.split(":")[0] for d in compare_trees(src, dst)}
+    assert differ and all("poison" in d for d in differ), differ
+
+
 # -- a session of several passes ----------------------------------------------------------------------------
 
 _SESSION_SCRIPT = r"""
@@ -253,17 +303,18 @@ with EmbeddedSession(2, settings) as session:
         if kind is PassKind.COPY:
             create_target_root(spec)
         result = session.run(spec)
-        pool = sorted(p.pid for p in session._worker.controller.pool._pool._pool)
+        pool = sorted(session.pool.procs)
         out.append({"pass": kind.value, "state": result.state, "totals": result.totals, "pool": pool,
                     "failures": result.failure_count})
-print(json.dumps({"passes": out, "hooks": "cmover.worker.hooks" in sys.modules}))
+print(json.dumps({"passes": out,
+                  "celery": sorted({m.split(".")[0] for m in sys.modules} & {"celery", "kombu", "billiard"})}))
 """
 
 
-def test_session_runs_passes_one_after_another_in_one_worker(tmp_path: Path) -> None:
-    """An EmbeddedSession (what `cmover sync` uses) runs copy, delete and dirtime in one hub and one worker:
+def test_session_runs_passes_one_after_another_in_one_pool(tmp_path: Path) -> None:
+    """An EmbeddedSession (what `cmover sync` uses) runs copy, delete and dirtime in one hub and one pool:
     the same pool processes serve every pass, each pass reports its own totals, and the trees end
-    identical, directory times included. The worker imported the signal hooks (the app's include)."""
+    identical, directory times included. Celery, kombu and billiard are never imported."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     random_tree(src, seed=22, n_files=300, n_dirs=30, max_size=4096)
     (dst / "gone" / "deeper").mkdir(parents=True)
@@ -273,7 +324,7 @@ def test_session_runs_passes_one_after_another_in_one_worker(tmp_path: Path) -> 
                        timeout=TIMEOUT, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert doc["hooks"] is True
+    assert doc["celery"] == []
     copy, delete, dirtime = doc["passes"]
     assert [p["state"] for p in doc["passes"]] == ["complete"] * 3 and not any(p["failures"] for p in doc["passes"])
     assert copy["pool"] == delete["pool"] == dirtime["pool"] and len(copy["pool"]) == 2
@@ -297,42 +348,21 @@ with EmbeddedSession(2, settings) as session:
     preflight(spec, create_target=True)
     create_target_root(spec)
     result = session.run(spec)
-    worker = session._worker is not None
+    worker = bool(session.pool.procs)
 print(json.dumps({"state": result.state, "totals": result.totals, "worker": worker,
                   "celery": sorted({m.split(".")[0] for m in sys.modules} & {"celery", "kombu", "billiard"})}))
 """
 
 
-def test_a_pass_its_root_task_completes_starts_no_worker_and_imports_no_celery(tmp_path: Path) -> None:
-    """A small tree is copied by the root directory task, which the session's own process runs: no worker, no
-    pool, and not even Celery, kombu or billiard imported (a tenth of a second of a small pass). That task
-    walks inline up to ROOT_ENTRIES_FACTOR times the pass's INLINE_ENTRIES: with INLINE_ENTRIES = 3 a tree
-    of ~45 entries is still its alone (a worker's task would have published ten subdirectories)."""
-    from cmover.embedded.runner import ROOT_ENTRIES_FACTOR
-
+def test_a_pass_its_root_task_completes_starts_no_pool(tmp_path: Path) -> None:
+    """A small tree is copied by the root directory task, which the session's own process runs: no pool
+    process is forked (and, as in every embedded pass, neither Celery, kombu nor billiard is imported)."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     random_tree(src, seed=23, n_files=40, n_dirs=4, max_size=4096)
-    entries = sum(1 + len(d) + len(f) for _, d, f in os.walk(src))
-    assert 3 < entries <= 3 * ROOT_ENTRIES_FACTOR
-    r = subprocess.run([sys.executable, "-c", _SMALL_PASS_SCRIPT, str(src), str(dst), '{"INLINE_ENTRIES": 3}'],
+    r = subprocess.run([sys.executable, "-c", _SMALL_PASS_SCRIPT, str(src), str(dst), "{}"],
                        capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["state"] == "complete" and doc["totals"]["tasks"] == 1 and doc["totals"]["files_copied"] >= 40
     assert doc["worker"] is False and doc["celery"] == []
     assert compare_trees(src, dst) == []
-
-
-def test_the_root_budget_scales_the_pass_budget_and_keeps_its_zeros() -> None:
-    """The root task the runner runs gets ROOT_ENTRIES_FACTOR times the pass's entries for at most
-    ROOT_SECONDS; a pass configured with no inline walking (0 entries or 0 seconds) gets none there either."""
-    from cmover.embedded.runner import ROOT_ENTRIES_FACTOR, ROOT_SECONDS, root_budget
-
-    def spec(**kw: object) -> PassSpec:
-        return plan(PassKind.COPY, from_mapping({k.upper(): v for k, v in kw.items()}), "/a", "/b",
-                    options=PassOptions())
-
-    assert root_budget(spec()) == (2000 * ROOT_ENTRIES_FACTOR, ROOT_SECONDS)
-    assert root_budget(spec(inline_entries=0)) == (0, ROOT_SECONDS)
-    assert root_budget(spec(inline_seconds=0)) == (2000 * ROOT_ENTRIES_FACTOR, 0)
-    assert root_budget(spec(inline_seconds=0.1)) == (2000 * ROOT_ENTRIES_FACTOR, 0.1)

@@ -41,9 +41,7 @@ from cmover.core.errors import EXIT_OK, ConfigError, PreflightError
 from cmover.core.passes import DeleteOptions, PassKind, PassSpec
 from cmover.core.paths import display, is_within
 from cmover.core.settings import Settings
-from cmover.engine.changeplan import plan_changes
 from cmover.engine.jobs import Job
-from cmover.engine.renames import replay
 from cmover.journal.base import Reading, Rename, Untrusted, touched
 from cmover.journal.local import LocalJournal
 from cmover.journal.store import prune
@@ -137,6 +135,9 @@ def prepare(kind: PassKind, spec: PassSpec, settings: Settings, mode: str | None
             reading = chl.read(clean.marks, floor)
         else:
             reading = journal.read(clean.start_ns)
+        from cmover.engine.changeplan import plan_changes  # only a journal-driven pass needs them
+        from cmover.engine.renames import replay
+
         t = touched(reading.changes, reading.resolve, spec.src_root, spec.start)
         driven = dataclasses.replace(spec, changes=True)
         plan = plan_changes(driven, t, reading.memo.setdefault("seen", {}))

@@ -1,23 +1,19 @@
 """The embedded mode's broker: queues, ledger, counters and error list shared by local processes.
 
-``cmover copy`` without a broker runs a Celery worker with a *prefork* pool in this process, so that
-the copy uses every core (a thread pool is capped by the GIL: measured, one thread was faster than
-four). Pool children publish the tasks they fan out, so the queues must be shared between processes;
-``memory://`` keeps them per process and would lose those tasks. This module provides the shared state:
-
-* :class:`Hub` lives in a helper process started with :class:`multiprocessing.managers.BaseManager`
-  and holds the queues, the completion ledger, the counters and the error list of the run;
-* :class:`~cmover.embedded.transport.Transport` is a kombu virtual transport (``cmover-local://``) whose
-  queue operations are calls to the hub, so Celery's message path (serialisation, routing, worker requests,
-  acks) is the real one.
+``cmover copy`` without a broker runs its tasks in a pool of forked processes (:mod:`cmover.embedded.pool`),
+so that the copy uses every core (a thread pool is capped by the GIL: measured, one thread was faster than
+four). Pool processes publish the tasks they fan out, so the queues must be shared between processes.
+:class:`Hub` lives in a helper process started with :class:`multiprocessing.managers.BaseManager` and holds
+the queues, the messages handed out and not yet acknowledged, the completion ledger, the counters and the
+error list of the run.
 
 Queued messages beyond :data:`MEMORY_BYTES` per queue wait in a file of the hub's own (:class:`SpillQueue`),
 so that the hub's memory stays bounded however many tasks a pass queues (a full copy of 10^5 directories
 queues about that many directory tasks at once).
 
-The manager uses the ``xmlrpclib`` serializer, not pickle, and only strings and small integers cross
-it: messages travel as their JSON text. It listens on a Unix socket in a private directory with a
-random key, and lives only as long as the run.
+The manager uses the ``xmlrpclib`` serializer, not pickle, and only strings, bytes and small integers
+cross it: messages travel as their compressed JSON (:mod:`cmover.embedded.packing`). It listens on a Unix
+socket in a private directory with a random key, and lives only as long as the run.
 """
 
 from __future__ import annotations
@@ -96,6 +92,11 @@ class SpillQueue:
         self.spill.write(_RECORD.pack(len(data), isinstance(payload, str)) + data)
         self.spilled += 1
 
+    def appendleft(self, payload: bytes | str) -> None:
+        """Put a message back at the head (one handed out and given back): in memory, whatever the budget."""
+        self.head.appendleft(payload)
+        self.head_bytes += len(payload)
+
     def popleft(self) -> bytes | str:
         """The oldest message (IndexError when the queue is empty)."""
         if not self.head and self.spilled:
@@ -151,6 +152,10 @@ class Hub:
         self._idle = threading.Condition(self._lock)
         self._closed = False
         self._queues: dict[str, SpillQueue] = {}
+        # Messages handed to a pool process and not yet acknowledged: tag -> (queue, payload, owner).
+        self._taken: dict[str, tuple[str, bytes | str, str]] = {}
+        self._tags = 0
+        self._dead: set[str] = set()  # pool processes that died: handed nothing more
         self._spill_dir = _spill_dir or tempfile.mkdtemp(prefix="cmover-hub-")
         # The embedded run's state is the in-memory ledger, counters and error list, shared here.
         self._ledger = MemoryLedger()
@@ -162,22 +167,34 @@ class Hub:
         if isinstance(payload, xmlrpc.client.Binary):
             payload = payload.data  # kept as plain bytes: a Binary object costs 150 bytes more per message
         with self._lock:
-            q = self._queues.get(queue)
-            if q is None:
-                q = self._queues[queue] = SpillQueue(os.path.join(self._spill_dir, f"queue-{len(self._queues)}"))
-            q.append(payload)
+            self._queue(queue).append(payload)
             self._message.notify()
 
-    def get_first(self, queues: list[str], wait: float = 0.0) -> list[Any] | None:
-        """The first message of the first non-empty queue as ``[queue, payload]``; when every queue is empty,
-        wait up to ``wait`` seconds for one (less once the hub is closing); None if none came."""
+    def _queue(self, name: str) -> SpillQueue:
+        """Queue ``name``, made on first use (under the lock)."""
+        q = self._queues.get(name)
+        if q is None:
+            q = self._queues[name] = SpillQueue(os.path.join(self._spill_dir, f"queue-{len(self._queues)}"))
+        return q
+
+    def take(self, queues: list[str], wait: float, owner: str) -> list[Any] | None:
+        """The first message of the first non-empty queue, as ``[tag, payload]``, handed to pool process
+        ``owner``: it stays the hub's until acknowledged (:meth:`ack`), and returns to its queue when the owner
+        dies (:meth:`requeue_owner`). When every queue is empty, wait up to ``wait`` seconds for one (less once
+        the hub is closing); None if none came, or when ``owner`` is known dead."""
         with self._lock:
             deadline = None
             while True:
+                if owner in self._dead:
+                    return None  # its reply would go nowhere: the message would be lost with it
                 for name in queues:
                     q = self._queues.get(name)
                     if q:
-                        return [name, q.popleft()]
+                        self._tags += 1
+                        tag = str(self._tags)
+                        payload = q.popleft()
+                        self._taken[tag] = (name, payload, owner)
+                        return [tag, payload]
                 if self._closed or wait <= 0:
                     return None
                 now = time.monotonic()
@@ -185,6 +202,32 @@ class Hub:
                 if now >= deadline:
                     return None
                 self._message.wait(deadline - now)
+
+    def ack(self, tag: str) -> None:
+        """The message handed out as ``tag`` is done with (run, or rejected for good): it is gone."""
+        with self._lock:
+            self._taken.pop(tag, None)
+
+    def requeue(self, tag: str) -> None:
+        """The message handed out as ``tag`` goes back to the head of its queue, to be run again."""
+        with self._lock:
+            got = self._taken.pop(tag, None)
+            if got is not None:
+                self._queue(got[0]).appendleft(got[1])
+                self._message.notify()
+
+    def requeue_owner(self, owner: str) -> int:
+        """Pool process ``owner`` died: every message it was handed and had not acknowledged goes back to the
+        head of its queue (its task runs again), and it is handed nothing from now on. Returns how many."""
+        with self._lock:
+            self._dead.add(owner)
+            mine = [tag for tag, (_, _, who) in self._taken.items() if who == owner]
+            for tag in reversed(mine):
+                name, payload, _ = self._taken.pop(tag)
+                self._queue(name).appendleft(payload)
+            if mine:
+                self._message.notify_all()
+            return len(mine)
 
     def close(self) -> None:
         """The run is over: every waiter returns now, and none waits from now on."""
@@ -273,8 +316,10 @@ class Hub:
 #: ledger (sent with the message's put), a task's counters and failures (sent with its done). They reach the
 #: hub in the order they were made, before the call that carries them, so the ledger still counts every
 #: child before its message can be taken and before its parent is done, and a run's totals are complete
-#: when its ledger says 0. Measured: a third fewer round trips per task.
-HELD = frozenset({"enqueue", "stats_add", "errors_record"})
+#: when its ledger says 0. Measured: a third fewer round trips per task. A pool process's acknowledgement of
+#: the message it ran goes with its next take: lost with the process, it costs only a redelivery that the
+#: ledger, which has the task done, turns into nothing.
+HELD = frozenset({"enqueue", "stats_add", "errors_record", "ack", "requeue"})
 
 #: What :meth:`Hub.batch` may end with: the hub's own calls.
 _SERVED = frozenset(n for n in vars(Hub) if not n.startswith("_") and n != "batch")
@@ -283,7 +328,7 @@ _SERVED = frozenset(n for n in vars(Hub) if not n.startswith("_") and n != "batc
 _MAX_WAIT = 0.5
 
 
-#: How long a consumer with a free prefetch slot waits in the hub for a message per call.
+#: How long an idle pool process waits in the hub for a message per call.
 CONSUMER_WAIT = 0.25
 
 
@@ -310,14 +355,6 @@ _authkey: bytes | None = None
 _spill_dir: str | None = None  # where the hub's queues spill (start_hub), inherited by the hub process
 _proxy: Any = None
 _proxy_lock = threading.Lock()
-_closing = False  # set when the run is over: consumers stop polling the hub before it goes away
-
-
-def closing() -> bool:
-    """True once the run is over (:func:`stop_hub`): the transport's consumers stop asking the hub."""
-    return _closing
-
-
 _held = threading.local()  # .calls: the calls this thread holds (Client.hold)
 
 
@@ -369,9 +406,7 @@ def _ignore_hangup() -> None:
 
 
 def stop_hub(manager: BaseManager) -> None:
-    """End the run's hub; consumers still polling see empty queues from now on."""
-    global _closing
-    _closing = True
+    """End the run's hub (after its pool: see :mod:`cmover.embedded.runner`)."""
     try:
         hub().close()  # waiters return at once instead of finding the hub gone
     except (OSError, EOFError):

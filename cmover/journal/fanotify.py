@@ -14,7 +14,6 @@ filesystem mark) and, to turn handles back into paths, CAP_DAC_READ_SEARCH.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
@@ -101,7 +100,9 @@ _libc: ctypes.CDLL | None = None
 def _lib() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The C library is already loaded in this process: its symbols, without looking for its file
+        # (ctypes.util.find_library runs ldconfig, and importing it costs 5 ms of every command's start).
+        lib = ctypes.CDLL(None, use_errno=True)
         lib.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
         lib.fanotify_init.restype = ctypes.c_int
         lib.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]

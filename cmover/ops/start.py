@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from cmover import app as appmod
@@ -20,13 +21,13 @@ def start(settings: Settings, spec: PassSpec, jobs: Sequence[Job] | None = None,
     root task id (with ``jobs``, a journal-driven pass: those are seeded instead, see ``seed``). ConfigError
     when the broker cannot be reached, FatalError when memcached cannot: a pass
     is never published without the ledger that tells when it is complete."""
-    from cmover.worker.taskbase import seed
+    from cmover.worker.taskbase import publish, seed
 
     check_broker(settings)
     ctx = get_context()
     try:
         runs.record_start(settings, spec, how)
-        return seed(appmod.app, spec, ctx, jobs)
+        return seed(functools.partial(publish, appmod.app), spec, ctx, jobs)
     except (TimeoutError, OSError, LedgerLost) as exc:
         raise FatalError(f"memcached at {settings.memcached} is unreachable ({exc}); start it (memcached -M) "
                          "or fix MEMCACHED in config.py: passes cannot be tracked without it") from None

@@ -1,6 +1,7 @@
-"""What each pass's tasks do with their engine, without Celery: the bodies :func:`~cmover.worker.taskbase.run_pass_task`
-runs (the task modules, ``cmover.tasks_*``, adapt messages to them) and the directory bodies a process can run
-with no worker at all (:data:`DIR_BODIES`, the embedded runner's root task).
+"""What each pass's tasks do with their engine, without Celery: :data:`TASKS`, the body of every task message,
+which :func:`~cmover.worker.taskbase.run_pass_task` runs under Celery (the task modules, ``cmover.tasks_*``,
+adapt messages to them) and :func:`~cmover.worker.taskbase.run_message` without it (the embedded runner and
+its pool).
 
 A body is called as ``body(spec, ctx, tally, fail, emit)`` (:data:`~cmover.worker.taskbase.Body`).
 """
@@ -10,20 +11,23 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cmover.core.deletion import Deletion
 from cmover.core.difference import Difference
 from cmover.core.errors import ConfinementError
 from cmover.core.hsmrecord import HsmRecord
 from cmover.core.paths import groups_from_wire, names_from_wire, rel_from_wire
+from cmover.engine.chunks import ChunkSpec
 from cmover.engine.claims import RunClaims
 from cmover.engine.copypass import CopyPass
 from cmover.engine.deletepass import DeletePass
 from cmover.engine.dirtimepass import DirtimePass
-from cmover.engine.verifypass import VerifyPass
 from cmover.state.errorlist import deleted_list, differences_list
 from cmover.state.hsmlist import BrokerHsm
+
+if TYPE_CHECKING:
+    from cmover.engine.verifypass import VerifyPass
 
 Body = Callable[..., None]
 
@@ -55,6 +59,8 @@ def delete_run(spec: Any, ctx: Any, tally: Any, fail: Any, emit: Any, work: Call
 
 def verify_run(spec: Any, ctx: Any, tally: Any, fail: Any, emit: Any, work: Callable[[VerifyPass], None]) -> None:
     """Run ``work`` on a VerifyPass; what it found different goes to the run's differences list."""
+    from cmover.engine.verifypass import VerifyPass  # and its hashing: 3 ms of every other command's start
+
     found: list[Difference] = []
     # The filesystem API as a --restripe copy has it: the one that compares a file's layout with the policy's.
     engine = VerifyPass(spec, tally, fail, emit, RunClaims(ctx.ledger, spec.run_id), found.append,
@@ -73,7 +79,7 @@ def batch_groups(rel: Any, names: Any, also: Any) -> list[tuple[bytes, list[byte
     return [(rel_from_wire(rel), names_from_wire(names)), *groups_from_wire(also)]
 
 
-def copy_dir(rel: Any, mdt: Any) -> Body:
+def copy_dir(tid: str, rel: Any, mdt: Any = None) -> Body:
     def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
         if mdt is not None and (isinstance(mdt, bool) or not isinstance(mdt, int) or not -1 <= mdt < 2**31):
             raise ConfinementError(f"MDT index in message is not -1 or an MDT index: {mdt!r}")
@@ -82,24 +88,86 @@ def copy_dir(rel: Any, mdt: Any) -> Body:
     return body
 
 
-def delete_dir(rel: Any, mdt: Any) -> Body:
+def copy_files(tid: str, rel: Any, names: Any, also: Any = None) -> Body:
+    def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
+        groups = batch_groups(rel, names, also)
+        with copy_engine(spec_, ctx, tally, fail, emit) as engine:
+            engine.run_groups(groups)
+    return body
+
+
+def copy_chunk(tid: str, rel: Any, index: Any, chunk: Any) -> Body:
+    def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ConfinementError(f"chunk index in message is not an integer: {index!r}")
+        cs = ChunkSpec.from_wire(chunk)
+        with copy_engine(spec_, ctx, tally, fail, emit) as engine:
+            engine.run_chunk(rel_from_wire(rel), index, cs, tid)
+    return body
+
+
+def delete_dir(tid: str, rel: Any, mdt: Any = None) -> Body:
     def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
         delete_run(spec_, ctx, tally, fail, emit, lambda d: d.run_dir(rel_from_wire(rel)))
     return body
 
 
-def dirtime_dir(rel: Any, mdt: Any) -> Body:
+def delete_files(tid: str, rel: Any, names: Any, also: Any = None) -> Body:
+    def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
+        groups = batch_groups(rel, names, also)
+        delete_run(spec_, ctx, tally, fail, emit, lambda d: d.run_groups(groups))
+    return body
+
+
+def delete_purge(tid: str, rel: Any, root: Any) -> Body:
+    def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
+        delete_run(spec_, ctx, tally, fail, emit, lambda d: d.run_purge(rel_from_wire(rel), rel_from_wire(root)))
+    return body
+
+
+def dirtime_dir(tid: str, rel: Any, mdt: Any = None) -> Body:
     def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
         DirtimePass(spec_, tally, fail, emit).run_dir(rel_from_wire(rel))
     return body
 
 
-def verify_dir(rel: Any, mdt: Any) -> Body:
+def dirtime_files(tid: str, rel: Any, names: Any, also: Any = None) -> Body:
+    def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
+        groups = batch_groups(rel, names, also)
+        DirtimePass(spec_, tally, fail, emit).run_groups(groups)
+    return body
+
+
+def verify_dir(tid: str, rel: Any, mdt: Any = None) -> Body:
     def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
         verify_run(spec_, ctx, tally, fail, emit, lambda v: v.run_dir(rel_from_wire(rel)))
     return body
 
 
-#: Pass kind (its value) -> the body of its directory task for (relative path as on the wire, MDT index or None).
-DIR_BODIES: dict[str, Callable[[Any, Any], Body]] = {
-    "copy": copy_dir, "delete": delete_dir, "dirtime": dirtime_dir, "verify": verify_dir}
+def verify_files(tid: str, rel: Any, names: Any) -> Body:
+    def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
+        batch = names_from_wire(names)
+        verify_run(spec_, ctx, tally, fail, emit, lambda v: v.run_files(rel_from_wire(rel), batch))
+    return body
+
+
+def verify_chunk(tid: str, rel: Any, index: Any, chunk: Any) -> Body:
+    def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ConfinementError(f"chunk index in message is not an integer: {index!r}")
+        cs = ChunkSpec.from_wire(chunk)
+        if index >= cs.count:
+            raise ConfinementError(f"chunk index {index} in message is past the file's {cs.count} chunks")
+        verify_run(spec_, ctx, tally, fail, emit, lambda v: v.run_chunk(rel_from_wire(rel), index, cs))
+    return body
+
+
+#: Task name -> the factory of the body of one of its messages: called with the task id and the message's
+#: arguments after the pass spec (the signature of the factory is the message's, checked before the call).
+#: The Celery tasks (``cmover.tasks_*``) and the embedded pool (:mod:`cmover.embedded.pool`) run the same.
+TASKS: dict[str, Callable[..., Body]] = {
+    "cmover.copy.dir": copy_dir, "cmover.copy.files": copy_files, "cmover.copy.chunk": copy_chunk,
+    "cmover.delete.dir": delete_dir, "cmover.delete.files": delete_files, "cmover.delete.purge": delete_purge,
+    "cmover.dirtime.dir": dirtime_dir, "cmover.dirtime.files": dirtime_files,
+    "cmover.verify.dir": verify_dir, "cmover.verify.files": verify_files, "cmover.verify.chunk": verify_chunk,
+}

@@ -11,13 +11,15 @@ and marks the task done. Error classes (see :mod:`cmover.core.errors`):
 * anything unexpected -> logged with its traceback, recorded as a failure of the directory or batch,
   and the task completes: the pass finishes and lists it instead of hanging.
 
-Nothing here imports Celery or kombu until it publishes (or rejects, or dead-letters): the embedded runner
-runs a pass's root task in its own process with :func:`run_root_here`, and a small pass is then done without
-either (the Celery task class is :class:`cmover.worker.passtask.PassTask`).
+Nothing here imports Celery or kombu until it publishes through Celery (or rejects, or dead-letters a Celery
+message): the embedded runner and its pool run task messages with :func:`run_message` and never import either
+(the Celery task class is :class:`cmover.worker.passtask.PassTask`).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import time
 from collections import Counter
@@ -92,27 +94,30 @@ class _LedgerGuard:
 Message = tuple[str, list[Any], str]
 
 
+#: Sends task messages (each counted in the ledger already) to wherever the pass's tasks are taken from: the
+#: broker through Celery (:func:`publish`), or the embedded run's hub (:mod:`cmover.embedded.pool`).
+Send = Callable[[Sequence[Message]], None]
+
+
 class Emitter:
     """Publishes child jobs: counted in the ledger first, then sent with a deterministic task id.
 
-    ``held``: a list that keeps the messages instead (counted in the ledger all the same), for
-    :func:`publish` to send later.
+    ``send``: where the messages go (None: through the Celery app, :func:`publish`).
     """
 
-    def __init__(self, spec_d: dict[str, Any], spec: PassSpec, ctx: WorkerContext,
-                 held: list[Message] | None = None) -> None:
+    def __init__(self, spec_d: dict[str, Any], spec: PassSpec, ctx: WorkerContext, send: Send | None = None) -> None:
         self.spec_d = spec_d
         self.spec = spec
         self.ctx = ctx
-        self.held = held
+        self.send = send
 
     def __call__(self, job: Job) -> None:
         name = TASK_NAMES[(self.spec.kind.value, job.kind)]
         tid = job_task_id(self.spec, job)
         _LedgerGuard.enqueue(self.ctx.ledger, self.spec.run_id, tid)
         message = (name, [self.spec_d, *job.wire_args()], tid)
-        if self.held is not None:
-            self.held.append(message)
+        if self.send is not None:
+            self.send([message])
         else:
             publish(_app(), [message])
 
@@ -124,8 +129,7 @@ def publish(app: Any, messages: Sequence[Message]) -> None:
 
 
 def _app() -> Any:
-    """The Celery app (imported on first use: a process that runs a task with no worker, the embedded runner
-    with its root task, has no Celery to import until it publishes)."""
+    """The Celery app (imported on first use: the embedded runner and its pool run tasks without it)."""
     from cmover.app import app
 
     return app
@@ -138,57 +142,62 @@ def job_task_id(spec: PassSpec, job: Job) -> str:
     return task_id(spec.run_id, kind, job.rel, job.index, job.ident())
 
 
-def seed(app: Any, spec: PassSpec, ctx: WorkerContext, jobs: Sequence[Job] | None = None) -> str:
-    """Open the run in the ledger and publish the pass's root directory task; return its task id.
+def root_message(spec: PassSpec) -> Message:
+    """The message of the root directory task of pass ``spec``."""
+    return (TASK_NAMES[(spec.kind.value, "dir")], [spec.as_dict(), to_wire(spec.start), None],
+            task_id(spec.run_id, "dir", spec.start, 0))
 
-    With ``jobs`` (a journal-driven pass, :mod:`cmover.engine.changeplan`) those are published instead,
+
+def seed(send: Send, spec: PassSpec, ctx: WorkerContext, jobs: Sequence[Job] | None = None) -> str:
+    """Open the run in the ledger and send (``send``) the pass's root directory task; return its task id.
+
+    With ``jobs`` (a journal-driven pass, :mod:`cmover.engine.changeplan`) those are sent instead,
     each counted in the ledger before it is sent, and "" is returned: a pass with no job is complete at once.
     """
     ctx.ledger.open_run(spec.run_id)
     if jobs is not None:
-        emit = Emitter(spec.as_dict(), spec, ctx)
+        emit = Emitter(spec.as_dict(), spec, ctx, send)
         for job in jobs:
             emit(job)
         return ""
-    tid = task_id(spec.run_id, "dir", spec.start, 0)
-    ctx.ledger.enqueue(spec.run_id, tid)
-    name = TASK_NAMES[(spec.kind.value, "dir")]
-    app.send_task(name, args=[spec.as_dict(), to_wire(spec.start), None], task_id=tid,
-                  argsrepr=_argsrepr([to_wire(spec.start), None]))
-    return tid
+    message = root_message(spec)
+    ctx.ledger.enqueue(spec.run_id, message[2])
+    send([message])
+    return message[2]
 
 
-def run_root_here(spec: PassSpec, ctx: WorkerContext, budget: tuple[int, float] | None = None) -> list[Message]:
-    """Open the run in the ledger and run the pass's root directory task in this process, without Celery: the
-    same body (:data:`cmover.worker.bodies.DIR_BODIES`), ledger accounting and error handling as in a worker.
-    Return the messages of the tasks it published, counted in the ledger but not sent: the caller sends them
-    (:func:`publish`) once it has a broker to send them to.
-
-    For the embedded runner: a pass whose root task covers the whole tree (a small tree, walked inline within
-    the task's budget) needs no worker, nor Celery. When the task did not complete (its context failed: the
-    hub gone) its own message is among those returned, so that a worker runs it again.
-
-    ``budget``: (entries, seconds) this task walks inline instead of the pass's ``inline_entries`` and
-    ``inline_seconds``; the messages it returns (its children's, its own) carry the pass's.
+def run_message(message: Message, hostname: str, send: Send,
+                dead_letter: Callable[[PassSpec, int], None] | None = None) -> None:
+    """Run one task message in this process without Celery: the same body (:data:`cmover.worker.bodies.TASKS`),
+    argument checks, ledger accounting and error handling as a Celery worker's task; the tasks it publishes go
+    to ``send``. Raises :class:`Rejected` for a message that is malformed, out of its roots or of an unknown
+    task (not to be run again), or whose children could not all be sent (to be run again).
+    For the embedded runner and its pool (:mod:`cmover.embedded.pool`).
     """
-    from cmover.worker.bodies import DIR_BODIES
+    from cmover.worker.bodies import TASKS
 
-    ctx.ledger.open_run(spec.run_id)
-    tid = task_id(spec.run_id, "dir", spec.start, 0)
-    ctx.ledger.enqueue(spec.run_id, tid)
-    name = TASK_NAMES[(spec.kind.value, "dir")]
-    spec_d = spec.as_dict()
-    args = [spec_d, to_wire(spec.start), None]
-    held: list[Message] = []
-    task_d = spec_d if budget is None else {**spec_d, "inline_entries": budget[0], "inline_seconds": budget[1]}
+    name, args, tid = message
+    factory = TASKS.get(name)
+    if factory is None or not isinstance(args, list) or not args:
+        log.error("rejected message %s of %s: not a cmover task message", tid, name)
+        raise Rejected("not a cmover task message", requeue=False)
     try:
-        _run_task(name, tid, "", task_d, args[1], DIR_BODIES[spec.kind.value](args[1], None),
-                  lambda spec_, ctx_: Emitter(spec_d, spec_, ctx_, held))
-    except _Rejected:
-        held.append((name, args, tid))
+        _signature(factory).bind(tid, *args[1:])
+    except TypeError as exc:
+        log.error("rejected message %s of %s: wrong arguments (%s)", tid, name, exc)
+        raise Rejected(f"wrong arguments: {exc}", requeue=False) from None
+    spec_d = args[0]
+    try:
+        _run_task(name, tid, hostname, spec_d, args[1], factory(tid, *args[1:]),
+                  lambda spec_, ctx_: Emitter(spec_d, spec_, ctx_, send), dead_letter)
     finally:
         logformat.clear_task()  # this process's later log lines belong to no task
-    return held
+
+
+@functools.lru_cache(maxsize=32)
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """A body factory's call signature, computed once (every message is checked against it)."""
+    return inspect.signature(fn)
 
 
 def _argsrepr(wire_args: Sequence[Any]) -> str:
@@ -206,11 +215,11 @@ def run_pass_task(task: Any, spec_d: Any, rel_wire: Any, body: Body) -> None:
         _run_task(task.name, task.request.id, str(getattr(task.request, "hostname", "") or ""), spec_d, rel_wire,
                   body, lambda spec, ctx: Emitter(spec_d, spec, ctx),
                   lambda spec, delivery: _dead_letter(task, spec, delivery))
-    except _Rejected as exc:
+    except Rejected as exc:
         raise Reject(exc.reason, requeue=exc.requeue) from None
 
 
-class _Rejected(Exception):
+class Rejected(Exception):
     """The message is rejected: ``requeue`` it (the task runs again later) or drop it."""
 
     def __init__(self, reason: str, requeue: bool) -> None:
@@ -229,7 +238,7 @@ def _broker_errors() -> tuple[type[BaseException], ...]:
 def _run_task(name: str, tid: str, hostname: str, spec_d: Any, rel_wire: Any, body: Body,
               emitter: Callable[[PassSpec, WorkerContext], Callable[[Job], None]],
               dead_letter: Callable[[PassSpec, int], None] | None = None) -> None:
-    """Run ``body`` for one delivery of task ``tid`` named ``name``; raises :class:`_Rejected`."""
+    """Run ``body`` for one delivery of task ``tid`` named ``name``; raises :class:`Rejected`."""
     ctx = get_context()
     try:
         spec = PassSpec.from_dict(spec_d)
@@ -238,7 +247,7 @@ def _run_task(name: str, tid: str, hostname: str, spec_d: Any, rel_wire: Any, bo
         ctx.check_spec(spec)
     except (ConfinementError, ConfigError) as exc:
         log.error("rejected message %s of %s: %s", tid, name, exc)
-        raise _Rejected(str(exc), requeue=False) from None
+        raise Rejected(str(exc), requeue=False) from None
     run_id = spec.run_id
     where = _describe(rel_wire)
     logformat.bind_task(spec.kind.value, run_id, where)  # cleared after the task (cmover.worker.hooks)
@@ -263,7 +272,7 @@ def _run_task(name: str, tid: str, hostname: str, spec_d: Any, rel_wire: Any, bo
         except _broker_errors() as exc:
             # Children may be unpublished: do not mark done; the broker hands the message out again.
             log.warning("broker trouble in %s (%s); requeued", tid, exc)
-            raise _Rejected(str(exc), requeue=True) from None
+            raise Rejected(str(exc), requeue=True) from None
         except PreflightError as exc:
             # A safety check inside the task failed (e.g. the source root vanished): loud, no traceback.
             log.error("%s (%s): %s", name, display(where), exc)
