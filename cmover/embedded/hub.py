@@ -348,7 +348,7 @@ def _the_hub() -> Hub:
 
 _HubManager.register("hub", callable=_the_hub)
 
-# Address and key of the running hub: set by start_hub() before the worker forks, so pool children
+# Address and key of the running hub: set by start_hub() before the pool forks, so pool processes
 # inherit them; each process connects on first use.
 _address: str | None = None
 _authkey: bytes | None = None

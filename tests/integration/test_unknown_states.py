@@ -221,9 +221,9 @@ def test_a_task_published_uncounted_makes_the_run_unknown_for_good(
     worker = InProcessWorker(None, None)
     worker.ctx.ledger = ledger
     worker.install(monkeypatch)
-    from cmover.worker.taskbase import seed
+    from cmover.worker.taskbase import publish, seed
 
-    seed(appmod.app, spec, worker.ctx)
+    seed(lambda messages: publish(appmod.app, messages), spec, worker.ctx)
     [(_, root_args, root)] = worker.sent
     sent: list[tuple[str, list[Any], str]] = []
 
