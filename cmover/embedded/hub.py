@@ -33,7 +33,7 @@ import time
 # thread of the parent held the import lock deadlocks the child. Import it before any fork.
 import xmlrpc.client
 from collections import Counter, deque
-from multiprocessing.managers import BaseManager
+from multiprocessing.managers import BaseManager, BaseProxy
 from typing import Any, BinaryIO
 
 from cmover.core.deletion import Deletion
@@ -353,6 +353,7 @@ _HubManager.register("hub", callable=_the_hub)
 _address: str | None = None
 _authkey: bytes | None = None
 _spill_dir: str | None = None  # where the hub's queues spill (start_hub), inherited by the hub process
+_token: Any = None  # the hub object on the manager's server (start_hub)
 _proxy: Any = None
 _proxy_lock = threading.Lock()
 _held = threading.local()  # .calls: the calls this thread holds (Client.hold)
@@ -398,6 +399,12 @@ def start_hub(spill_under: str | None = None) -> BaseManager:
         os.mkdir(_spill_dir, 0o700)
     manager = _HubManager(address=_address, authkey=_authkey, serializer="xmlrpclib")
     manager.start(initializer=_ignore_hangup)
+    # The run's one hub object, referenced by the server until it shuts down. Every process's proxy names it by
+    # this token and counts no references of its own: a process connects once, where a proxy made through the
+    # manager connects five times (connect, create, incref, decref, then its calls' connection), each with its
+    # own authentication and a thread in the hub (20 processes' worth of a small pass's syscalls).
+    global _token
+    _token, _ = manager._create("hub")  # type: ignore[attr-defined]
     return manager
 
 
@@ -425,12 +432,20 @@ def hub() -> Any:
         # No pid check: a forked child starts with no proxy (_after_fork_in_child), and asking the pid was a
         # syscall per hub call.
         if _proxy is None:
-            if _address is None:
+            if _token is None:
                 raise RuntimeError("embedded hub not started")
-            m = _HubManager(address=_address, authkey=_authkey, serializer="xmlrpclib")
-            m.connect()
-            _proxy = Client(m.hub())  # type: ignore[attr-defined]
+            _proxy = Client(_HubProxy(_token, "xmlrpclib", authkey=_authkey, incref=False, manager_owned=True))
         return _proxy
+
+
+class _HubProxy(BaseProxy):
+    """The hub object of the run through this thread's connection to the manager's server, opened on the first
+    call (:meth:`BaseProxy._callmethod`); a forked process opens its own."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args: self._callmethod(name, args)
 
 
 def send_held() -> None:
