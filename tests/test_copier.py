@@ -429,3 +429,72 @@ def test_xattrs_copied(env):
     os.setxattr(env.s("f"), b"user.cmover", b"\x00value\xff")
     env.copy("f")
     assert os.getxattr(env.d("f"), b"user.cmover") == b"\x00value\xff"
+
+
+# -- the no-change path (Copier.try_skip) ----------------------------------------------------------------
+
+def test_try_skip_skips_only_what_copy_entry_would_skip_and_never_looks_twice(env, monkeypatch):
+    """try_skip skips (and counts) an entry whose target lstat matches and whose ctimes the clean-pass proof
+    covers; otherwise it hands copy_entry what it found (None for no target), and copy_entry then makes no
+    second lstat of the target; with no proof, a hard link or a filter it does not look at all."""
+    from cmover.core.cleanpass import Proof
+    from cmover.engine.copier import Seen
+
+    build(env.src, {"same": File(b"x", **T), "xattr": File(b"y", **T), "new": File(b"z", **T),
+                    "linked": File(b"l", **T)})
+    os.link(env.s("linked"), env.s("linked2"))
+    for name in ("same", "xattr", "new", "linked"):
+        env.copy(name)
+    os.unlink(env.d("new"))
+    os.setxattr(env.s("xattr"), b"user.changed", b"1")  # moves the source ctime past the proof below
+    now = os.lstat(env.s("xattr")).st_ctime_ns
+    sfd = os.open(env.src, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = os.open(env.dst, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        tally: Counter = Counter()
+        copier = Copier(PosixFs(), env.filt, tally, proof=Proof(now, now + 10**12))
+        st = {n: os.lstat(env.s(n)) for n in ("same", "xattr", "new", "linked")}
+        assert copier.try_skip(dfd, "same", st["same"]) is Seen.SKIPPED and tally[C.SKIPPED] == 1
+        seen = {n: copier.try_skip(dfd, n, st[n]) for n in ("xattr", "new", "linked")}
+        assert isinstance(seen["xattr"], os.stat_result) and seen["new"] is None and seen["linked"] is Seen.UNSEEN
+        assert Copier(PosixFs(), env.filt, tally).try_skip(dfd, "same", st["same"]) is Seen.UNSEEN  # no proof
+        looked: list[str] = []
+        monkeypatch.setattr(fsio, "lstat_at", lambda fd, name: looked.append(name))
+        copier.copy_entry(sfd, dfd, "xattr", st["xattr"], b"xattr", seen["xattr"])
+        copier.copy_entry(sfd, dfd, "new", st["new"], b"new", seen["new"])
+        assert looked == [] and tally[C.META] == 1 and tally[C.COPIED] == 1 and tally[C.SKIPPED] == 1
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+    assert os.getxattr(env.d("xattr"), b"user.changed") == b"1" and os.path.exists(env.d("new"))
+
+
+def test_a_retried_entry_looks_at_its_target_again(make_spec, monkeypatch):
+    """The guard retries an entry after a transient errno; the retry decides from a fresh target lstat, not
+    from the one the no-change path handed to the first attempt (which may have changed the target)."""
+    from cmover.core.errors import TRANSIENT_ERRNOS
+    from cmover.engine import copier as copiermod
+    from cmover.engine import jobs
+
+    spec = make_spec()
+    src, dst = spec.src_root, spec.dst_root
+    build(src, {"f": File(b"data", **T)})
+    monkeypatch.setattr(jobs, "TRANSIENT_PAUSES", (0.0,))
+    calls: list[object] = []
+    real = copiermod.Copier.copy_entry
+
+    def flaky(self, src_dir_fd, dst_dir_fd, name, st, rel=None, dst_st=copiermod.Seen.UNSEEN):
+        calls.append(dst_st)
+        if len(calls) == 1:
+            raise OSError(next(iter(TRANSIENT_ERRNOS)), "transient")
+        return real(self, src_dir_fd, dst_dir_fd, name, st, rel, dst_st)
+
+    monkeypatch.setattr(copiermod.Copier, "copy_entry", flaky)
+    # As the no-change path finds it under a proof: no target yet (the first attempt creates it).
+    monkeypatch.setattr(copiermod.Copier, "try_skip", lambda self, dst_dir_fd, name, st: None)
+    from cmover.engine.copypass import CopyPass
+
+    tally: Counter = Counter()
+    CopyPass(spec, PosixFs(), tally, lambda f: pytest.fail(str(f)), lambda job: None).run_dir(b"")
+    assert calls == [None, copiermod.Seen.UNSEEN] and tally[C.COPIED] == 1
+    assert Path(os.fsdecode(os.path.join(dst, b"f"))).read_bytes() == b"data"

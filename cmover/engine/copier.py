@@ -26,6 +26,7 @@ and nothing here can leave the roots. It decides with :func:`cmover.engine.compa
 
 from __future__ import annotations
 
+import enum
 import os
 import secrets
 import shutil
@@ -52,6 +53,13 @@ from cmover.lustre.hsm import NONE, HsmState
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
+class Seen(enum.Enum):
+    """What :meth:`Copier.try_skip` knows of an entry's target besides its ``lstat``."""
+
+    UNSEEN = "not looked at"  # Copier.copy_entry looks
+    SKIPPED = "skipped"  # proven unchanged and counted: nothing else to do
+
+
 @dataclass(slots=True)
 class Copier:
     """Per-task state for copying entries: filesystem API, filter, the task's tally, hard-link handling."""
@@ -72,21 +80,49 @@ class Copier:
     # The clean-pass proof for the entries of the directory being handled (cmover.core.cleanpass); None when
     # that directory is not proven: every entry's attributes are compared in full.
     proof: Proof | None = None
+    # Whether an entry may be skipped by try_skip: no filter, HSM source or layout comparison to consult first.
+    _plain: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self._fast_map = self.idmap if self.idmap else None
+        self._plain = not (self.filt.has_size_window or self.filt.has_age_window or self.hsm is not None
+                           or self.fs.compares_layouts)
+
+    def try_skip(self, dst_dir_fd: int, name: str, st: os.stat_result) -> os.stat_result | None | Seen:
+        """The no-change path of non-directory entry ``name`` (fresh source ``lstat`` ``st``), before any
+        per-entry bookkeeping: :data:`SKIPPED` (counted; nothing else to do) when its target ``lstat`` is
+        :func:`~cmover.engine.compare.unchanged` and the clean-pass proof covers both sides (exactly the skip
+        :meth:`copy_entry` would make); otherwise what the target ``lstat`` found (None: no entry), or
+        :data:`UNSEEN` when this path does not apply (no proof, a filter, an HSM source, a layout policy to
+        compare, a hard link) or the ``lstat`` failed. Either is for :meth:`copy_entry`, which then does not
+        look at the target again."""
+        proof = self.proof
+        if proof is None or not self._plain or (st.st_nlink > 1 and stat.S_ISREG(st.st_mode)):
+            return Seen.UNSEEN
+        try:
+            dst_st = os.stat(name, dir_fd=dst_dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return Seen.UNSEEN  # copy_entry looks again, under the per-entry guard that handles the error
+        if st.st_ctime_ns < proof.src_before_ns and dst_st.st_ctime_ns < proof.dst_before_ns \
+                and unchanged(st, dst_st, self.can, self._fast_map):
+            self.tally[C.SKIPPED] += 1
+            return Seen.SKIPPED
+        return dst_st
 
     def _src(self, st: os.stat_result) -> Record:
         """The record of source entry ``st`` as its copy should be: owner and group mapped."""
         return self.idmap.record(Record.from_stat(st))
 
     def copy_entry(self, src_dir_fd: int, dst_dir_fd: int, name: str, st: os.stat_result,
-                   rel: bytes | None = None) -> None:
+                   rel: bytes | None = None, dst_st: os.stat_result | None | Seen = Seen.UNSEEN) -> None:
         """Copy non-directory entry ``name`` whose fresh source ``lstat`` is ``st``.
 
         ``rel`` (the entry's relative path) enables hard-link handling for regular files with more than
-        one name. Raises OSError or ItemError (the caller records a per-item failure) or
-        SourceChangedError.
+        one name. ``dst_st``: the target's ``lstat`` as :meth:`try_skip` found it (None: no entry); by
+        default (``Seen.UNSEEN``) it is looked at here. Raises OSError or ItemError (the caller records a
+        per-item failure) or SourceChangedError.
         """
         if self.filt.has_size_window and stat.S_ISREG(st.st_mode) and self.filt.size_skip(st.st_size):
             # Before any look at the target: whatever the target holds under this name is left as it is
@@ -112,16 +148,18 @@ class Copier:
             if self._chunked(src):
                 self.links.leader_chunked(st)
             try:
-                self._copy_entry(src_dir_fd, dst_dir_fd, name, st, rel)
+                self._copy_entry(src_dir_fd, dst_dir_fd, name, st, rel, dst_st)
             except BaseException:
                 self.links.leader_failed(st)
                 raise
             return
-        self._copy_entry(src_dir_fd, dst_dir_fd, name, st, rel)
+        self._copy_entry(src_dir_fd, dst_dir_fd, name, st, rel, dst_st)
 
     def _copy_entry(self, src_dir_fd: int, dst_dir_fd: int, name: str, st: os.stat_result,
-                    rel: bytes | None) -> None:
-        dst_st = fsio.lstat_at(dst_dir_fd, name)
+                    rel: bytes | None, seen: os.stat_result | None | Seen) -> None:
+        if seen is Seen.SKIPPED:
+            return
+        dst_st = fsio.lstat_at(dst_dir_fd, name) if seen is Seen.UNSEEN else seen
         hsm_act, state = Act.COPY, NONE
         if self.hsm is not None and stat.S_ISREG(st.st_mode):
             # Before anything reads a byte of it: a released file's data is only in the archive.

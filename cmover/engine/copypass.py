@@ -37,7 +37,7 @@ from cmover.core.record import Record
 from cmover.engine import metadata
 from cmover.engine.chunks import Chunker, ChunkJob, ChunkSpec
 from cmover.engine.claims import Claims
-from cmover.engine.copier import Copier
+from cmover.engine.copier import Copier, Seen
 from cmover.engine.filters import Filter
 from cmover.engine.hardlinks import HardLinker
 from cmover.engine.hsmcopy import HsmCopier
@@ -236,6 +236,8 @@ class CopyPass:
                                  excluded=self.filt.excluded if self.filt.excludes else None)
         subdirs = listing.subdirs
         self.walk.charge(len(listing.entries) + len(subdirs))
+        try_skip = self.copier.try_skip
+        tally = self.tally
         for entry in listing.entries:
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -248,13 +250,28 @@ class CopyPass:
             if stat.S_ISDIR(st.st_mode):
                 subdirs.append(os.fsencode(entry.name))
                 continue
-            self._entry(rel, src_fd, dst_fd, entry.name, st)
+            # The unchanged entry of a final pass costs its two lstats and no more (no path, no guard); the
+            # target's lstat is not made twice whatever the outcome.
+            seen = try_skip(dst_fd, entry.name, st)
+            if seen is Seen.SKIPPED:
+                tally[C.SCANNED] += 1
+                continue
+            self._entry(rel, src_fd, dst_fd, entry.name, st, seen)
         return subdirs
 
-    def _entry(self, rel: bytes, src_fd: int, dst_fd: int, name: str, st: os.stat_result) -> None:
+    def _entry(self, rel: bytes, src_fd: int, dst_fd: int, name: str, st: os.stat_result,
+               seen: os.stat_result | None | Seen = Seen.UNSEEN) -> None:
         self.tally[C.SCANNED] += 1
         path = join(rel, os.fsencode(name))
-        self.walk.guard(path, src_fd, name, lambda: self.copier.copy_entry(src_fd, dst_fd, name, st, path))
+
+        def work() -> None:
+            nonlocal seen
+            # A retry (the guard's, after a transient errno) looks at the target again: the first attempt may
+            # have changed it.
+            target, seen = seen, Seen.UNSEEN
+            self.copier.copy_entry(src_fd, dst_fd, name, st, path, target)
+
+        self.walk.guard(path, src_fd, name, work)
 
     # -- target directories -------------------------------------------------------------------------
 
