@@ -38,7 +38,7 @@ def install() -> None:
     log = logging.getLogger("cmover.faultseam")
     original = copier.Copier.copy_entry
 
-    def copy_entry(self, src_dir_fd, dst_dir_fd, name, st, rel=None):  # type: ignore[no-untyped-def]
+    def copy_entry(self, src_dir_fd, dst_dir_fd, name, st, rel=None, *more):  # type: ignore[no-untyped-def]
         if rel is not None and rel == poison_rel:
             log.warning("fault seam: %r kills its worker process %d", rel, os.getpid())
             for h in logging.getLogger().handlers:
@@ -49,7 +49,7 @@ def install() -> None:
             time.sleep(slow_s)
         if pace:
             time.sleep(pace)
-        return original(self, src_dir_fd, dst_dir_fd, name, st, rel)
+        return original(self, src_dir_fd, dst_dir_fd, name, st, rel, *more)
 
     copier.Copier.copy_entry = copy_entry  # type: ignore[method-assign]
 
