@@ -1,7 +1,7 @@
 """Task names and queue names of the passes: what a message is routed by, known without the Celery app.
 
 :mod:`cmover.app` routes with them; the code that publishes or runs tasks names them from here, so that a
-process that runs a task without Celery (the embedded runner, :func:`cmover.worker.taskbase.run_root_here`)
+process that runs a task without Celery (the embedded runner and its pool, :func:`cmover.worker.taskbase.run_message`)
 does not import it.
 """
 

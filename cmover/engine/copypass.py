@@ -114,6 +114,8 @@ class CopyPass:
                 self._repair_itself(rel, src_fd, dst_fd)
                 return
             deadline = time.monotonic() + self.spec.batch_seconds
+            try_skip = self.copier.try_skip
+            tally = self.tally
             for pos, bname in enumerate(todo):
                 if pos and time.monotonic() > deadline:
                     # Long enough for one task (consumer timeout): the rest becomes a batch of its own.
@@ -132,7 +134,11 @@ class CopyPass:
                     if self.spec.changes:
                         self._shallow_dir(join(rel, bname), src_fd, dst_fd)
                     continue  # became a directory since listing; its parent's next pass walks it
-                self._entry(rel, src_fd, dst_fd, name, st)
+                seen = try_skip(dst_fd, name, st)  # as in a listed directory (_entries)
+                if seen is Seen.SKIPPED:
+                    tally[C.SCANNED] += 1
+                    continue
+                self._entry(rel, src_fd, dst_fd, name, st, seen)
 
     def run_groups(self, groups: list[tuple[bytes, list[bytes]]]) -> None:
         """:meth:`run_files` for each (directory, names) pair of a batch job (:func:`cmover.engine.jobs.run_groups`)."""

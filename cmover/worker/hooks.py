@@ -1,10 +1,9 @@
-"""Celery signal handlers of cmover's workers (the distributed ``celery worker`` and the embedded runner).
+"""Celery signal handlers of cmover's distributed workers (``celery worker``; the embedded mode runs no Celery).
 
 Imported by every worker at start, before it sets up logging and forks its pool: the Celery app lists
 this module in its ``include`` (:mod:`cmover.app`), and Celery imports those modules when a worker is
-created (``WorkController.__init__`` -> ``loader.init_worker()``), for ``celery worker`` and the embedded
-runner's in-process worker alike. A process that only publishes or reads (the ``cmover`` commands) never
-imports it.
+created (``WorkController.__init__`` -> ``loader.init_worker()``). A process that only publishes or reads
+(the ``cmover`` commands) never imports it.
 
 * a worker started with ``--logfile`` writes it through a multi-process rotating handler, and every worker
   writes its log lines as ``LOG_FORMAT`` says (:mod:`cmover.core.logformat`); a record logged after a task
@@ -84,8 +83,8 @@ def _report_counts_at_exit(**_: Any) -> None:
 
 
 # -- a worker started during a pause -----------------------------------------------------------------------
-# celeryd_after_setup and worker_ready are sent by `celery worker` (celery.apps.worker) only, never by the
-# embedded runner's WorkController: an embedded run has no pause records.
+# celeryd_after_setup and worker_ready are sent by `celery worker` (celery.apps.worker); an embedded run has no
+# pause records and no Celery worker.
 
 #: Queues this worker process left out at start because their pass was paused (worker main process only).
 _held: list[str] = []
