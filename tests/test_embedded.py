@@ -366,3 +366,15 @@ def test_a_pass_its_root_task_completes_starts_no_pool(tmp_path: Path) -> None:
     assert doc["state"] == "complete" and doc["totals"]["tasks"] == 1 and doc["totals"]["files_copied"] >= 40
     assert doc["worker"] is False and doc["celery"] == []
     assert compare_trees(src, dst) == []
+
+
+def test_a_failing_task_imports_no_kombu_where_none_is_loaded() -> None:
+    """The error classes a task's failure is matched against (broker trouble: requeue) name kombu's only where
+    kombu is loaded: an embedded process, which never imports it, does not import it for a task that failed."""
+    code = ("import sys\nfrom cmover.worker.taskbase import _broker_errors\n"
+            "before = _broker_errors()\nloaded = 'kombu' in sys.modules\n"
+            "import kombu.exceptions\n"
+            "print(before == (ConnectionError,), loaded, kombu.exceptions.OperationalError in _broker_errors())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "False", "True"]

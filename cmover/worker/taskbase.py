@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -229,10 +230,13 @@ class Rejected(Exception):
 
 
 def _broker_errors() -> tuple[type[BaseException], ...]:
-    """What publishing raises when the broker is in trouble (kombu imported only when something was raised)."""
-    from kombu.exceptions import OperationalError
-
-    return OperationalError, ConnectionError
+    """What publishing raises when the broker is in trouble (asked only when something was raised). kombu's
+    error only where kombu is loaded: a process that never imported it (the embedded mode) cannot have
+    raised it, and does not import it for a task that failed."""
+    kombu_errors = sys.modules.get("kombu.exceptions")
+    if kombu_errors is None:
+        return (ConnectionError,)
+    return kombu_errors.OperationalError, ConnectionError
 
 
 def _run_task(name: str, tid: str, hostname: str, spec_d: Any, rel_wire: Any, body: Body,
