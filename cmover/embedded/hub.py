@@ -240,11 +240,6 @@ class Hub:
         with self._lock:
             return len(self._queues.get(queue, ()))
 
-    def purge(self, queue: str) -> int:
-        with self._lock:
-            q = self._queues.get(queue)
-            return q.clear() if q is not None else 0
-
     # ledger (see cmover.state.ledger)
     def open_run(self, run_id: str) -> None:
         self._ledger.open_run(run_id)

@@ -113,31 +113,31 @@ class EmbeddedSession:
         """
         from cmover.embedded.pool import HOSTNAME
         from cmover.worker.context import contexts
-        from cmover.worker.taskbase import Rejected, root_message, run_message, seed
+        from cmover.worker.taskbase import Message, Rejected, run_message, seed
 
         ctx = contexts.get()
         t0 = time.monotonic()
         pool = self.pool
-        if jobs is None and _root_is_small(spec):
+
+        def run_here(messages: Sequence[Message]) -> None:
             # This process runs the root directory task itself, as a pool process would: a small tree is done
             # with no pool at all; a larger one's tasks go to the pool, forked with the first of them, while
             # this process finishes its own share.
-            message = root_message(spec)
-            ctx.ledger.open_run(spec.run_id)
-            ctx.ledger.enqueue(spec.run_id, message[2])
             with fsio.keeping_roots():  # released at the end of the task: this process lives on
-                try:
-                    run_message(message, HOSTNAME, pool.send)
-                except Rejected as exc:
-                    if not exc.requeue:
-                        raise FatalError(f"the pass's root task was rejected: {exc.reason}") from None
-                    pool.send([message])  # its children could not all be sent: a pool process runs it again
-            if stop_event is not None and stop_event.is_set():
-                # Ctrl-C while this process walked: the pass ends here, whatever the pool has done meanwhile.
-                pool.stop(idle=False)
-                return self._result(spec, ctx, time.monotonic() - t0, "interrupted")
-        else:
-            seed(pool.send, spec, ctx, jobs)
+                for message in messages:
+                    try:
+                        run_message(message, HOSTNAME, pool.send)
+                    except Rejected as exc:
+                        if not exc.requeue:
+                            raise FatalError(f"the pass's root task was rejected: {exc.reason}") from None
+                        pool.send([message])  # its children could not all be sent: a pool process runs it again
+
+        here = jobs is None and _root_is_small(spec)
+        seed(run_here if here else pool.send, spec, ctx, jobs)
+        if here and stop_event is not None and stop_event.is_set():
+            # Ctrl-C while this process walked: the pass ends here, whatever the pool has done meanwhile.
+            pool.stop(idle=False)
+            return self._result(spec, ctx, time.monotonic() - t0, "interrupted")
         state = "complete"
         try:
             while True:

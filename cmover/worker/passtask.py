@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
+
+from cmover.worker.taskbase import signature
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +25,8 @@ class PassTask(Task):
         # A message with the wrong number of arguments would fail in the call itself, with a TypeError
         # and a traceback, before run_pass_task could look at it: reject it here, like any malformed one.
         try:
-            _signature(self.run).bind(*args, **kwargs)
+            signature(self.run).bind(*args, **kwargs)
         except TypeError as exc:
             log.error("rejected message %s of %s: wrong arguments (%s)", self.request.id, self.name, exc)
             raise Reject(f"wrong arguments: {exc}", requeue=False) from None
         return super().__call__(*args, **kwargs)
-
-
-@functools.lru_cache(maxsize=32)
-def _signature(run: Callable[..., Any]) -> inspect.Signature:
-    """A task's call signature, computed once per task (every delivery is checked against it)."""
-    return inspect.signature(run)

@@ -143,12 +143,6 @@ def job_task_id(spec: PassSpec, job: Job) -> str:
     return task_id(spec.run_id, kind, job.rel, job.index, job.ident())
 
 
-def root_message(spec: PassSpec) -> Message:
-    """The message of the root directory task of pass ``spec``."""
-    return (TASK_NAMES[(spec.kind.value, "dir")], [spec.as_dict(), to_wire(spec.start), None],
-            task_id(spec.run_id, "dir", spec.start, 0))
-
-
 def seed(send: Send, spec: PassSpec, ctx: WorkerContext, jobs: Sequence[Job] | None = None) -> str:
     """Open the run in the ledger and send (``send``) the pass's root directory task; return its task id.
 
@@ -161,10 +155,10 @@ def seed(send: Send, spec: PassSpec, ctx: WorkerContext, jobs: Sequence[Job] | N
         for job in jobs:
             emit(job)
         return ""
-    message = root_message(spec)
-    ctx.ledger.enqueue(spec.run_id, message[2])
-    send([message])
-    return message[2]
+    tid = task_id(spec.run_id, "dir", spec.start, 0)
+    ctx.ledger.enqueue(spec.run_id, tid)
+    send([(TASK_NAMES[(spec.kind.value, "dir")], [spec.as_dict(), to_wire(spec.start), None], tid)])
+    return tid
 
 
 def run_message(message: Message, hostname: str, send: Send,
@@ -183,7 +177,7 @@ def run_message(message: Message, hostname: str, send: Send,
         log.error("rejected message %s of %s: not a cmover task message", tid, name)
         raise Rejected("not a cmover task message", requeue=False)
     try:
-        _signature(factory).bind(tid, *args[1:])
+        signature(factory).bind(tid, *args[1:])
     except TypeError as exc:
         log.error("rejected message %s of %s: wrong arguments (%s)", tid, name, exc)
         raise Rejected(f"wrong arguments: {exc}", requeue=False) from None
@@ -196,8 +190,8 @@ def run_message(message: Message, hostname: str, send: Send,
 
 
 @functools.lru_cache(maxsize=32)
-def _signature(fn: Callable[..., Any]) -> inspect.Signature:
-    """A body factory's call signature, computed once (every message is checked against it)."""
+def signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """The call signature of a task or body factory, computed once (every message is checked against it)."""
     return inspect.signature(fn)
 
 
