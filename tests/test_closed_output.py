@@ -110,6 +110,9 @@ def test_terminal_closed_mid_pass(tmp_path: Path, cfg: Path, kind: str) -> None:
 
 _TEARDOWN_SCRIPT = r"""
 import multiprocessing.util, os, sys, threading
+sys.path.insert(0, os.environ["SEAMS_DIR"])
+import seams
+seams.install()  # CMFAULT_PACE: every entry takes a moment, so that the pass outlasts the interrupt's tick
 from cmover.embedded.runner import run_embedded
 from cmover.core.passes import PassKind
 from cmover.engine.planner import PassOptions, create_target_root, plan, preflight
@@ -149,9 +152,11 @@ def test_embedded_run_leaves_nothing_for_exit_handlers(tmp_path: Path, how: str)
     exit is prompt. Before: the pool processes were only signalled and their finalizer left registered; at
     exit it could wait for ever on a queue lock a killed process held."""
     src, dst = tmp_path / "src", tmp_path / "dst"
-    random_tree(src, seed=14, n_files=3000 if how == "interrupt" else 200, n_dirs=100, max_size=4096)
+    random_tree(src, seed=14, n_files=1000 if how == "interrupt" else 200, n_dirs=100, max_size=4096)
+    env = dict(os.environ, SEAMS_DIR=str(Path(__file__).parent / "faults"),
+               CMFAULT_PACE="0.001" if how == "interrupt" else "")
     o = close_output([sys.executable, "-c", _TEARDOWN_SCRIPT, "copy", str(src), str(dst), how], read=100,
-                     env=dict(os.environ), cwd=tmp_path)
+                     env=env, cwd=tmp_path)
     assert o.returncode == 0 and o.stderr == "", o.explain()
     state, children, finalizers = o.got.decode().split()
     assert (state, children, finalizers) == ("interrupted" if how == "interrupt" else "complete", "none", "0")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from multiprocessing.managers import RemoteError
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from support.tree import random_tree
 
 from cmover.core.passes import PassKind, PassSpec
 from cmover.embedded import hub as hubmod
-from cmover.embedded import packing
+from cmover.embedded import packing, wire
 
 
 @pytest.fixture
@@ -38,11 +39,29 @@ def test_queued_messages_are_kept_compact_and_come_back_exactly():
     spec = PassSpec(run_id="copy-x", kind=PassKind.COPY, src_root=b"/s" * 200, dst_root=b"/d")
     msg = ("cmover.copy.files", [spec.as_dict(), "d/e", ["f1", "caf\u00e9"], None], "t1")
     packed = packing.pack(msg)
-    assert len(packed.data) < len(json.dumps(msg)) / 3
-    assert packing.unpack(packed) == msg and packing.unpack(packed.data) == msg
-    for junk in (b"", b"not zlib", packing.pack(("n", "not a list", "t")).data, packing.pack((1, [], "t")).data):
+    assert isinstance(packed, bytes) and len(packed) < len(json.dumps(msg)) / 3
+    assert packing.unpack(packed) == msg
+    for junk in (b"", b"not zlib", packing.pack(("n", "not a list", "t")), packing.pack((1, [], "t"))):
         with pytest.raises(ValueError):
             packing.unpack(junk)
+
+
+def test_the_hub_wire_carries_json_values_and_bytes_exactly(hub_running):
+    """What crosses the hub's connections comes back as sent: bytes as bytes (also inside lists and dicts),
+    integers beyond 64 bits, names that are not UTF-8 (surrogate-escaped); a value JSON cannot hold is a
+    TypeError on the sender's side, and a bad call is the caller's error, not a hung connection."""
+    name = os.fsdecode(b"caf\xe9-\xff")
+    value = [b"\0\xff" * 300, {"k": b"", "n": 1 << 70, "\u00e9": [name, None, -1]}, "", 2.5]
+    assert wire.loads(wire.dumps(value)) == value
+    assert wire.loads(wire.dumps({"\0": "x", "y": 1})) == {"\0": "x", "y": 1}  # only a one-key dict is bytes
+    with pytest.raises(TypeError):
+        wire.dumps([object()])
+    h = hubmod.hub()
+    h.put("cmover.test.files", value[0])
+    assert h.take(["cmover.test.files"], 0.0, "p")[1] == value[0]
+    with pytest.raises(RemoteError, match=r"TypeError: .*take\(\) missing"):
+        h.take()  # wrong arity: the hub answers with the error
+    assert h.size("cmover.test.files") == 0  # and the connection still works
 
 
 def test_a_message_handed_out_returns_unless_acknowledged(hub_running):
@@ -51,22 +70,22 @@ def test_a_message_handed_out_returns_unless_acknowledged(hub_running):
     Queues are asked in the order given; an empty wait returns None."""
     h = hubmod.hub()
     for n in (1, 2, 3):
-        h.put("cmover.test.files", packing.xmlrpc.client.Binary(b"m%d" % n))
-    h.put("cmover.test.dirs", packing.xmlrpc.client.Binary(b"d"))
+        h.put("cmover.test.files", b"m%d" % n)
+    h.put("cmover.test.dirs", b"d")
     tag, payload = h.take(["cmover.test.dirs", "cmover.test.files"], 0.0, "p1")
-    assert payload.data == b"d"
+    assert payload == b"d"
     h.ack(tag)
     tag1, payload = h.take(["cmover.test.dirs", "cmover.test.files"], 0.0, "p1")
-    assert payload.data == b"m1"
+    assert payload == b"m1"
     h.requeue(tag1)
     tag1, payload = h.take(["cmover.test.files"], 0.0, "p1")
     tag2, payload2 = h.take(["cmover.test.files"], 0.0, "p2")
-    assert (payload.data, payload2.data) == (b"m1", b"m2")
+    assert (payload, payload2) == (b"m1", b"m2")
     assert h.requeue_owner("p1") == 1 and h.requeue_owner("p1") == 0
     assert h.take(["cmover.test.files"], 0.0, "p1") is None  # dead: handed nothing
     h.ack(tag1)  # a late acknowledgement of a message given back changes nothing
     got = [h.take(["cmover.test.files"], 0.0, "p3") for _ in range(2)]
-    assert [g[1].data for g in got] == [b"m1", b"m3"]
+    assert [g[1] for g in got] == [b"m1", b"m3"]
     assert h.take(["cmover.test.files"], 0.05, "p3") is None
     assert h.size("cmover.test.files") == 0
 
@@ -108,12 +127,12 @@ def test_hub_spills_queued_messages_under_the_given_directory_and_removes_them(t
         h = hubmod.hub()
         sent = [os.urandom(100) for _ in range(300)]
         for m in sent:
-            h.put("cmover.test.dirs", packing.xmlrpc.client.Binary(m))
+            h.put("cmover.test.dirs", m)
         (spill,) = (tmp_path / "state").iterdir()
         assert sum(f.stat().st_size for f in spill.iterdir()) > 200 * 100
         assert h.size("cmover.test.dirs") == 300
         got = [h.take(["cmover.test.dirs"], 0.0, "p")[1] for _ in range(300)]
-        assert [g.data for g in got] == sent and h.take(["cmover.test.dirs"], 0.0, "p") is None
+        assert got == sent and h.take(["cmover.test.dirs"], 0.0, "p") is None
     finally:
         hubmod.stop_hub(manager)
     assert list((tmp_path / "state").iterdir()) == []

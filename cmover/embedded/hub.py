@@ -11,8 +11,8 @@ Queued messages beyond :data:`MEMORY_BYTES` per queue wait in a file of the hub'
 so that the hub's memory stays bounded however many tasks a pass queues (a full copy of 10^5 directories
 queues about that many directory tasks at once).
 
-The manager uses the ``xmlrpclib`` serializer, not pickle, and only strings, bytes and small integers
-cross it: messages travel as their compressed JSON (:mod:`cmover.embedded.packing`). It listens on a Unix
+The manager's connections carry JSON (:mod:`cmover.embedded.wire`), never pickle: strings, integers, lists,
+dicts and bytes; messages travel as their compressed JSON (:mod:`cmover.embedded.packing`). It listens on a Unix
 socket in a private directory with a random key, and lives only as long as the run.
 """
 
@@ -28,10 +28,6 @@ import struct
 import tempfile
 import threading
 import time
-
-# multiprocessing imports xmlrpc.client lazily; importing it in a pool child forked while another
-# thread of the parent held the import lock deadlocks the child. Import it before any fork.
-import xmlrpc.client
 from collections import Counter, deque
 from multiprocessing.managers import BaseManager, BaseProxy
 from typing import Any, BinaryIO
@@ -41,6 +37,7 @@ from cmover.core.difference import Difference
 from cmover.core.failure import Failure
 from cmover.core.hsmrecord import HsmRecord, hsm_list
 from cmover.core.settings import Settings
+from cmover.embedded.wire import SERIALIZER
 from cmover.state.errorlist import MEMORY_LIMIT, MemoryErrors, Records, deleted_list, differences_list
 from cmover.state.hsmlist import HsmFile
 from cmover.state.ledger import MemoryLedger
@@ -164,8 +161,6 @@ class Hub:
 
     # queues
     def put(self, queue: str, payload: Any) -> None:
-        if isinstance(payload, xmlrpc.client.Binary):
-            payload = payload.data  # kept as plain bytes: a Binary object costs 150 bytes more per message
         with self._lock:
             self._queue(queue).append(payload)
             self._message.notify()
@@ -392,7 +387,7 @@ def start_hub(spill_under: str | None = None) -> BaseManager:
             log.debug("queued tasks spill to %s, not %s (%s)", sockdir, spill_under, exc.strerror or exc)
     if _spill_dir == os.path.join(sockdir, "spill"):
         os.mkdir(_spill_dir, 0o700)
-    manager = _HubManager(address=_address, authkey=_authkey, serializer="xmlrpclib")
+    manager = _HubManager(address=_address, authkey=_authkey, serializer=SERIALIZER)
     manager.start(initializer=_ignore_hangup)
     # The run's one hub object, referenced by the server until it shuts down. Every process's proxy names it by
     # this token and counts no references of its own: a process connects once, where a proxy made through the
@@ -429,7 +424,7 @@ def hub() -> Any:
         if _proxy is None:
             if _token is None:
                 raise RuntimeError("embedded hub not started")
-            _proxy = Client(_HubProxy(_token, "xmlrpclib", authkey=_authkey, incref=False, manager_owned=True))
+            _proxy = Client(_HubProxy(_token, SERIALIZER, authkey=_authkey, incref=False, manager_owned=True))
         return _proxy
 
 
