@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cmover import lustre
 from cmover.cli._common import load, note
@@ -45,8 +45,10 @@ from cmover.engine.jobs import Job
 from cmover.journal.base import Reading, Rename, Untrusted, touched
 from cmover.journal.local import LocalJournal
 from cmover.journal.store import prune
-from cmover.lustre.chjournal import LustreJournal
 from cmover.lustre.detect import fs_type
+
+if TYPE_CHECKING:
+    from cmover.lustre.chjournal import LustreJournal
 
 #: Filesystems whose changes a local fanotify mark does not see (made on other nodes): never watched.
 _NETWORK_FS = {0x0BD00BD0: "Lustre", 0x6969: "NFS", 0xFF534D42: "CIFS", 0xFE534D42: "SMB2", 0x47504653: "GPFS",
@@ -103,7 +105,7 @@ def prepare(kind: PassKind, spec: PassSpec, settings: Settings, mode: str | None
             raise ConfigError(f"--changes applies to the copy, delete and dirtime passes, not {kind.value}")
         return Journaled(spec, None, now, False)
     found = lustre.get_changelogs(spec.src_root, dict(settings.changelog_users), settings.lustreapi)
-    chl = found if isinstance(found, LustreJournal) else None
+    chl = None if found is None or isinstance(found, str) else found
     journal = LocalJournal(settings.changes_path(), spec.src_root)
     has = chl.configured if chl is not None else journal.exists()
     if not mode:

@@ -20,12 +20,15 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from cmover.lustre import changelog, detect, hsm, llapi
+from cmover.lustre import detect, hsm, llapi
 from cmover.lustre.base import FsApi, FsInfo, PosixFs
-from cmover.lustre.chjournal import LustreJournal
 from cmover.lustre.hsm import Hsm
 from cmover.lustre.layout import POLICIES, Layout, check_policy
+
+if TYPE_CHECKING:  # imported when a Lustre source's changelogs are asked for: not every command's cost
+    from cmover.lustre.chjournal import LustreJournal
 
 __all__ = ["FsApi", "FsInfo", "Layout", "POLICIES", "PosixFs", "check_policy", "describe", "get_changelogs",
            "get_fs", "get_hsm", "mdt_count", "path_layout", "probe"]
@@ -136,6 +139,9 @@ def get_changelogs(src_root: bytes, users: dict[str, str], library: str = "") ->
     info = probe(src_root, library)
     if not info.handled:
         return f"the source is on Lustre but {info.note}" if info.lustre else None
+    from cmover.lustre import changelog
+    from cmover.lustre.chjournal import LustreJournal
+
     lib, _ = llapi.load(library)
     chl = changelog.bind(lib) if lib is not None else None
     if chl is None:
