@@ -18,7 +18,6 @@ socket in a private directory with a random key, and lives only as long as the r
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -286,20 +285,20 @@ class Hub:
             raise ValueError(f"no hub call {name}")
         return getattr(self, name)(*args)
 
-    # counters and errors, as JSON text (XML-RPC integers stop at 2**31)
-    def stats_add(self, run_id: str, tally_json: str) -> None:
-        self._stats.add(run_id, Counter(json.loads(tally_json)))
+    # counters and errors
+    def stats_add(self, run_id: str, tally: dict[str, int]) -> None:
+        self._stats.add(run_id, Counter(tally))
 
-    def stats_totals(self, run_id: str) -> str:
-        return json.dumps(self._stats.totals(run_id))
+    def stats_totals(self, run_id: str) -> dict[str, int] | None:
+        return self._stats.totals(run_id)
 
-    def errors_record(self, run_id: str, failures_json: str) -> None:
+    def errors_record(self, run_id: str, failures: list[dict[str, Any]]) -> None:
         # Kept in their wire form: failures, or deletions in a deletion list; the reader decodes them.
-        self._errors.record(run_id, json.loads(failures_json))
+        self._errors.record(run_id, failures)
 
-    def errors_read(self, run_id: str, limit: int) -> str:
+    def errors_read(self, run_id: str, limit: int) -> dict[str, Any]:
         items, count = self._errors.items(run_id, limit)
-        return json.dumps({"items": items, "count": count})
+        return {"items": items, "count": count}
 
 
 #: Hub calls a client may hold and send with its next call (:meth:`Hub.batch`): a child task counted in the
@@ -473,10 +472,11 @@ class HubStats:
     """StatsSink over the hub."""
 
     def add(self, run_id: str, tally: Counter[str], node: str = "", began: float = 0.0) -> None:
-        hub().hold("stats_add", run_id, json.dumps(dict(tally)))  # with the task's done
+        hub().hold("stats_add", run_id, dict(tally))  # with the task's done
 
     def totals(self, run_id: str) -> dict[str, int] | None:
-        return {str(k): int(v) for k, v in json.loads(hub().stats_totals(run_id)).items()}
+        totals = hub().stats_totals(run_id)
+        return None if totals is None else {str(k): int(v) for k, v in totals.items()}
 
     def flush(self) -> None:
         send_held()  # an add is held until the task's done; a process that exits sends what it still holds
@@ -486,25 +486,25 @@ class HubErrors:
     """Error list over the hub."""
 
     def record(self, run_id: str, failures: Records) -> None:
-        hub().hold("errors_record", run_id, json.dumps([f.as_dict() for f in failures]))  # with the task's done
+        hub().hold("errors_record", run_id, [f.as_dict() for f in failures])  # with the task's done
 
     def read(self, run_id: str, limit: int = 1000) -> tuple[list[Failure], int]:
-        data = json.loads(hub().errors_read(run_id, limit))
+        data = hub().errors_read(run_id, limit)
         return [Failure.from_dict(d) for d in data["items"]], int(data["count"])
 
     def read_deleted(self, run_id: str, limit: int = 1000) -> tuple[list[Deletion], int]:
         """The deletion list of delete pass ``run_id``."""
-        data = json.loads(hub().errors_read(deleted_list(run_id), limit))
+        data = hub().errors_read(deleted_list(run_id), limit)
         return [Deletion.from_dict(d) for d in data["items"]], int(data["count"])
 
     def read_hsm(self, run_id: str) -> list[HsmRecord]:
         """The HSM list of copy run ``run_id`` as kept in the hub (a session without settings)."""
-        data = json.loads(hub().errors_read(hsm_list(run_id), MEMORY_LIMIT))
+        data = hub().errors_read(hsm_list(run_id), MEMORY_LIMIT)
         return [HsmRecord.from_dict(d) for d in data["items"]]
 
     def read_differences(self, run_id: str, limit: int = 1000) -> tuple[list[Difference], int]:
         """The differences list of verify pass ``run_id``."""
-        data = json.loads(hub().errors_read(differences_list(run_id), limit))
+        data = hub().errors_read(differences_list(run_id), limit)
         return [Difference.from_dict(d) for d in data["items"]], int(data["count"])
 
 
