@@ -258,3 +258,15 @@ def test_first_report_rate_counts_from_when_the_work_began(monkeypatch):
     w.add(run_id, Counter({C.COPIED: 300}), began=1970.0)  # 300 files in the 30 s before the first report
     rec = MemcacheStats(_client).workers(run_id)[0]
     assert rec.since == 1970.0 and rec.rate(C.COPIED) == 10.0
+
+
+def test_wait_looks_often_at_first_and_at_most_every_probe_later():
+    """`wait` reads the ledger PROBE_MIN apart at first (a small pass is seen complete moments after its end),
+    then a hundredth of the time waited, never less often than every PROBE (a pass of hours: 50 reads a second)."""
+    from cmover.ops.status import PROBE, PROBE_MIN, probe_after
+
+    assert probe_after(0.0) == PROBE_MIN == 0.002
+    assert probe_after(1.0) == pytest.approx(0.01)
+    assert probe_after(3600.0) == PROBE == 0.02
+    waits = [probe_after(t / 10) for t in range(100)]
+    assert waits == sorted(waits)

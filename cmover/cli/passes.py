@@ -166,7 +166,7 @@ def cmd_pass(args: argparse.Namespace) -> int:
     settings = load(args, optional=True)
     check_jobs(args)
     if settings.broker_configured and not args.embedded:
-        return pass_distributed(kind, args, settings)[0]
+        exit_now(pass_distributed(kind, args, settings)[0])
     from cmover.embedded.runner import EmbeddedSession
 
     with contextlib.ExitStack() as stack:
@@ -235,8 +235,13 @@ def _manifest_of(spec: Any) -> str:
 
 
 def exit_now(rc: int) -> NoReturn:
-    """Leave at once after an embedded run: its pool and hub are gone, so a normal exit would also be prompt,
-    but it would still spend ~0.1 s finalizing Celery's threads and modules (measured)."""
+    """Leave at once after a pass, its output flushed. Embedded, its pool and hub are gone already;
+    distributed, the command's broker connection is closed first (the broker sees a client leave, not a
+    lost one). A normal exit would then only finalize modules and threads: 30 ms after a distributed pass
+    (measured), for nothing."""
+    broker = sys.modules.get("cmover.ops.broker")  # loaded only by a command that talked to the broker
+    if broker is not None:
+        broker.close()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -415,10 +420,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     if not args.wait:
         print(f"started {spec.kind.value} pass {spec.run_id} at {os.fsdecode(spec.src_root)}/"
               f"{os.fsdecode(spec.start)} -> {os.fsdecode(spec.dst_root)}")
-        return EXIT_OK
+        exit_now(EXIT_OK)
     rc, totals = wait_and_report(settings, spec.kind.value, spec.run_id, args.json, _manifest_of(spec),
                                  spec if j.jobs is None else None)
     # Only a pass waited for is recorded as clean: nobody sees the end of one started without --wait.
     record_if_clean(settings, j, "complete" if rc == EXIT_OK else "not clean", totals, 0)
-    return rc
+    exit_now(rc)
 

@@ -82,6 +82,4 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 copies += 1
                 if copies == 1 and (totals.get(C.LINK_DEFERRED) or totals.get(C.CHANGED)):
                     steps.insert(0, PassKind.COPY)
-    if embedded and sessions:
-        exit_now(rc)
-    return rc
+    exit_now(rc)

@@ -6,10 +6,16 @@ management statistics). A queue that was never declared answers it with the chan
 (404): nothing was ever published to it, it holds 0 messages. Any other failure -- connection refused or
 reset, a timeout, access refused, a locked queue -- is :class:`BrokerUnreadable`: the depth is not known,
 and whoever decides completion must say "unknown", never read it as 0.
+
+A command talks to the broker through one connection (:func:`link`): the check before a pass, the
+pass's publication and every later reading share it, and :func:`close` ends it.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from amqp.exceptions import NotFound
@@ -35,6 +41,47 @@ class BrokerUnreadable(FatalError):
         self.reason = reason
 
 
+_link: Any = None  # this process's connection to the broker (see link)
+_link_lock = threading.RLock()  # one user at a time: a kombu connection is not thread-safe (the exporter's scrapes)
+
+
+@contextmanager
+def link() -> Iterator[Any]:
+    """This process's connection to the broker, connected on first use and kept until :func:`close`.
+
+    Each new connection is an AMQP handshake and a login (3-8 ms here): a distributed pass's command opened
+    four (the check, the publication, the queue depths when the pass was seen complete, its error list)
+    before they shared this one. On any error inside, the connection is dropped (no I/O on it) and the error
+    goes on: the next use connects afresh, so a broker restarted while a command waits is simply read again.
+    """
+    global _link
+    with _link_lock:
+        if _link is None:
+            _link = appmod.app.connection_for_write()
+        try:
+            yield _link
+        except BaseException:
+            broken, _link = _link, None
+            try:
+                broken.collect()
+            except Exception:
+                pass  # already gone: nothing to release
+            raise
+
+
+def close() -> None:
+    """Close this process's broker connection, if open, with the protocol's close (the broker logs no lost
+    client); safe to call at any time and more than once."""
+    global _link
+    with _link_lock:
+        conn, _link = _link, None
+    if conn is not None:
+        try:
+            conn.release()
+        except Exception:
+            pass  # a connection that fails as it closes is closed
+
+
 def _host() -> str:
     try:
         return appmod.settings().broker_host or "?"
@@ -50,7 +97,7 @@ def check_broker(settings: Settings) -> None:
     """Connect once to the broker; ConfigError with the fix when it cannot be reached."""
     settings.broker_url()  # missing password file etc. -> ConfigError
     try:
-        with appmod.app.connection() as conn:
+        with link() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=5)
     except Exception as exc:
         raise ConfigError(f"cannot reach the broker at {settings.broker_host} ({exc}); {FIX}") from None
@@ -73,7 +120,7 @@ def _depth(conn: Any, queue: str) -> int:
 
 def _depths(queues: list[str], what: str) -> dict[str, int]:
     try:
-        with appmod.app.connection_for_read() as conn:
+        with link() as conn:
             return {q: _depth(conn, q) for q in queues}
     except Exception as exc:
         raise BrokerUnreadable(what, _reason(exc)) from None
@@ -98,7 +145,7 @@ def read_list(name: str, limit: int = 10_000) -> tuple[list[Failure], int]:
     from cmover.state.errorlist import BrokerErrors
 
     try:
-        return BrokerErrors(appmod.app).read(name, limit)
+        return BrokerErrors(appmod.app, link).read(name, limit)
     except Exception as exc:
         raise BrokerUnreadable(f"the list {name}", _reason(exc)) from None
 
@@ -109,7 +156,7 @@ def read_deleted(run_id: str, limit: int = 10_000) -> tuple[list[Deletion], int]
     from cmover.state.errorlist import BrokerErrors, deleted_list
 
     try:
-        return BrokerErrors(appmod.app).read_deleted(run_id, limit)
+        return BrokerErrors(appmod.app, link).read_deleted(run_id, limit)
     except Exception as exc:
         raise BrokerUnreadable(f"the list {deleted_list(run_id)}", _reason(exc)) from None
 
@@ -120,7 +167,7 @@ def read_hsm(run_id: str) -> list[HsmRecord]:
     from cmover.state.errorlist import BrokerErrors
 
     try:
-        return BrokerErrors(appmod.app).read_hsm(run_id)
+        return BrokerErrors(appmod.app, link).read_hsm(run_id)
     except Exception as exc:
         raise BrokerUnreadable(f"the HSM list of {run_id}", _reason(exc)) from None
 
@@ -131,7 +178,7 @@ def read_differences(run_id: str, limit: int = 10_000) -> tuple[list[Difference]
     from cmover.state.errorlist import BrokerErrors, differences_list
 
     try:
-        return BrokerErrors(appmod.app).read_differences(run_id, limit)
+        return BrokerErrors(appmod.app, link).read_differences(run_id, limit)
     except Exception as exc:
         raise BrokerUnreadable(f"the list {differences_list(run_id)}", _reason(exc)) from None
 
@@ -141,6 +188,5 @@ def stop() -> None:
     appmod.app.control.broadcast("shutdown")
 
 
-__all__ = ["BrokerUnreadable", "check_broker", "queue_depths", "dead_letter_depth", "read_list", "read_deleted",
-           "read_differences", "stop",
-           "FIX"]
+__all__ = ["BrokerUnreadable", "link", "close", "check_broker", "queue_depths", "dead_letter_depth", "read_list",
+           "read_deleted", "read_differences", "stop", "FIX"]

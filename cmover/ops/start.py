@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from cmover import app as appmod
 from cmover.core.errors import FatalError
@@ -11,9 +11,12 @@ from cmover.core.passes import PassSpec
 from cmover.core.settings import Settings
 from cmover.engine.jobs import Job
 from cmover.ops import runs
-from cmover.ops.broker import check_broker
+from cmover.ops.broker import check_broker, link
 from cmover.state.ledger import LedgerLost
 from cmover.worker.context import get_context
+
+if TYPE_CHECKING:
+    from cmover.worker.taskbase import Message
 
 
 def start(settings: Settings, spec: PassSpec, jobs: Sequence[Job] | None = None, how: str = "") -> str:
@@ -21,16 +24,24 @@ def start(settings: Settings, spec: PassSpec, jobs: Sequence[Job] | None = None,
     root task id (with ``jobs``, a journal-driven pass: those are seeded instead, see ``seed``). ConfigError
     when the broker cannot be reached, FatalError when memcached cannot: a pass
     is never published without the ledger that tells when it is complete."""
-    from cmover.worker.taskbase import publish, seed
+    from cmover.worker.taskbase import seed
 
     check_broker(settings)
     ctx = get_context()
     try:
         runs.record_start(settings, spec, how)
-        return seed(functools.partial(publish, appmod.app), spec, ctx, jobs)
+        return seed(_send, spec, ctx, jobs)
     except (TimeoutError, OSError, LedgerLost) as exc:
         raise FatalError(f"memcached at {settings.memcached} is unreachable ({exc}); start it (memcached -M) "
                          "or fix MEMCACHED in config.py: passes cannot be tracked without it") from None
+
+
+def _send(messages: Sequence[Message]) -> None:
+    """Publish on the command's broker connection, the one its check opened."""
+    from cmover.worker.taskbase import publish
+
+    with link() as conn:
+        publish(appmod.app, messages, connection=conn)
 
 
 __all__ = ["start"]

@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from cmover.core.deletion import Deletion
@@ -118,10 +118,15 @@ class MemoryErrors:
 
 
 class BrokerErrors:
-    """Failures as persistent messages on the durable queue ``cmover.errors.<run_id>``."""
+    """Failures as persistent messages on the durable queue ``cmover.errors.<run_id>``.
 
-    def __init__(self, app: Any) -> None:
+    ``connect``: a context manager giving the connection the lists are read through (a command's one
+    connection, :func:`cmover.ops.broker.link`); default a new connection per reading.
+    """
+
+    def __init__(self, app: Any, connect: Callable[[], AbstractContextManager[Any]] | None = None) -> None:
         self.app = app
+        self._connect = connect or app.connection_for_read
 
     def record(self, run_id: str, failures: Records) -> None:
         # Deletions, differences and HSM records travel in the same envelope ("failures" names the records of any list).
@@ -161,7 +166,7 @@ class BrokerErrors:
         """The list's messages, each with its failures, read without acknowledging: whatever the caller
         does not ``ack()`` returns to the queue when the channel closes (no queue: nothing recorded)."""
         q = errors_queue(run_id)
-        with self.app.connection_for_read() as conn:
+        with self._connect() as conn:
             channel = conn.channel()
             try:
                 try:

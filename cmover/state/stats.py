@@ -61,10 +61,11 @@ class MemoryStats:
 
 #: Seconds a process stays without a new task before :class:`BatchedStats` reports what it holds. A pass is
 #: complete for `status` and `--wait` only once every count has been reported, so this is a delay at the
-#: end of every distributed pass: 0.25 s was most of a small pass (a 10-file pass: 0.50 s, its task 9 ms).
-#: A busy process takes its next task within a millisecond or two of the last, so a short wait still
-#: reports once per quiet spell, not per task (a report is a few memcached operations).
-REPORT_IDLE = 0.02
+#: end of every distributed pass: 0.25 s was most of a small pass (a 10-file pass: 0.50 s, its task 9 ms),
+#: and 0.02 s was still a tenth of it (0.20 s). A busy process takes its next task within a millisecond or
+#: two of the last, so a short wait still reports once per quiet spell, not per task (a report is a few
+#: memcached operations).
+REPORT_IDLE = 0.005
 
 
 class BatchedStats:

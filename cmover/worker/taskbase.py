@@ -123,10 +123,11 @@ class Emitter:
             publish(_app(), [message])
 
 
-def publish(app: Any, messages: Sequence[Message]) -> None:
-    """Send task messages (each counted in the ledger already) through the Celery ``app``."""
+def publish(app: Any, messages: Sequence[Message], connection: Any = None) -> None:
+    """Send task messages (each counted in the ledger already) through the Celery ``app``: on ``connection``
+    when given (a command's own, :func:`cmover.ops.broker.link`), else on one of the app's pool."""
     for name, args, tid in messages:
-        app.send_task(name, args=args, task_id=tid, argsrepr=_argsrepr(args[1:]))
+        app.send_task(name, args=args, task_id=tid, argsrepr=_argsrepr(args[1:]), connection=connection)
 
 
 def _app() -> Any:
