@@ -497,3 +497,28 @@ def test_status_node_table_of_each_pass_shows_its_own_counters():
         "node", "processes", "active", "dirs", "scanned", "would delete", "kept", "failed", "dirs/s", "last report"]
     assert header("dirtime", {"dir_times_set": 9}) == [
         "node", "processes", "active", "dirs", "times set", "missing", "failed", "dirs/s", "last report"]
+
+
+def test_the_cyclic_collector_runs_during_the_command_and_after_it(monkeypatch):
+    """The entry point turns the collector off for the imports only: the command itself (a pass of hours, a
+    watcher) runs with it on, what was imported frozen out of its sight; a caller that goes on gets it back on,
+    whatever the command did (here: a parse error)."""
+    import gc
+    import importlib
+
+    import cmover.cli
+    from cmover.cli import passes
+
+    entry = importlib.reload(cmover.cli).main  # the console script's function (the submodule shadows its name)
+    seen = []
+    monkeypatch.setattr(passes, "cmd_pass", lambda args: seen.append((gc.isenabled(), gc.get_freeze_count())) or 0)
+    try:
+        assert entry(["copy", "/nowhere/src", "/nowhere/dst"]) == 0
+        assert seen and seen[0][0] and seen[0][1] > 0
+        assert gc.isenabled()
+        with pytest.raises(SystemExit):
+            entry(["copy", "--no-such-option"])
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+        cmover.cli.main = sys.modules["cmover.cli.main"]  # as the package was: the submodule under its name

@@ -15,6 +15,7 @@ reports for a command whose reader went away) a listing whose output was closed 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 import time
@@ -65,6 +66,7 @@ def _main(argv: list[str] | None) -> int:
     t0 = time.monotonic()
     try:
         args = build_parser().parse_args(changes.changes_argv(sys.argv[1:] if argv is None else argv))
+        _collect_from_now()
         output.for_command(args.command)
         level = logging.WARNING - 10 * min(args.verbose, 2)
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -75,6 +77,14 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"cmover: interrupted after {time.monotonic() - t0:.1f} s", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _collect_from_now() -> None:
+    """Turn the cyclic collector back on (the entry point turned it off for the imports), with every object
+    made so far moved to its permanent generation (gc.freeze): a collection never walks them again, and a
+    forked pool process never writes to their pages (copy-on-write keeps them shared)."""
+    gc.freeze()
+    gc.enable()
 
 
 __all__ = ["main", "build_parser", "EXIT_UNKNOWN", "EXIT_OUTPUT_GONE"]
