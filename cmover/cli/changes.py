@@ -42,12 +42,11 @@ from cmover.core.passes import DeleteOptions, PassKind, PassSpec
 from cmover.core.paths import display, is_within
 from cmover.core.settings import Settings
 from cmover.engine.jobs import Job
-from cmover.journal.base import Reading, Rename, Untrusted, touched
-from cmover.journal.local import LocalJournal
-from cmover.journal.store import prune
+from cmover.journal.store import has_journal
 from cmover.lustre.detect import fs_type
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where a journal is read: a pass over a source without one needs none of them
+    from cmover.journal.base import Reading, Rename
     from cmover.lustre.chjournal import LustreJournal
 
 #: Filesystems whose changes a local fanotify mark does not see (made on other nodes): never watched.
@@ -106,10 +105,18 @@ def prepare(kind: PassKind, spec: PassSpec, settings: Settings, mode: str | None
         return Journaled(spec, None, now, False)
     found = lustre.get_changelogs(spec.src_root, dict(settings.changelog_users), settings.lustreapi)
     chl = None if found is None or isinstance(found, str) else found
-    journal = LocalJournal(settings.changes_path(), spec.src_root)
-    has = chl.configured if chl is not None else journal.exists()
+    has = chl.configured if chl is not None else has_journal(settings.changes_path(), spec.src_root)
     if not mode:
         return _walking(settings, spec, now, has, chl=chl)
+    return _driven(kind, spec, settings, mode, now, has, found, chl)
+
+
+def _driven(kind: PassKind, spec: PassSpec, settings: Settings, mode: str, now: int, has: bool,
+            found: LustreJournal | str | None, chl: LustreJournal | None) -> Journaled:
+    """The rest of :func:`prepare` for a pass run with ``--changes``: the journal's changes, or why it walks."""
+    from cmover.journal.base import Untrusted, touched
+    from cmover.journal.local import LocalJournal
+
     try:
         if isinstance(found, str):
             raise Untrusted(found)
@@ -136,7 +143,7 @@ def prepare(kind: PassKind, spec: PassSpec, settings: Settings, mode: str | None
                                  spec.dst_root, spec.start)
             reading = chl.read(clean.marks, floor)
         else:
-            reading = journal.read(clean.start_ns)
+            reading = LocalJournal(settings.changes_path(), spec.src_root).read(clean.start_ns)
         from cmover.engine.changeplan import plan_changes  # only a journal-driven pass needs them
         from cmover.engine.renames import replay
 
@@ -199,6 +206,8 @@ def _walking(settings: Settings, spec: PassSpec, now: int, has: bool, how: str =
         # From the furthest position a clean pass of the tree read (records before it may be purged already).
         since = lowest_marks(settings.changes_path(), tuple(k.value for k in JOURNAL_PASSES), spec.src_root,
                              spec.dst_root, spec.start, highest=True)
+        from cmover.journal.base import Untrusted
+
         try:
             marks = chl.positions(since)
         except (Untrusted, OSError) as exc:
@@ -230,6 +239,9 @@ def record_if_clean(settings: Settings, j: Journaled, state: str, totals: dict[s
 def prune_segments(settings: Settings, src_root: bytes) -> list[str]:
     """Remove the fanotify journal segments of ``src_root`` that every tree's last clean pass is past
     (:func:`cmover.journal.store.prune`); their names. A failure to remove is one line, never an error."""
+    from cmover.journal.local import LocalJournal
+    from cmover.journal.store import prune
+
     passes = clean_of_source(settings.changes_path(), tuple(k.value for k in JOURNAL_PASSES), src_root)
     if not passes:
         return []
@@ -254,6 +266,7 @@ def add_watch_parser(sub: Any) -> None:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """``cmover watch SRC``: see :mod:`cmover.journal.watch`."""
+    from cmover.journal.local import LocalJournal
     from cmover.journal.watch import Watcher
 
     settings = load(args, optional=True)

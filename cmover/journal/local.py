@@ -81,9 +81,6 @@ class LocalJournal:
         self.src_root = src_root
         self.directory = journal_dir(changes_dir, src_root)
 
-    def exists(self) -> bool:
-        return read_state(self.directory) is not None
-
     def read(self, since_ns: int) -> Reading:
         """See the module doc."""
         src = display(self.src_root)

@@ -44,6 +44,11 @@ def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
     statefile.replace(path, json.dumps(doc).encode())
 
 
+def has_journal(changes_dir: Path, src_root: bytes) -> bool:
+    """Whether source root ``src_root`` has a change journal under CHANGES_DIR (``cmover watch`` ran on it)."""
+    return read_state(journal_dir(changes_dir, src_root)) is not None
+
+
 def read_state(directory: Path) -> dict[str, Any] | None:
     """The watcher state of a journal directory, or None when there is none (never watched)."""
     try:
