@@ -408,7 +408,6 @@ def hub_queued(tasks: int) -> list[tuple[str, int, int]]:
     more than a directory task's) put; then every one taken, acknowledged, begun and done. Returns (phase, RSS,
     peak)."""
     import uuid
-    import xmlrpc.client
 
     from cmover.embedded import hub as hubmod
 
@@ -422,7 +421,7 @@ def hub_queued(tasks: int) -> list[tuple[str, int, int]]:
         tids = [str(uuid.uuid4()) for _ in range(tasks)]
         for tid in tids:
             h.enqueue(run, tid)
-            h.put("cmover.copy.dirs", xmlrpc.client.Binary(os.urandom(460)))  # packed: incompressible
+            h.put("cmover.copy.dirs", os.urandom(460))  # packed: incompressible
         out.append((f"{tasks:,} queued", _status_mib(pid, "VmRSS"), _status_mib(pid, "VmHWM")))
         for tid in tids:
             tag, _ = h.take(["cmover.copy.dirs"], 0.0, "bench")
