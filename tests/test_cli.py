@@ -522,3 +522,28 @@ def test_the_cyclic_collector_runs_during_the_command_and_after_it(monkeypatch):
     finally:
         gc.unfreeze()
         cmover.cli.main = sys.modules["cmover.cli.main"]  # as the package was: the submodule under its name
+
+
+def test_the_parser_builds_only_the_subcommand_named():
+    """A command line that names its subcommand gets a parser of that one only (the others cost 6.7 ms and
+    575 syscalls to build); options before it are skipped, help and anything unsure get the whole parser,
+    and a name that is no subcommand gets the whole parser's error listing every choice."""
+    import argparse
+
+    from cmover.cli.main import _named_command, build_parser
+
+    assert _named_command(["copy", "a", "b"]) == "copy"
+    assert _named_command(["-vv", "--config", "c.py", "status", "--json"]) == "status"
+    assert _named_command(["--config=c.py", "--verbose", "sync", "a", "b"]) == "sync"
+    assert _named_command(["--help"]) is None and _named_command(["-x", "copy"]) is None and _named_command([]) is None
+
+    def choices(p: argparse.ArgumentParser) -> list[str]:
+        return list(next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices)
+
+    every = choices(build_parser())
+    assert len(every) == 19 and "copy" in every and "watch" in every
+    assert choices(build_parser("copy")) == ["copy"]
+    assert choices(build_parser("no-such-command")) == every
+    whole, one = build_parser(), build_parser("copy")
+    words = ["copy", "-j", "3", "--exclude-file", "x", "--changes=auto", "s", "d"]
+    assert vars(one.parse_args(words)) == vars(whole.parse_args(words))
