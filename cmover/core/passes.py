@@ -131,7 +131,7 @@ class PassSpec:
     min_size: int = 0
     max_size: int = 0
     batch: int = 1000
-    inline_entries: int = 2000
+    inline_entries: int = 10000
     inline_seconds: float = 0.5
     batch_seconds: float = 120.0
     chunk_threshold: int = 0
@@ -227,7 +227,7 @@ class PassSpec:
                 min_size=_int(d.get("min_size", 0)),
                 max_size=_int(d.get("max_size", 0)),
                 batch=_int(d.get("batch", 1000), lo=1),
-                inline_entries=_int(d.get("inline_entries", 2000)),
+                inline_entries=_int(d.get("inline_entries", 10000)),
                 inline_seconds=_seconds(d.get("inline_seconds", 0.5)),
                 batch_seconds=_seconds(d.get("batch_seconds", 120.0)),
                 chunk_threshold=_int(d.get("chunk_threshold", 0)),

@@ -44,7 +44,7 @@ _SCHEMA: dict[str, tuple[str, type | tuple[type, ...], Any]] = {
     "source_mount": ("source_mount", str, ""),
     "target_mount": ("target_mount", str, ""),
     "BATCH": ("batch", int, 1000),
-    "INLINE_ENTRIES": ("inline_entries", int, 2000),
+    "INLINE_ENTRIES": ("inline_entries", int, 10000),
     "INLINE_SECONDS": ("inline_seconds", (int, float), 0.5),
     "BATCH_SECONDS": ("batch_seconds", (int, float), 120),
     "CHUNK_THRESHOLD": ("chunk_threshold", int, 1 << 30),
@@ -92,7 +92,7 @@ class Settings:
     source_mount: str = ""
     target_mount: str = ""
     batch: int = 1000
-    inline_entries: int = 2000
+    inline_entries: int = 10000
     inline_seconds: float = 0.5
     batch_seconds: float = 120
     chunk_threshold: int = 1 << 30
