@@ -526,7 +526,7 @@ def test_the_cyclic_collector_runs_during_the_command_and_after_it(monkeypatch):
 
 def test_the_parser_builds_only_the_subcommand_named():
     """A command line that names its subcommand gets a parser of that one only (the others cost 6.7 ms and
-    575 syscalls to build); options before it are skipped, help and anything unsure get the whole parser,
+    about 400 syscalls to build); options before it are skipped, help and anything unsure get the whole parser,
     and a name that is no subcommand gets the whole parser's error listing every choice."""
     import argparse
 
