@@ -34,7 +34,7 @@ def test_defaults_from_empty_config(tmp_path):
     s = load_settings(str(cfg))
     assert s.username == "cmover"
     assert (s.oldest_date, s.newest_date) == (0, 0)
-    assert s.batch == 1000 and s.inline_entries == 2000 and s.inline_seconds == 0.5
+    assert s.batch == 1000 and s.inline_entries == 10000 and s.inline_seconds == 0.5
     assert s.mdt_list == () and s.max_deliveries == 5 and s.local_jobs == 0
     assert s.stats_enabled is True and s.mds_is_striped is True
     assert (s.lustre_layout, s.lustre_restripe, s.lustreapi) == ("keep", False, "")
