@@ -547,3 +547,45 @@ def test_the_parser_builds_only_the_subcommand_named():
     whole, one = build_parser(), build_parser("copy")
     words = ["copy", "-j", "3", "--exclude-file", "x", "--changes=auto", "s", "d"]
     assert vars(one.parse_args(words)) == vars(whole.parse_args(words))
+
+
+def test_the_command_imports_nothing_from_the_directory_of_its_script(monkeypatch, tmp_path):
+    """Python puts a script's directory first on the path; the ``cmover`` entry point drops it (a stray module
+    beside the script, in a venv's bin or /usr/local/bin, must not be imported in place of the library),
+    through a symlinked script too, and leaves any other first entry alone."""
+    import importlib
+
+    import cmover.cli
+    from cmover.cli import passes
+
+    entry = importlib.reload(cmover.cli).main
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "cmover").write_text("# the console script\n")
+    (bindir / "cmover_shadow_probe.py").write_text("SHADOWED = True\n")
+    (tmp_path / "cmover-link").symlink_to(bindir / "cmover")
+    seen = []
+
+    def probe(args):
+        try:
+            importlib.import_module("cmover_shadow_probe")
+            seen.append("imported")
+        except ModuleNotFoundError:
+            seen.append("not imported")
+        return 0
+
+    monkeypatch.setattr(passes, "cmd_pass", probe)
+    try:
+        for script, first in ((bindir / "cmover", str(bindir)), (tmp_path / "cmover-link", str(bindir)),
+                              (tmp_path / "elsewhere", str(bindir))):
+            monkeypatch.setattr(sys, "argv", [str(script)])
+            monkeypatch.setattr(sys, "path", [first, *sys.path])
+            sys.modules.pop("cmover_shadow_probe", None)
+            assert entry(["copy", "/nowhere/src", "/nowhere/dst"]) == 0
+        assert seen == ["not imported", "not imported", "imported"]
+    finally:
+        sys.modules.pop("cmover_shadow_probe", None)
+        import gc
+
+        gc.unfreeze()
+        cmover.cli.main = sys.modules["cmover.cli.main"]  # as the package was: the submodule under its name
