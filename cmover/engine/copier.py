@@ -105,8 +105,7 @@ class Copier:
             return None
         except OSError:
             return Seen.UNSEEN  # copy_entry looks again, under the per-entry guard that handles the error
-        if st.st_ctime_ns < proof.src_before_ns and dst_st.st_ctime_ns < proof.dst_before_ns \
-                and unchanged(st, dst_st, self.can, self._fast_map):
+        if proof.covers(st.st_ctime_ns, dst_st.st_ctime_ns) and unchanged(st, dst_st, self.can, self._fast_map):
             self.tally[C.SKIPPED] += 1
             return Seen.SKIPPED
         return dst_st
@@ -372,7 +371,7 @@ class Copier:
         last clean pass (:meth:`cmover.core.cleanpass.Proof.covers`; the caller has matched the target
         ``lstat``), else compared."""
         proof = self.proof
-        if proof is not None and st.st_ctime_ns < proof.src_before_ns and dst_st.st_ctime_ns < proof.dst_before_ns:
+        if proof is not None and proof.covers(st.st_ctime_ns, dst_st.st_ctime_ns):
             return True
         return self._same_xattrs(src_dir_fd, dst_dir_fd, name) \
             and not self._project_differs(src_dir_fd, dst_dir_fd, name, st)

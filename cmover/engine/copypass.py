@@ -114,8 +114,6 @@ class CopyPass:
                 self._repair_itself(rel, src_fd, dst_fd)
                 return
             deadline = time.monotonic() + self.spec.batch_seconds
-            try_skip = self.copier.try_skip
-            tally = self.tally
             for pos, bname in enumerate(todo):
                 if pos and time.monotonic() > deadline:
                     # Long enough for one task (consumer timeout): the rest becomes a batch of its own.
@@ -134,11 +132,7 @@ class CopyPass:
                     if self.spec.changes:
                         self._shallow_dir(join(rel, bname), src_fd, dst_fd)
                     continue  # became a directory since listing; its parent's next pass walks it
-                seen = try_skip(dst_fd, name, st)  # as in a listed directory (_entries)
-                if seen is Seen.SKIPPED:
-                    tally[C.SCANNED] += 1
-                    continue
-                self._entry(rel, src_fd, dst_fd, name, st, seen)
+                self._entry(rel, src_fd, dst_fd, name, st)
 
     def run_groups(self, groups: list[tuple[bytes, list[bytes]]]) -> None:
         """:meth:`run_files` for each (directory, names) pair of a batch job (:func:`cmover.engine.jobs.run_groups`)."""
@@ -242,8 +236,6 @@ class CopyPass:
                                  excluded=self.filt.excluded if self.filt.excludes else None)
         subdirs = listing.subdirs
         self.walk.charge(len(listing.entries) + len(subdirs))
-        try_skip = self.copier.try_skip
-        tally = self.tally
         for entry in listing.entries:
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -256,18 +248,17 @@ class CopyPass:
             if stat.S_ISDIR(st.st_mode):
                 subdirs.append(os.fsencode(entry.name))
                 continue
-            # The unchanged entry of a final pass costs its two lstats and no more (no path, no guard); the
-            # target's lstat is not made twice whatever the outcome.
-            seen = try_skip(dst_fd, entry.name, st)
-            if seen is Seen.SKIPPED:
-                tally[C.SCANNED] += 1
-                continue
-            self._entry(rel, src_fd, dst_fd, entry.name, st, seen)
+            self._entry(rel, src_fd, dst_fd, entry.name, st)
         return subdirs
 
-    def _entry(self, rel: bytes, src_fd: int, dst_fd: int, name: str, st: os.stat_result,
-               seen: os.stat_result | None | Seen = Seen.UNSEEN) -> None:
+    def _entry(self, rel: bytes, src_fd: int, dst_fd: int, name: str, st: os.stat_result) -> None:
+        """Handle non-directory entry ``name`` (fresh source ``lstat`` ``st``) of directory ``rel``."""
         self.tally[C.SCANNED] += 1
+        # The unchanged entry of a final pass costs its two lstats and no more (no path, no guard); the
+        # target's lstat is not made twice whatever the outcome.
+        seen = self.copier.try_skip(dst_fd, name, st)
+        if seen is Seen.SKIPPED:
+            return
         path = join(rel, os.fsencode(name))
 
         def work() -> None:
