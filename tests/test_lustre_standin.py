@@ -320,6 +320,26 @@ def test_missing_library_means_posix_and_a_reason(tmp_path, monkeypatch):
         lustre.reset()
 
 
+def test_a_path_off_lustre_with_no_library_named_searches_for_none(tmp_path, monkeypatch):
+    """The kernel says "not Lustre" and no library is named: the probe answers without loading or looking for
+    liblustreapi (a search through the loader's directories, about a hundred failed opens, for nothing)."""
+    monkeypatch.delenv(llapi.ENV_LIBRARY, raising=False)
+    lustre.reset()
+    try:
+        info = lustre.probe(os.fsencode(tmp_path))
+        assert (info.lustre, info.handled, info.note) == (False, False, f"{tmp_path} is not on Lustre")
+        assert llapi._loaded is None
+        assert isinstance(lustre.get_fs(os.fsencode(tmp_path), os.fsencode(tmp_path), "keep", False, Counter()),
+                          PosixFs)
+        assert lustre.get_hsm(os.fsencode(tmp_path), os.fsencode(tmp_path)) is None and llapi._loaded is None
+        # Named (config's LUSTREAPI), the library is asked even off Lustre: that is how the stand-in answers.
+        lustre.reset()
+        assert "nope.so" in lustre.probe(os.fsencode(tmp_path), str(tmp_path / "nope.so")).note
+        assert llapi._loaded is not None
+    finally:
+        lustre.reset()
+
+
 def _run_py(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, cwd=ROOT, text=True,
                           capture_output=True, timeout=120)

@@ -12,7 +12,9 @@ The rest of cmover calls only what is here and in :mod:`cmover.lustre.base`:
   library has them, else None: then nothing HSM is done or said;
 * :func:`get_changelogs` -- the changelog journal of a Lustre source (:mod:`cmover.lustre.chjournal`).
 
-Only :mod:`cmover.lustre.llapi` loads the library (lazily, on first use).
+Only :mod:`cmover.lustre.llapi` loads the library (lazily, on first use); it and the HSM binding are imported
+when a filesystem needs them, not by every command (their ctypes structures and prototypes are most of this
+package's import time).
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ import threading
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from cmover.lustre import detect, hsm, llapi
+from cmover.lustre import detect
 from cmover.lustre.base import FsApi, FsInfo, PosixFs
-from cmover.lustre.hsm import Hsm
 from cmover.lustre.layout import POLICIES, Layout, check_policy
 
-if TYPE_CHECKING:  # imported when a Lustre source's changelogs are asked for: not every command's cost
+if TYPE_CHECKING:  # imported when a Lustre filesystem is met: not every command's cost
     from cmover.lustre.chjournal import LustreJournal
+    from cmover.lustre.hsm import Hsm
+
+#: The environment variable that names the library to load (wins over config's ``LUSTREAPI``).
+ENV_LIBRARY = "CMOVER_LUSTREAPI"
 
 __all__ = ["FsApi", "FsInfo", "Layout", "POLICIES", "PosixFs", "check_policy", "describe", "get_changelogs",
            "get_fs", "get_hsm", "mdt_count", "path_layout", "probe"]
@@ -71,6 +76,13 @@ def probe(path: bytes, library: str = "") -> FsInfo:
 def _probe(path: bytes, library: str) -> FsInfo:
     where = _existing(path)
     kernel_says = detect.is_lustre_mount(where)
+    if not kernel_says and not (os.environ.get(ENV_LIBRARY) or library):
+        # Not a Lustre client mount and no library named (a named one may answer for paths the kernel does not
+        # call Lustre: the stand-in): nothing to ask, so no search for the library, which costs a hundred
+        # failed opens through the loader's directories on a machine without Lustre.
+        return FsInfo(path, lustre=False, handled=False, note=f"{os.fsdecode(path)} is not on Lustre")
+    from cmover.lustre import llapi
+
     lib, how = llapi.load(library)
     if lib is None:
         note = f"{os.fsdecode(path)} is on Lustre but {how}" if kernel_says \
@@ -103,6 +115,8 @@ def _probe(path: bytes, library: str) -> FsInfo:
 
 def reset() -> None:
     """Forget probes and the loaded library (tests switch environments)."""
+    from cmover.lustre import llapi
+
     with _probe_lock:
         _probed.clear()
     llapi.reset()
@@ -114,6 +128,7 @@ def get_fs(src_root: bytes, dst_root: bytes, policy: str, restripe: bool, tally:
     dst = probe(dst_root, library)
     if not dst.handled:
         return PosixFs()
+    from cmover.lustre import llapi
     from cmover.lustre.fs import LustreFs
 
     lib, _ = llapi.load(library)
@@ -126,6 +141,8 @@ def get_hsm(src_root: bytes, dst_root: bytes, library: str = "") -> tuple[Hsm, b
     imported and files marked there); None when the source is not Lustre or the library lacks them."""
     if not probe(src_root, library).handled:
         return None
+    from cmover.lustre import hsm, llapi
+
     lib, _ = llapi.load(library)
     h = hsm.bind(lib) if lib is not None else None
     if h is None:
@@ -139,7 +156,7 @@ def get_changelogs(src_root: bytes, users: dict[str, str], library: str = "") ->
     info = probe(src_root, library)
     if not info.handled:
         return f"the source is on Lustre but {info.note}" if info.lustre else None
-    from cmover.lustre import changelog
+    from cmover.lustre import changelog, llapi
     from cmover.lustre.chjournal import LustreJournal
 
     lib, _ = llapi.load(library)
@@ -174,6 +191,8 @@ def path_layout(path: bytes, library: str = "") -> tuple[FsInfo, Layout | None, 
     info = probe(path, library)
     if not info.handled:
         return info, None, None
+    from cmover.lustre import llapi
+
     lib, _ = llapi.load(library)
     assert lib is not None
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)

@@ -35,6 +35,7 @@ from ctypes import (
 )
 from typing import Any
 
+from cmover.lustre import ENV_LIBRARY
 from cmover.lustre.abi import (
     COMP_USE_FIRST,
     COMP_USE_NEXT,
@@ -55,8 +56,6 @@ from cmover.lustre.abi import (
 from cmover.lustre.layout import EOF, Component, Layout
 
 __all__ = ["ENV_LIBRARY", "O_LOV_DELAY_CREATE", "Library", "fd_path", "load", "reset"]
-
-ENV_LIBRARY = "CMOVER_LUSTREAPI"
 
 _lock = threading.RLock()
 

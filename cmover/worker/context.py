@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cmover.core.errors import ConfinementError
 from cmover.core.hsmrecord import HsmRecord
@@ -27,15 +28,17 @@ from cmover.core.passes import PassSpec
 from cmover.core.paths import is_within
 from cmover.core.privileges import current
 from cmover.core.settings import Settings
-from cmover.engine.hsmcopy import HsmCopier
 from cmover.lustre import FsApi, get_fs, get_hsm
-from cmover.lustre.hsm import Hsm
 from cmover.state import keys
 from cmover.state.errorlist import BrokerErrors, ErrorSink
 from cmover.state.hsmlist import BrokerHsm, HsmSink
 from cmover.state.ledger import Ledger, MemcacheLedger
 from cmover.state.runstats import MemcacheStats
 from cmover.state.stats import BatchedStats, NullStats, StatsSink
+
+if TYPE_CHECKING:  # imported when a Lustre source has the HSM functions: not every task's cost
+    from cmover.engine.hsmcopy import HsmCopier
+    from cmover.lustre.hsm import Hsm
 
 
 @dataclass
@@ -61,6 +64,8 @@ class WorkerContext:
         got = get_hsm(spec.src_root, spec.dst_root, self.lustreapi)
         if got is None:
             return None
+        from cmover.engine.hsmcopy import HsmCopier
+
         return HsmCopier(got[0], fs, spec.hsm, tally, record, current(), target_lustre=got[1], idmap=spec.idmap)
 
     def hsm_lib(self, spec: PassSpec) -> Hsm | None:
