@@ -66,8 +66,8 @@ def test_fingerprint_follows_what_shapes_the_copy_and_nothing_else():
     assert fingerprint(_spec(run_id="copy-y", batch=7, planned_ns=1, chunk_threshold=1 << 40), CAN) == base
     assert fingerprint(_spec(layout="classic"), CAN) != base
     assert fingerprint(_spec(restripe=True), CAN) != base
-    assert fingerprint(_spec(), dataclasses.replace(CAN, sys_admin=not CAN.sys_admin)) != base
-    assert fingerprint(_spec(), dataclasses.replace(CAN, uid=CAN.uid + 1)) != base
+    assert fingerprint(_spec(), CAN._replace(sys_admin=not CAN.sys_admin)) != base
+    assert fingerprint(_spec(), CAN._replace(uid=CAN.uid + 1)) != base
     assert fingerprint(_spec(hsm="recall"), CAN) != base
     assert set(cleanpass.SHAPING) >= {"LUSTRE_LAYOUT", "LUSTRE_RESTRIPE", "UID_MAP", "GID_MAP", "HSM_POLICY"}
 
@@ -76,7 +76,7 @@ def test_proof_needs_the_spec_and_the_same_fingerprint_in_the_worker():
     assert proof_of(_spec(), CAN) is None
     fp = fingerprint(_spec(), CAN)
     assert proof_of(_spec(proof_ns=50, proof_end_ns=90, proof_fp=fp), CAN) == Proof(50, 90)
-    other = dataclasses.replace(CAN, setfcap=not CAN.setfcap)  # a worker with other privileges
+    other = CAN._replace(setfcap=not CAN.setfcap)  # a worker with other privileges
     assert proof_of(_spec(proof_ns=50, proof_end_ns=90, proof_fp=fp), other) is None
 
 
@@ -115,7 +115,7 @@ def test_store_round_trip_covers_subtrees_and_filters_by_fingerprint(tmp_path):
     store.record(sub)
     assert store.last(b"/s", b"/d", b"a/b", "fp1") == sub  # the latest start wins
     assert store.last(b"/s", b"/d", b"", "fp1") == whole  # a subtree's record says nothing of the whole
-    newer = dataclasses.replace(whole, start_ns=500, end_ns=600, run_id="copy-3")
+    newer = whole._replace(start_ns=500, end_ns=600, run_id="copy-3")
     store.record(newer)
     assert store.last(b"/s", b"/d", b"", "fp1") == newer
     files = os.listdir(tmp_path / "state" / "clean")

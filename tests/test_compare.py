@@ -1,6 +1,5 @@
 """cmover.engine.compare.decide_copy: the full decision table, on records built directly."""
 
-import dataclasses
 import os
 import stat
 
@@ -19,7 +18,7 @@ def rec(kind=Kind.REG, **kw) -> Record:
 
 
 def with_(r: Record, **kw) -> Record:
-    return dataclasses.replace(r, **kw)
+    return r._replace(**kw)
 
 
 ALL_KINDS = [Kind.REG, Kind.DIR, Kind.LNK, Kind.FIFO, Kind.CHR, Kind.BLK, Kind.SOCK]

@@ -30,6 +30,19 @@ def test_now_names_this_process():
     assert d == Deletion(b"f", "file")  # where and when are not part of what was deleted
 
 
+def test_who_and_when_are_left_out_of_equality_and_hash_of_every_list_record():
+    from cmover.core.difference import Difference
+    from cmover.core.hsmrecord import HsmRecord
+
+    for rec in (Deletion(b"f", "file", True), Failure(b"f", "lstat", 2, "gone", "target"),
+                Difference(b"f", "size", "1", "2"), HsmRecord(b"f", "imported", "0x1:0x2:0x0", "0x3:0x4:0x0", 1)):
+        other = rec._replace(worker="elsewhere:9", at=99.5)
+        assert rec == other and (rec != other) is False and hash(rec) == hash(other) and len({rec, other}) == 1
+        changed = rec._replace(path=b"g")
+        assert rec != changed and (rec == changed) is False
+    assert Deletion(b"f", "file") != Failure(b"f", "file", 0, "")  # records of two lists never compare equal
+
+
 def test_a_forked_child_names_itself_not_its_parent():
     """The ``host:pid`` of records is worked out once per process (cmover.core.origin), and again in a forked
     child (a pool process): a deletion made there names the child."""

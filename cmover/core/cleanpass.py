@@ -46,8 +46,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cmover.core import statefile
 from cmover.core.counters import C
@@ -105,8 +104,7 @@ def may_record(spec: PassSpec, state: str, failure_count: int, totals: Mapping[s
             and spec.planned_ns > 0)
 
 
-@dataclass(frozen=True, slots=True)
-class CleanPass:
+class CleanPass(NamedTuple):
     """One recorded clean pass of a (source root, target root, start) triple.
 
     ``start_ns``: wall-clock time (ns) the pass was planned, before any task looked at an entry;
@@ -139,8 +137,7 @@ class CleanPass:
         return rec if 0 < rec.start_ns <= rec.end_ns else None
 
 
-@dataclass(frozen=True, slots=True)
-class Proof:
+class Proof(NamedTuple):
     """The cut a pass applies (carried by its spec): source ctime below ``src_before_ns``, target ctime
     below ``dst_before_ns``. Built by :func:`proof_of` in the worker."""
 

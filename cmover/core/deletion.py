@@ -12,8 +12,7 @@ Lists written before deletions had a record of their own hold error-list records
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from cmover.core.origin import origin
 from cmover.core.paths import display, from_wire, to_wire
@@ -21,8 +20,7 @@ from cmover.core.paths import display, from_wire, to_wire
 What = Literal["file", "tree"]
 
 
-@dataclass(frozen=True, slots=True)
-class Deletion:
+class Deletion(NamedTuple):
     """A deleted target entry: ``path`` (relative to the pass root, bytes) is a non-directory (``what``
     ``"file"``: a file, symlink, FIFO or device node) or the root of a removed directory tree (``"tree"``).
 
@@ -33,8 +31,19 @@ class Deletion:
     path: bytes
     what: What
     dry_run: bool = False
-    worker: str = field(default="", compare=False)
-    at: float = field(default=0.0, compare=False)
+    worker: str = ""
+    at: float = 0.0
+
+    # ``worker`` and ``at`` say who and when, not what: equality and hash cover the first 3 fields only (tuple
+    # equality would compare all of them).
+    def __eq__(self, other: object) -> bool:
+        return self[:3] == other[:3] if other.__class__ is self.__class__ else NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        return self[:3] != other[:3] if other.__class__ is self.__class__ else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self[:3])
 
     @classmethod
     def now(cls, path: bytes, what: What, dry_run: bool) -> Deletion:

@@ -13,8 +13,7 @@ form is a JSON object::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cmover.core.origin import origin
 from cmover.core.paths import display, from_wire, to_wire
@@ -26,16 +25,26 @@ CATEGORIES: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Difference:
+class Difference(NamedTuple):
     """Entry ``path`` (relative to the pass roots) differs in ``category``: ``source`` vs ``target`` value."""
 
     path: bytes
     category: str
     source: str
     target: str
-    worker: str = field(default="", compare=False)
-    at: float = field(default=0.0, compare=False)
+    worker: str = ""
+    at: float = 0.0
+
+    # ``worker`` and ``at`` say who and when, not what: equality and hash cover the first 4 fields only (tuple
+    # equality would compare all of them).
+    def __eq__(self, other: object) -> bool:
+        return self[:4] == other[:4] if other.__class__ is self.__class__ else NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        return self[:4] != other[:4] if other.__class__ is self.__class__ else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self[:4])
 
     @classmethod
     def now(cls, path: bytes, category: str, source: object, target: object) -> Difference:

@@ -12,8 +12,7 @@ The list is kept per run like the error list (distributed: the durable queue of 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from cmover.core.origin import origin
 from cmover.core.paths import display, from_wire, to_wire
@@ -27,8 +26,7 @@ def hsm_list(run_id: str) -> str:
     return run_id + ".hsm"
 
 
-@dataclass(frozen=True, slots=True)
-class HsmRecord:
+class HsmRecord(NamedTuple):
     """A file of the HSM list (see module doc); FIDs in ``SFID`` form, empty for a skipped file."""
 
     path: bytes
@@ -36,8 +34,19 @@ class HsmRecord:
     src_fid: str = ""
     dst_fid: str = ""
     archive_id: int = 0
-    worker: str = field(default="", compare=False)
-    at: float = field(default=0.0, compare=False)
+    worker: str = ""
+    at: float = 0.0
+
+    # ``worker`` and ``at`` say who and when, not what: equality and hash cover the first 5 fields only (tuple
+    # equality would compare all of them).
+    def __eq__(self, other: object) -> bool:
+        return self[:5] == other[:5] if other.__class__ is self.__class__ else NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        return self[:5] != other[:5] if other.__class__ is self.__class__ else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self[:5])
 
     @classmethod
     def now(cls, path: bytes, what: What, src_fid: str = "", dst_fid: str = "", archive_id: int = 0) -> HsmRecord:

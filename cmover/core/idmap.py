@@ -15,7 +15,6 @@ and raise :class:`~cmover.core.errors.ConfigError` with one line naming the prob
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import struct
@@ -79,7 +78,7 @@ class IdMap:
         uid, gid = self._u.get(rec.uid, rec.uid), self._g.get(rec.gid, rec.gid)
         if uid == rec.uid and gid == rec.gid:
             return rec
-        return dataclasses.replace(rec, uid=uid, gid=gid)
+        return rec._replace(uid=uid, gid=gid)
 
     def xattrs(self, values: dict[str, bytes]) -> dict[str, bytes]:
         """Extended attributes as they should be on the target: the ids of the POSIX ACLs mapped.

@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cmover.core.errors import ConfigError, ConfinementError
 from cmover.core.idmap import NO_MAP, IdMap
@@ -30,9 +30,9 @@ class PassKind(enum.StrEnum):
     VERIFY = "verify"
 
 
-@dataclass(frozen=True, slots=True)
-class NoOptions:
-    """The options of a pass that has none (copy, dirtime): ``{}`` on the wire."""
+class NoOptions(NamedTuple):
+    """The options of a pass that has none (copy, dirtime): ``{}`` on the wire. An empty tuple, so false: a
+    spec's options are told apart by their type (:data:`OPTIONS`), never by their truth."""
 
     def as_dict(self) -> dict[str, Any]:
         return {}

@@ -29,7 +29,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,7 @@ _CAP_SYS_ADMIN, _CAP_MKNOD, _CAP_SETFCAP = 21, 27, 31
 _SETID = stat.S_ISUID | stat.S_ISGID
 
 
-@dataclass(frozen=True, slots=True)
-class Privileges:
+class Privileges(NamedTuple):
     """What a process may set on the files it creates (see the module doc). Pure: no system calls."""
 
     uid: int  # effective uid: the owner of everything this process creates

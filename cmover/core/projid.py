@@ -19,7 +19,7 @@ import fcntl
 import logging
 import struct
 from collections import Counter
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cmover.core.counters import C
 
@@ -36,8 +36,7 @@ _NO_SUPPORT = frozenset({errno.ENOTTY, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EN
 SAME, SET, UNSUPPORTED = "same", "set", "unsupported"
 
 
-@dataclass(frozen=True, slots=True)
-class Project:
+class Project(NamedTuple):
     """The project of one inode: its id and, for a directory, whether new entries inherit it."""
 
     id: int

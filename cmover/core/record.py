@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class Kind(enum.Enum):
@@ -37,8 +37,7 @@ _KIND_BY_FMT = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """Metadata of one filesystem entry as seen by ``lstat`` (symlinks are never followed).
 
     ``perm`` holds the permission bits including setuid/setgid/sticky (``S_IMODE``); the file type is

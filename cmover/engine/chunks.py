@@ -32,7 +32,7 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from cmover.core import fsio, projid, xattrs
 from cmover.core.counters import C
@@ -54,8 +54,7 @@ _PART_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_CHUNKS = 100_000
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkSpec:
+class ChunkSpec(NamedTuple):
     """Identity of a source file when it was split, and the chunk geometry; carried by every chunk job."""
 
     size: int
@@ -65,7 +64,7 @@ class ChunkSpec:
     chunk: int
 
     @property
-    def count(self) -> int:
+    def count(self) -> int:  # type: ignore[override]  # the number of chunks; hides tuple.count
         return -(-self.size // self.chunk)
 
     def extent(self, index: int) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cmover.core.idmap import IdMap
 from cmover.core.privileges import ALL, Privileges
@@ -29,8 +29,7 @@ class Action(enum.Enum):
     RETYPE_TO_DIR = "retype-to-dir"  # a non-directory stands where the source now has a directory
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     action: Action
     reason: str
 

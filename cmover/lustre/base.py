@@ -13,8 +13,7 @@ open directory descriptor; nothing follows a symlink.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from cmover.lustre.layout import Layout
 
@@ -65,8 +64,7 @@ class FsApi(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class FsInfo:
+class FsInfo(NamedTuple):
     """What cmover knows of the filesystem holding a path (see :func:`cmover.lustre.probe`)."""
 
     path: bytes

@@ -18,8 +18,7 @@ import errno
 import os
 import weakref
 from ctypes import POINTER, Structure, byref, c_char_p, c_int, c_uint, c_uint32, c_uint64, c_ulonglong, c_void_p
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cmover.lustre import llapi
 from cmover.lustre.llapi import Library, fd_path
@@ -63,8 +62,7 @@ _FUNCS: dict[str, tuple[Any, list[Any]]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class HsmState:
+class HsmState(NamedTuple):
     """A file's HSM flags and archive id (0, 0: never archived)."""
 
     states: int = 0

@@ -28,7 +28,7 @@ Policies (``LUSTRE_LAYOUT`` in config.py, ``--layout`` on the command line):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from cmover.core.policies import POLICIES, check_policy  # noqa: F401 (re-exported)
 
@@ -45,8 +45,7 @@ FLAG_EXTENSION = 0x40  # self-extending (SEL) placeholder
 PATTERNS = ("raid0", "overstriping", "mdt")  # what can be rebuilt; anything else is "raw:<n>"
 
 
-@dataclass(frozen=True, slots=True)
-class Component:
+class Component(NamedTuple):
     """One extent ``[start, end)`` of a layout. ``None`` means "unset: the filesystem default"."""
 
     start: int = 0
@@ -76,8 +75,7 @@ class Component:
         return " ".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
-class Layout:
+class Layout(NamedTuple):
     """A file's layout or a directory's default layout. ``composite`` marks a PFL layout."""
 
     components: tuple[Component, ...] = (Component(),)
@@ -193,4 +191,4 @@ def alignment(layout: Layout, limit: int) -> int:
 
 def without_pool(layout: Layout) -> Layout:
     """``layout`` with every pool dropped (the retry when the target lacks a source pool)."""
-    return replace(layout, components=tuple(replace(c, pool=None) for c in layout.components))
+    return layout._replace(components=tuple(c._replace(pool=None) for c in layout.components))

@@ -14,8 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cmover.core.counters import C
 from cmover.core.origin import origin
@@ -204,8 +203,7 @@ class _ProcessTotals:
             self.window.popleft()
 
 
-@dataclass(frozen=True)
-class WorkerStats:
+class WorkerStats(NamedTuple):
     """What one worker process reported for a run: its own cumulative totals, and those of ``since``.
 
     ``worker`` is ``host:pid``; ``node`` the Celery node name of the worker the process belongs to
