@@ -14,12 +14,13 @@ from __future__ import annotations
 import time
 from typing import Any, Literal, NamedTuple
 
-from cmover.core.origin import origin
+from cmover.core.origin import by_item, origin
 from cmover.core.paths import display, from_wire, to_wire
 
 What = Literal["file", "tree"]
 
 
+@by_item
 class Deletion(NamedTuple):
     """A deleted target entry: ``path`` (relative to the pass root, bytes) is a non-directory (``what``
     ``"file"``: a file, symlink, FIFO or device node) or the root of a removed directory tree (``"tree"``).
@@ -33,17 +34,6 @@ class Deletion(NamedTuple):
     dry_run: bool = False
     worker: str = ""
     at: float = 0.0
-
-    # ``worker`` and ``at`` say who and when, not what: equality and hash cover the first 3 fields only (tuple
-    # equality would compare all of them).
-    def __eq__(self, other: object) -> bool:
-        return self[:3] == other[:3] if other.__class__ is self.__class__ else NotImplemented
-
-    def __ne__(self, other: object) -> bool:
-        return self[:3] != other[:3] if other.__class__ is self.__class__ else NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self[:3])
 
     @classmethod
     def now(cls, path: bytes, what: What, dry_run: bool) -> Deletion:

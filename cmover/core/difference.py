@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
-from cmover.core.origin import origin
+from cmover.core.origin import by_item, origin
 from cmover.core.paths import display, from_wire, to_wire
 
 #: Every category a verify pass reports, in the order it checks them.
@@ -25,6 +25,7 @@ CATEGORIES: tuple[str, ...] = (
 )
 
 
+@by_item
 class Difference(NamedTuple):
     """Entry ``path`` (relative to the pass roots) differs in ``category``: ``source`` vs ``target`` value."""
 
@@ -34,17 +35,6 @@ class Difference(NamedTuple):
     target: str
     worker: str = ""
     at: float = 0.0
-
-    # ``worker`` and ``at`` say who and when, not what: equality and hash cover the first 4 fields only (tuple
-    # equality would compare all of them).
-    def __eq__(self, other: object) -> bool:
-        return self[:4] == other[:4] if other.__class__ is self.__class__ else NotImplemented
-
-    def __ne__(self, other: object) -> bool:
-        return self[:4] != other[:4] if other.__class__ is self.__class__ else NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self[:4])
 
     @classmethod
     def now(cls, path: bytes, category: str, source: object, target: object) -> Difference:

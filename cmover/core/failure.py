@@ -14,10 +14,11 @@ import time
 from typing import NamedTuple
 
 from cmover.core.errors import ItemError
-from cmover.core.origin import origin
+from cmover.core.origin import by_item, origin
 from cmover.core.paths import display, from_wire, to_wire
 
 
+@by_item
 class Failure(NamedTuple):
     """One per-item failure as recorded in a pass's error list.
 
@@ -34,17 +35,6 @@ class Failure(NamedTuple):
     side: str = "source"
     worker: str = ""
     at: float = 0.0
-
-    # ``worker`` and ``at`` say who and when, not what: equality and hash cover the first 5 fields only (tuple
-    # equality would compare all of them).
-    def __eq__(self, other: object) -> bool:
-        return self[:5] == other[:5] if other.__class__ is self.__class__ else NotImplemented
-
-    def __ne__(self, other: object) -> bool:
-        return self[:5] != other[:5] if other.__class__ is self.__class__ else NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self[:5])
 
     def as_dict(self) -> dict[str, object]:
         return {"path": to_wire(self.path), "op": self.op, "errno": self.errno, "message": self.message,

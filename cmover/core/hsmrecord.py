@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal, NamedTuple
 
-from cmover.core.origin import origin
+from cmover.core.origin import by_item, origin
 from cmover.core.paths import display, from_wire, to_wire
 
 What = Literal["imported", "archived", "skipped"]
@@ -26,6 +26,7 @@ def hsm_list(run_id: str) -> str:
     return run_id + ".hsm"
 
 
+@by_item
 class HsmRecord(NamedTuple):
     """A file of the HSM list (see module doc); FIDs in ``SFID`` form, empty for a skipped file."""
 
@@ -36,17 +37,6 @@ class HsmRecord(NamedTuple):
     archive_id: int = 0
     worker: str = ""
     at: float = 0.0
-
-    # ``worker`` and ``at`` say who and when, not what: equality and hash cover the first 5 fields only (tuple
-    # equality would compare all of them).
-    def __eq__(self, other: object) -> bool:
-        return self[:5] == other[:5] if other.__class__ is self.__class__ else NotImplemented
-
-    def __ne__(self, other: object) -> bool:
-        return self[:5] != other[:5] if other.__class__ is self.__class__ else NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self[:5])
 
     @classmethod
     def now(cls, path: bytes, what: What, src_fid: str = "", dst_fid: str = "", archive_id: int = 0) -> HsmRecord:

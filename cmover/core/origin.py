@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import TypeVar
 
 _pid = os.getpid()
 _origin: str | None = None
@@ -35,3 +36,33 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+
+_R = TypeVar("_R", bound=type)
+
+
+def by_item(cls: _R) -> _R:
+    """Class decorator of a list record (failure, deletion, difference, HSM file): a NamedTuple whose last two
+    fields, ``worker`` and ``at``, say who recorded it and when, not what. Its equality and hash leave them
+    out, so that two records of the same item are equal whoever met it (a tuple's would compare every field)."""
+    cls.__eq__ = _same_item  # type: ignore[assignment]
+    cls.__ne__ = _other_item  # type: ignore[assignment]
+    cls.__hash__ = _item_hash  # type: ignore[assignment]
+    return cls
+
+
+def _same_item(self: tuple[object, ...], other: object) -> bool:
+    if other.__class__ is not self.__class__:
+        return NotImplemented
+    return self[:-2] == other[:-2]
+
+
+def _other_item(self: tuple[object, ...], other: object) -> bool:
+    if other.__class__ is not self.__class__:
+        return NotImplemented
+    return self[:-2] != other[:-2]
+
+
+def _item_hash(self: tuple[object, ...]) -> int:
+    return hash(self[:-2])
