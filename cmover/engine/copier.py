@@ -48,7 +48,7 @@ from cmover.engine.filters import Filter
 from cmover.engine.hardlinks import HardLinker, LinkDeferred
 from cmover.engine.hsmcopy import Act, HsmCopier
 from cmover.lustre.base import FsApi
-from cmover.lustre.hsm import NONE, HsmState
+from cmover.lustre.hsmstate import NONE, HsmState
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 

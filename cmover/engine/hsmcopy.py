@@ -39,6 +39,7 @@ import stat
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cmover.core import fsio, projid, xattrs
 from cmover.core.counters import C
@@ -50,7 +51,10 @@ from cmover.core.privileges import Privileges
 from cmover.core.record import Record
 from cmover.engine import metadata
 from cmover.lustre.base import FsApi
-from cmover.lustre.hsm import CARRIED, HS_ARCHIVED, HS_EXISTS, NONE, Hsm, HsmState
+from cmover.lustre.hsmstate import CARRIED, HS_ARCHIVED, HS_EXISTS, NONE, HsmState
+
+if TYPE_CHECKING:  # the binding itself (ctypes): its caller has it
+    from cmover.lustre.hsm import Hsm
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import os
 import stat
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cmover.core import fsio
 from cmover.core.counters import C
@@ -53,7 +53,10 @@ from cmover.engine.verifycmp import Side, Table, checks_for, compare, has_projec
 from cmover.engine.verifydata import DataCheck
 from cmover.engine.walker import Entries, Walker
 from cmover.lustre.base import FsApi
-from cmover.lustre.hsm import NONE, Hsm, HsmState
+from cmover.lustre.hsmstate import NONE, HsmState
+
+if TYPE_CHECKING:  # the HSM binding (ctypes) is imported where a source is Lustre
+    from cmover.lustre.hsm import Hsm
 
 log = logging.getLogger(__name__)
 

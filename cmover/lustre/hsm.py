@@ -18,22 +18,23 @@ import errno
 import os
 import weakref
 from ctypes import POINTER, Structure, byref, c_char_p, c_int, c_uint, c_uint32, c_uint64, c_ulonglong, c_void_p
-from typing import Any, NamedTuple
+from typing import Any
 
 from cmover.lustre import llapi
+from cmover.lustre.hsmstate import (  # noqa: F401 (re-exported: the state as the HSM binding reads it)
+    CARRIED,
+    HS_ARCHIVED,
+    HS_DIRTY,
+    HS_EXISTS,
+    HS_LOST,
+    HS_NOARCHIVE,
+    HS_NORELEASE,
+    HS_RELEASED,
+    NONE,
+    HsmState,
+)
 from cmover.lustre.llapi import Library, fd_path
 
-# HS_* flags (lustre_user.h)
-HS_EXISTS = 0x01
-HS_DIRTY = 0x02
-HS_RELEASED = 0x04
-HS_ARCHIVED = 0x08
-HS_NORELEASE = 0x10
-HS_NOARCHIVE = 0x20
-HS_LOST = 0x40
-CARRIED = HS_NORELEASE | HS_NOARCHIVE  # the user's flags, carried to a target that is marked
-_NAMES = ((HS_EXISTS, "exists"), (HS_DIRTY, "dirty"), (HS_RELEASED, "released"), (HS_ARCHIVED, "archived"),
-          (HS_NORELEASE, "norelease"), (HS_NOARCHIVE, "noarchive"), (HS_LOST, "lost"))
 _OPEN_STATE = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC  # what llapi_hsm_state_get opens with
 _STAT_BUF = 256  # struct stat is 144 bytes on x86_64 and 128 on arm64
 
@@ -60,41 +61,6 @@ _FUNCS: dict[str, tuple[Any, list[Any]]] = {
                                  POINTER(LuFid)]),  # 2.4; the pattern is an enum (int-sized)
     "llapi_fd2fid": (c_int, [c_int, POINTER(LuFid)]),  # 2.4
 }
-
-
-class HsmState(NamedTuple):
-    """A file's HSM flags and archive id (0, 0: never archived)."""
-
-    states: int = 0
-    archive_id: int = 0
-
-    @property
-    def released(self) -> bool:
-        return bool(self.states & HS_RELEASED)
-
-    @property
-    def lost(self) -> bool:
-        return bool(self.states & HS_LOST)
-
-    @property
-    def dirty(self) -> bool:
-        return bool(self.states & HS_DIRTY)
-
-    @property
-    def archived(self) -> bool:
-        return bool(self.states & HS_ARCHIVED)
-
-    @property
-    def clean_archive(self) -> bool:
-        """A complete, current copy is in the archive (archived, not dirty, not lost)."""
-        return self.archived and not self.dirty and not self.lost
-
-    def describe(self) -> str:
-        names = [n for bit, n in _NAMES if self.states & bit]
-        return (",".join(names) or "none") + (f" archive {self.archive_id}" if self.states else "")
-
-
-NONE = HsmState()
 
 
 def fid_text(fid: LuFid) -> str:
