@@ -38,7 +38,6 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-
 _R = TypeVar("_R", bound=type)
 
 
@@ -59,9 +58,8 @@ def _same_item(self: tuple[object, ...], other: object) -> bool:
 
 
 def _other_item(self: tuple[object, ...], other: object) -> bool:
-    if other.__class__ is not self.__class__:
-        return NotImplemented
-    return self[:-2] != other[:-2]
+    same = _same_item(self, other)
+    return same if same is NotImplemented else not same
 
 
 def _item_hash(self: tuple[object, ...]) -> int:

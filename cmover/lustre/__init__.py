@@ -31,9 +31,23 @@ from cmover.lustre.layout import POLICIES, Layout, check_policy
 if TYPE_CHECKING:  # imported when a Lustre filesystem is met: not every command's cost
     from cmover.lustre.chjournal import LustreJournal
     from cmover.lustre.hsm import Hsm
+    from cmover.lustre.llapi import Library
 
 #: The environment variable that names the library to load (wins over config's ``LUSTREAPI``).
 ENV_LIBRARY = "CMOVER_LUSTREAPI"
+
+
+def named_library(configured: str) -> str:
+    """The library named for this process: ``$CMOVER_LUSTREAPI``, else ``configured`` (config ``LUSTREAPI``),
+    else "" (the system's, searched for)."""
+    return os.environ.get(ENV_LIBRARY) or configured
+
+
+def _load(library: str) -> tuple[Library | None, str]:
+    """:func:`cmover.lustre.llapi.load`, the binding imported on first use."""
+    from cmover.lustre import llapi
+
+    return llapi.load(library)
 
 __all__ = ["FsApi", "FsInfo", "Layout", "POLICIES", "PosixFs", "check_policy", "describe", "get_changelogs",
            "get_fs", "get_hsm", "mdt_count", "path_layout", "probe"]
@@ -76,14 +90,12 @@ def probe(path: bytes, library: str = "") -> FsInfo:
 def _probe(path: bytes, library: str) -> FsInfo:
     where = _existing(path)
     kernel_says = detect.is_lustre_mount(where)
-    if not kernel_says and not (os.environ.get(ENV_LIBRARY) or library):
+    if not kernel_says and not named_library(library):
         # Not a Lustre client mount and no library named (a named one may answer for paths the kernel does not
         # call Lustre: the stand-in): nothing to ask, so no search for the library, which costs a hundred
         # failed opens through the loader's directories on a machine without Lustre.
         return FsInfo(path, lustre=False, handled=False, note=f"{os.fsdecode(path)} is not on Lustre")
-    from cmover.lustre import llapi
-
-    lib, how = llapi.load(library)
+    lib, how = _load(library)
     if lib is None:
         note = f"{os.fsdecode(path)} is on Lustre but {how}" if kernel_says \
             else f"{os.fsdecode(path)} is not on Lustre; {how}"
@@ -128,10 +140,9 @@ def get_fs(src_root: bytes, dst_root: bytes, policy: str, restripe: bool, tally:
     dst = probe(dst_root, library)
     if not dst.handled:
         return PosixFs()
-    from cmover.lustre import llapi
     from cmover.lustre.fs import LustreFs
 
-    lib, _ = llapi.load(library)
+    lib, _ = _load(library)
     assert lib is not None
     return LustreFs(lib, probe(src_root, library), dst, policy, restripe, tally)
 
@@ -141,9 +152,9 @@ def get_hsm(src_root: bytes, dst_root: bytes, library: str = "") -> tuple[Hsm, b
     imported and files marked there); None when the source is not Lustre or the library lacks them."""
     if not probe(src_root, library).handled:
         return None
-    from cmover.lustre import hsm, llapi
+    from cmover.lustre import hsm
 
-    lib, _ = llapi.load(library)
+    lib, _ = _load(library)
     h = hsm.bind(lib) if lib is not None else None
     if h is None:
         return None
@@ -156,10 +167,10 @@ def get_changelogs(src_root: bytes, users: dict[str, str], library: str = "") ->
     info = probe(src_root, library)
     if not info.handled:
         return f"the source is on Lustre but {info.note}" if info.lustre else None
-    from cmover.lustre import changelog, llapi
+    from cmover.lustre import changelog
     from cmover.lustre.chjournal import LustreJournal
 
-    lib, _ = llapi.load(library)
+    lib, _ = _load(library)
     chl = changelog.bind(lib) if lib is not None else None
     if chl is None:
         return f"the source is on Lustre but {info.note} lacks the changelog functions"
@@ -191,9 +202,7 @@ def path_layout(path: bytes, library: str = "") -> tuple[FsInfo, Layout | None, 
     info = probe(path, library)
     if not info.handled:
         return info, None, None
-    from cmover.lustre import llapi
-
-    lib, _ = llapi.load(library)
+    lib, _ = _load(library)
     assert lib is not None
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:

@@ -35,7 +35,7 @@ from ctypes import (
 )
 from typing import Any
 
-from cmover.lustre import ENV_LIBRARY
+from cmover.lustre import ENV_LIBRARY, named_library
 from cmover.lustre.abi import (
     COMP_USE_FIRST,
     COMP_USE_NEXT,
@@ -324,7 +324,7 @@ def load(configured: str = "") -> tuple[Library | None, str]:
     global _loaded
     with _lock:
         if _loaded is None:
-            _loaded = _load(os.environ.get(ENV_LIBRARY) or configured)
+            _loaded = _load(named_library(configured))
         return _loaded
 
 
