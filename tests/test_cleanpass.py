@@ -4,7 +4,6 @@ a no-change pass writes nothing)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -163,7 +162,7 @@ def _xattr(path, value: bytes | None) -> None:
 
 def _proof_spec(make_spec, proof_ns: int) -> PassSpec:
     spec = make_spec()
-    return dataclasses.replace(spec, proof_ns=proof_ns, proof_end_ns=FUTURE, proof_fp=fingerprint(spec, CAN))
+    return spec._replace(proof_ns=proof_ns, proof_end_ns=FUTURE, proof_fp=fingerprint(spec, CAN))
 
 
 def test_engine_skips_attribute_compare_only_for_covered_entries_in_proven_directories(roots, make_spec, run_copy):

@@ -3,7 +3,6 @@ directories and task orders, content only with --content, chunked content, the m
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import shutil
@@ -329,8 +328,7 @@ def test_mapped_tree_verifies_identical(pair, vspec):
     back()
     base = vspec()
     assert {d.category for d in run_verify(base).diffs} == {"uid", "gid", "acl"}
-    mapped = PassSpec(**{**{f: getattr(base, f) for f in base.__dataclass_fields__},
-                         "idmap": IdMap(uids=((1234, 4321), (12345, 23456)), gids=((5678, 8765),))})
+    mapped = base._replace(idmap=IdMap(uids=((1234, 4321), (12345, 23456)), gids=((5678, 8765),)))
     assert run_verify(mapped).diffs == []
 
 
@@ -348,7 +346,7 @@ def test_project_ids_compared_as_the_copy_copies_them(xfs, vspec):
     copy_tree(os.fsencode(src), os.fsencode(dst))
     _xfs_io(dst / "proj", "chattr +P", "chproj 42")
     _xfs_io(dst / "proj" / "a", "chproj 42")
-    spec = dataclasses.replace(vspec(), src_root=os.fsencode(src), dst_root=os.fsencode(dst))
+    spec = vspec()._replace(src_root=os.fsencode(src), dst_root=os.fsencode(dst))
     assert run_verify(spec).diffs == []
     _xfs_io(dst / "proj" / "a", "chproj 7")
     _xfs_io(dst / "plain", "chproj 0")
@@ -452,9 +450,9 @@ def test_lustre_layout_compared_under_the_copy_policy(lenv):
         os.utime(d, ns=(T, T))
     spec = PassSpec(run_id="verify-l", kind=PassKind.VERIFY, src_root=os.fsencode(lenv.src),
                     dst_root=os.fsencode(lenv.dst), inline_seconds=3600.0, options=VerifyOptions(content=True))
-    keep = run_verify(dataclasses.replace(spec, layout="keep"), fs=lambda t: lenv.fs("keep", True, tally=t))
+    keep = run_verify(spec._replace(layout="keep"), fs=lambda t: lenv.fs("keep", True, tally=t))
     assert [(d.path, d.category) for d in keep.diffs] == [(b"f", "layout")]
-    default = run_verify(dataclasses.replace(spec, layout="target-default"),
+    default = run_verify(spec._replace(layout="target-default"),
                          fs=lambda t: lenv.fs("target-default", True, tally=t))
     assert default.diffs == []
 

@@ -16,14 +16,12 @@ segments of earlier watcher runs that every tree's last clean pass is past are r
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cmover import lustre
 from cmover.cli._common import load, note
@@ -83,17 +81,16 @@ def _changes_mode(text: str) -> str:
 JOURNAL_PASSES = (PassKind.COPY, PassKind.DELETE, PassKind.DIRTIME)
 
 
-@dataclass(slots=True)
-class Journaled:
+class Journaled(NamedTuple):
     """A pass about to run: its spec, its jobs when a journal drives it (None: walked), its start instant."""
 
     spec: PassSpec
     jobs: list[Job] | None
     start_ns: int
     journal: bool  # the source has a journal: record the pass when it completes clean
-    how: str = ""  # with --changes: the journal's one line, or "full walk: REASON" (status shows it)
-    marks: dict[str, int] = dataclasses.field(default_factory=dict)  # Lustre: MDT -> last index read at start
-    changelogs: LustreJournal | None = None  # the Lustre source's changelogs, cleared after a clean pass
+    how: str  # with --changes: the journal's one line, or "full walk: REASON" (status shows it); else ""
+    marks: dict[str, int]  # Lustre: MDT -> last changelog index read at the start (empty: none)
+    changelogs: LustreJournal | None  # the Lustre source's changelogs, cleared after a clean pass
 
 
 def prepare(kind: PassKind, spec: PassSpec, settings: Settings, mode: str | None) -> Journaled:
@@ -102,7 +99,7 @@ def prepare(kind: PassKind, spec: PassSpec, settings: Settings, mode: str | None
     if kind not in JOURNAL_PASSES:
         if mode and kind is not PassKind.VERIFY:  # sync --verify --changes: the verify pass always walks
             raise ConfigError(f"--changes applies to the copy, delete and dirtime passes, not {kind.value}")
-        return Journaled(spec, None, now, False)
+        return Journaled(spec, None, now, False, "", {}, None)
     found = lustre.get_changelogs(spec.src_root, dict(settings.changelog_users), settings.lustreapi)
     chl = None if found is None or isinstance(found, str) else found
     has = chl.configured if chl is not None else has_journal(settings.changes_path(), spec.src_root)
@@ -148,7 +145,7 @@ def _driven(kind: PassKind, spec: PassSpec, settings: Settings, mode: str, now: 
         from cmover.engine.renames import replay
 
         t = touched(reading.changes, reading.resolve, spec.src_root, spec.start)
-        driven = dataclasses.replace(spec, changes=True)
+        driven = spec._replace(changes=True)
         plan = plan_changes(driven, t, reading.memo.setdefault("seen", {}))
         if kind is PassKind.COPY and t.renames:
             done = replay(driven, t, _read_by_later_passes(settings, spec, reading))

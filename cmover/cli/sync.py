@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import signal
 import sys
 from typing import Any
@@ -35,10 +34,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
     settings = load(args, optional=True)  # a broken config is one line and exit 2 here, before any pass runs
     base = options_of(args)
     options = {
-        PassKind.COPY: dataclasses.replace(base, dry_run=False, max_delete=0),
-        PassKind.DELETE: dataclasses.replace(base, layout=None, restripe=None),
-        PassKind.DIRTIME: dataclasses.replace(base, dry_run=False, max_delete=0, layout=None, restripe=None),
-        PassKind.VERIFY: dataclasses.replace(base, dry_run=False, max_delete=0, layout=None, restripe=None),
+        PassKind.COPY: base._replace(dry_run=False, max_delete=0),
+        PassKind.DELETE: base._replace(layout=None, restripe=None),
+        PassKind.DIRTIME: base._replace(dry_run=False, max_delete=0, layout=None, restripe=None),
+        PassKind.VERIFY: base._replace(dry_run=False, max_delete=0, layout=None, restripe=None),
     }
     steps = [PassKind.COPY, PassKind.DELETE, PassKind.DIRTIME]
     if args.verify:

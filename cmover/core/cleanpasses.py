@@ -23,8 +23,8 @@ from __future__ import annotations
 import fcntl
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from cmover.core import statefile
 from cmover.core.errors import ConfinementError
@@ -33,11 +33,13 @@ from cmover.core.paths import from_wire, to_wire
 FILE = "clean-passes.json"
 
 
-@dataclass(frozen=True, slots=True)
-class CleanPass:
+class CleanPass(NamedTuple):
+    """A recorded pass: its run id, when it started (ns), and per MDT the last changelog index it read at
+    its start (empty for a source with no changelogs)."""
+
     run_id: str
     start_ns: int
-    marks: dict[str, int] = field(default_factory=dict)  # MDT -> last changelog index read at the start
+    marks: dict[str, int]
 
 
 def _key(kind: str, src_root: bytes, dst_root: bytes, start: bytes) -> str:

@@ -19,7 +19,6 @@ import os
 import re
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from cmover.core.errors import ConfigError
@@ -44,23 +43,44 @@ _ACL_USER, _ACL_GROUP = 0x02, 0x08  # the tags whose id is a uid / gid (the othe
 _PAIRS_RE = re.compile(r"\s*\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*,?\s*")
 
 
-@dataclass(frozen=True, slots=True)
 class IdMap:
     """A uid map and a gid map (sorted ``(FROM, TO)`` pairs, FROMs unique); empty maps change nothing.
 
-    Build it with validated pairs (:func:`check_pairs`); false when both maps are empty.
+    Build it with validated pairs (:func:`check_pairs`); false when both maps are empty. Immutable, equal
+    and hashed by its two maps (every pass spec carries one). A plain class: a dataclass cost every
+    command 1 ms of generated code at start, and a named tuple cannot hold the lookup tables.
     """
 
-    uids: Pairs = ()
-    gids: Pairs = ()
-    _u: dict[int, int] = field(init=False, repr=False, compare=False, hash=False)
-    _g: dict[int, int] = field(init=False, repr=False, compare=False, hash=False)
+    __slots__ = ("uids", "gids", "_u", "_g")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "uids", tuple(sorted(self.uids)))
-        object.__setattr__(self, "gids", tuple(sorted(self.gids)))
-        object.__setattr__(self, "_u", dict(self.uids))
-        object.__setattr__(self, "_g", dict(self.gids))
+    uids: Pairs
+    gids: Pairs
+    _u: dict[int, int]
+    _g: dict[int, int]
+
+    def __init__(self, uids: Iterable[tuple[int, int]] = (), gids: Iterable[tuple[int, int]] = ()) -> None:
+        put = object.__setattr__
+        put(self, "uids", tuple(sorted(uids)))
+        put(self, "gids", tuple(sorted(gids)))
+        put(self, "_u", dict(self.uids))
+        put(self, "_g", dict(self.gids))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"an IdMap is immutable: cannot set {name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"an IdMap is immutable: cannot delete {name}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not IdMap:
+            return NotImplemented
+        return self.uids == other.uids and self.gids == other.gids
+
+    def __hash__(self) -> int:
+        return hash((self.uids, self.gids))
+
+    def __repr__(self) -> str:
+        return f"IdMap(uids={self.uids!r}, gids={self.gids!r})"
 
     def __bool__(self) -> bool:
         return bool(self.uids or self.gids)

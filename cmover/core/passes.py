@@ -14,8 +14,7 @@ import os
 import re
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cmover.core.errors import ConfigError, ConfinementError
 from cmover.core.idmap import NO_MAP, IdMap
@@ -38,8 +37,7 @@ class NoOptions(NamedTuple):
         return {}
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeleteOptions:
+class DeleteOptions(NamedTuple):
     """What the operator asked of a delete pass, and what its tasks re-check before deleting anything.
 
     ``dry_run``: count and list what would be deleted, delete nothing. ``max_delete``: at most this many
@@ -69,8 +67,7 @@ class DeleteOptions:
         return spec.options
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VerifyOptions:
+class VerifyOptions(NamedTuple):
     """What a verify pass compares besides metadata, and where it keeps its manifest.
 
     ``content``: read both files and compare their checksums. ``manifest``: the directory of the
@@ -104,21 +101,8 @@ OPTIONS: dict[PassKind, type[NoOptions] | type[DeleteOptions] | type[VerifyOptio
     PassKind.VERIFY: VerifyOptions}
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PassSpec:
-    """Immutable description of one pass; JSON-able through :meth:`as_dict` / :meth:`from_dict`.
-
-    ``oldest_atime_ns``: regular files with an atime before it are skipped (0 = no cut).
-    ``newest_mtime_ns``: regular files with an mtime after it are skipped (0 = no cut).
-    ``excludes``: relative path prefixes (whole components) that are left out.
-    ``min_size`` / ``max_size``: regular files smaller / larger than this many bytes are skipped (0 = no bound).
-    ``changes``: the pass is driven by a change journal (:mod:`cmover.engine.changeplan`): its batch jobs name
-    exactly the entries that changed, so an entry of a batch that is a directory is handled *shallowly*
-    (its own metadata or times, not its contents; a directory missing on the target is walked in full),
-    and a batch with no names stands for its directory itself.
-    ``idmap``: the identity maps of a migration between sites (:mod:`cmover.core.idmap`), the same for every
-    kind of pass: the target is compared with the source as mapped.
-    """
+class _Spec(NamedTuple):
+    """The fields of :class:`PassSpec` (see there)."""
 
     run_id: str
     kind: PassKind
@@ -142,7 +126,7 @@ class PassSpec:
     restripe: bool = False  # rewrite otherwise identical files whose layout differs
     hsm: str = "import"  # what a copy pass does with HSM-released source files (cmover.core.policies)
     max_deliveries: int = 5
-    changes: bool = False  # driven by a change journal: see above
+    changes: bool = False  # driven by a change journal: see PassSpec
     attempt: int = 0  # n-th `retry-failed` of the run: task ids and part files differ from earlier attempts
     # Clean-pass proof (cmover.core.cleanpass): when the pass was planned (wall clock, ns; what a clean
     # finish records), and the cut of the last clean pass it may use (0: none, compare in full).
@@ -153,13 +137,39 @@ class PassSpec:
     options: Options = NoOptions()  # the kind's record (OPTIONS); its defaults when none is given
     idmap: IdMap = NO_MAP  # uid/gid maps (UID_MAP/GID_MAP, --usermap/--groupmap): every pass compares with them
 
-    def __post_init__(self) -> None:
-        # Every spec carries the option record its kind declares, so that an engine reads typed fields.
-        want = OPTIONS[self.kind]
-        if type(self.options) is NoOptions and want is not NoOptions:
-            object.__setattr__(self, "options", want())
-        elif type(self.options) is not want:
-            raise TypeError(f"a {self.kind.value} pass takes {want.__name__}, not {type(self.options).__name__}")
+
+class PassSpec(_Spec):
+    """Immutable description of one pass; JSON-able through :meth:`as_dict` / :meth:`from_dict`.
+
+    ``oldest_atime_ns``: regular files with an atime before it are skipped (0 = no cut).
+    ``newest_mtime_ns``: regular files with an mtime after it are skipped (0 = no cut).
+    ``excludes``: relative path prefixes (whole components) that are left out.
+    ``min_size`` / ``max_size``: regular files smaller / larger than this many bytes are skipped (0 = no bound).
+    ``changes``: the pass is driven by a change journal (:mod:`cmover.engine.changeplan`): its batch jobs name
+    exactly the entries that changed, so an entry of a batch that is a directory is handled *shallowly*
+    (its own metadata or times, not its contents; a directory missing on the target is walked in full),
+    and a batch with no names stands for its directory itself.
+    ``idmap``: the identity maps of a migration between sites (:mod:`cmover.core.idmap`), the same for every
+    kind of pass: the target is compared with the source as mapped.
+
+    Every spec carries the option record its kind declares (:data:`OPTIONS`; its defaults when none is
+    given), so that an engine reads typed fields; options of another kind are a TypeError. A named tuple
+    (fields in :class:`_Spec`, built with keywords): a dataclass of 30 fields cost every command 3 ms of
+    generated code at start. Being a tuple, it crosses JSON only through :meth:`as_dict`.
+    """
+
+    __slots__ = ()
+
+    if not TYPE_CHECKING:  # the type checker keeps the fields' own signature for PassSpec(...)
+        def __new__(cls, *args: Any, **kwargs: Any) -> PassSpec:
+            spec = super().__new__(cls, *args, **kwargs)
+            want = OPTIONS[spec.kind]
+            if type(spec.options) is not want:
+                if type(spec.options) is not NoOptions:
+                    raise TypeError(f"a {spec.kind.value} pass takes {want.__name__}, "
+                                    f"not {type(spec.options).__name__}")
+                spec = spec._replace(options=want())
+            return spec
 
     @property
     def leaves_entries_out(self) -> bool:

@@ -13,16 +13,13 @@ mode. This module is the only one that knows where these files are.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re
 import runpy
 import types
-import urllib.parse
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cmover.core.errors import ConfigError
 from cmover.core.idmap import Pairs, from_config
@@ -76,8 +73,7 @@ _USERNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 GRAPHITE_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settings:
+class Settings(NamedTuple):
     """Validated site settings; built once per process and passed explicitly."""
 
     username: str = "cmover"
@@ -120,7 +116,7 @@ class Settings:
     config_path: str = ""  # the file read; "" when none was found and the defaults are used
     config_origin: str = ""  # how it was found ("named by --config", "in the current directory", ...)
     rabbitmq_dir: str = ""
-    broker_host: str | None = field(default=None)
+    broker_host: str | None = None
 
     @property
     def broker_configured(self) -> bool:
@@ -156,7 +152,8 @@ class Settings:
         host = self.broker_host
         if ":" not in host.rsplit("]", 1)[-1]:
             host += ":5672"
-        quote = urllib.parse.quote
+        from urllib.parse import quote  # only a distributed command needs it (2 ms of import)
+
         user = quote(self.username, safe="")
         return f"amqp://{user}:{quote(password, safe='')}@{host}/{user}"
 
@@ -183,7 +180,11 @@ class Settings:
         return dict(self.changelog_users).get(device)
 
     def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+        """These settings with ``changes`` (field name -> value); TypeError for a name that is not a field."""
+        unknown = changes.keys() - self._fields
+        if unknown:
+            raise TypeError(f"Settings has no field(s) {', '.join(sorted(unknown))}")
+        return self._replace(**changes)
 
 
 #: The config.py of the source tree the package runs from (a checkout installed with ``pip install -e``).

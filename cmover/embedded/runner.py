@@ -23,9 +23,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from cmover.core import fsio
 from cmover.core.errors import FatalError
@@ -40,17 +39,17 @@ log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, int], float], None]
 
 
-@dataclass
-class RunResult:
-    """Outcome of a pass: totals by counter name, the failures (up to a limit) and their count."""
+class RunResult(NamedTuple):
+    """Outcome of a pass: totals by counter name, the failures (up to a limit) and their count, how long it
+    took, how it ended ("complete", "interrupted"), and what its kind adds (``deleted``, ``differences``)."""
 
     spec: PassSpec
     totals: dict[str, int]
     failures: list[Failure]
     failure_count: int
     seconds: float
-    state: str = "complete"
-    extra: dict[str, object] = field(default_factory=dict)
+    state: str
+    extra: dict[str, object]
 
 
 def run_embedded(spec: PassSpec, jobs: int, on_progress: Progress | None = None,

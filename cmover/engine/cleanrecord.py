@@ -7,7 +7,6 @@ Both run where the pass is planned and waited for (``cmover copy``, ``cmover syn
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -30,7 +29,7 @@ def attach(spec: PassSpec, settings: Settings, *, full_compare: bool = False) ->
     if rec is None:
         return spec
     proof_ns, proof_end_ns = cleanpass.cut(rec, int(settings.clock_skew * 1e9))
-    return dataclasses.replace(spec, proof_ns=proof_ns, proof_end_ns=proof_end_ns, proof_fp=fp)
+    return spec._replace(proof_ns=proof_ns, proof_end_ns=proof_end_ns, proof_fp=fp)
 
 
 def record(settings: Settings, spec: PassSpec, state: str, failure_count: int, totals: Mapping[str, int],

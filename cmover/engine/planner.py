@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cmover import lustre
 from cmover.core.errors import ConfigError, ConfinementError, PreflightError
@@ -32,9 +32,8 @@ from cmover.core.sizes import check_chunking, check_sizes
 from cmover.engine import cleanrecord
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PassOptions:
-    """Command-line overrides of config.py for one pass (None = take the config value)."""
+class PassOptions(NamedTuple):
+    """Command-line overrides of config.py for one pass (None = take the config value), given by keyword."""
 
     oldest_date: float | None = None
     newest_date: float | None = None

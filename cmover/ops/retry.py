@@ -16,7 +16,6 @@ fails again is recorded again.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import stat
@@ -145,7 +144,7 @@ def retry_failed(settings: Settings, kind: str, run_id: str | None = None) -> tu
             except (TimeoutError, OSError, LedgerLost) as exc:
                 raise FatalError(f"memcached at {settings.memcached} is unreachable ({exc}); start it "
                                  "(memcached -M): a retry cannot be tracked without it") from None
-            retry = dataclasses.replace(spec, attempt=attempt)
+            retry = spec._replace(attempt=attempt)
             spec_d = retry.as_dict()
             for job in plan.jobs:
                 tid = job_task_id(retry, job)

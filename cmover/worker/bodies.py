@@ -8,7 +8,6 @@ A body is called as ``body(spec, ctx, tally, fail, emit)`` (:data:`~cmover.worke
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -64,7 +63,7 @@ def verify_run(spec: Any, ctx: Any, tally: Any, fail: Any, emit: Any, work: Call
     found: list[Difference] = []
     # The filesystem API as a --restripe copy has it: the one that compares a file's layout with the policy's.
     engine = VerifyPass(spec, tally, fail, emit, RunClaims(ctx.ledger, spec.run_id), found.append,
-                        ctx.fs_for(dataclasses.replace(spec, restripe=True), tally), ctx.hsm_lib(spec))
+                        ctx.fs_for(spec._replace(restripe=True), tally), ctx.hsm_lib(spec))
     try:
         work(engine)
     finally:
