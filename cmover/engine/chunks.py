@@ -31,7 +31,6 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 from cmover.core import fsio, projid, xattrs
@@ -43,6 +42,7 @@ from cmover.core.privileges import current
 from cmover.core.record import Record
 from cmover.engine import metadata
 from cmover.engine.claims import Claims
+from cmover.engine.jobs import FrozenJob
 from cmover.lustre.base import FsApi
 
 log = logging.getLogger(__name__)
@@ -123,14 +123,19 @@ def chunk_geometry(size: int, chunk: int, stripe: int) -> int:
     return aligned(c, stripe)
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkJob:
+class ChunkJob(FrozenJob):
     """Chunk ``index`` of the file ``rel`` split as ``cs``: a copy-pass job (see :mod:`cmover.engine.jobs`)."""
 
+    __slots__ = ("rel", "index", "cs")
     kind: ClassVar[str] = "chunk"
     rel: bytes
     index: int
     cs: ChunkSpec
+
+    def __init__(self, rel: bytes, index: int, cs: ChunkSpec) -> None:
+        object.__setattr__(self, "rel", rel)
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "cs", cs)
 
     def ident(self) -> tuple[bytes, ...]:
         # The source identity and geometry: a changed source gets new chunk tasks, never ones marked done.

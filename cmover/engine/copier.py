@@ -32,7 +32,6 @@ import secrets
 import shutil
 import stat
 from collections import Counter
-from dataclasses import dataclass, field
 
 from cmover.core import fsio, projid, xattrs
 from cmover.core.cleanpass import Proof
@@ -60,33 +59,45 @@ class Seen(enum.Enum):
     SKIPPED = "skipped"  # proven unchanged and counted: nothing else to do
 
 
-@dataclass(slots=True)
 class Copier:
-    """Per-task state for copying entries: filesystem API, filter, the task's tally, hard-link handling."""
+    """Per-task state for copying entries: filesystem API, filter, the task's tally, hard-link handling.
 
-    fs: FsApi
-    filt: Filter
-    tally: Counter[str]
-    links: HardLinker | None = None
-    chunker: Chunker | None = None
-    chunk_threshold: int = 0  # regular files of this size or more go to the chunker (0: never)
-    can: Privileges = field(default_factory=current)  # what this process may set on the target
-    idmap: IdMap = NO_MAP  # identity maps: the source as its copy should look (owners, ACL ids)
-    # Compare the project ids of files that are otherwise identical: set by the copy pass for each directory
-    # whose source has a project and whose target can store one (see _project_differs).
-    projects: bool = False
-    hsm: HsmCopier | None = None  # a Lustre HSM source: each regular file's state decides first
-    _fast_map: IdMap | None = field(init=False, default=None)  # idmap, or None when empty (the no-change path)
-    # The clean-pass proof for the entries of the directory being handled (cmover.core.cleanpass); None when
-    # that directory is not proven: every entry's attributes are compared in full.
-    proof: Proof | None = None
-    # Whether an entry may be skipped by try_skip: no filter, HSM source or layout comparison to consult first.
-    _plain: bool = field(init=False, default=False)
+    ``fs``: how target entries are created; ``filt``: the pass's selection; ``tally``: the task's counters;
+    ``links``: hard-link groups (None: each name is copied as a file of its own); ``chunker``: where regular files
+    of ``chunk_threshold`` bytes or more go (0: none does); ``can``: what this process may set on the target
+    (default: :func:`~cmover.core.privileges.current`); ``idmap``: identity maps, the source as its copy should
+    look; ``projects``: compare the project ids of otherwise identical files; ``hsm``: a Lustre HSM source, each
+    regular file's state decides first; ``proof``: the clean-pass proof for the entries of the directory being
+    handled. The copy pass sets ``projects`` and ``proof`` for each directory.
+    """
 
-    def __post_init__(self) -> None:
-        self._fast_map = self.idmap if self.idmap else None
-        self._plain = not (self.filt.has_size_window or self.filt.has_age_window or self.hsm is not None
-                           or self.fs.compares_layouts)
+    __slots__ = ("fs", "filt", "tally", "links", "chunker", "chunk_threshold", "can", "idmap", "projects", "hsm",
+                 "proof", "_fast_map", "_size_window", "_plain")
+
+    def __init__(self, fs: FsApi, filt: Filter, tally: Counter[str], links: HardLinker | None = None,
+                 chunker: Chunker | None = None, chunk_threshold: int = 0, can: Privileges | None = None,
+                 idmap: IdMap = NO_MAP, projects: bool = False, hsm: HsmCopier | None = None,
+                 proof: Proof | None = None) -> None:
+        self.fs = fs
+        self.filt = filt
+        self.tally = tally
+        self.links = links
+        self.chunker = chunker
+        self.chunk_threshold = chunk_threshold  # regular files of this size or more go to the chunker (0: never)
+        self.can = current() if can is None else can  # what this process may set on the target
+        self.idmap = idmap  # identity maps: the source as its copy should look (owners, ACL ids)
+        # Compare the project ids of files that are otherwise identical: set by the copy pass for each directory
+        # whose source has a project and whose target can store one (see _project_differs).
+        self.projects = projects
+        self.hsm = hsm  # a Lustre HSM source: each regular file's state decides first
+        # The clean-pass proof for the entries of the directory being handled (cmover.core.cleanpass); None when
+        # that directory is not proven: every entry's attributes are compared in full.
+        self.proof = proof
+        self._fast_map = idmap if idmap else None  # idmap, or None when empty (the no-change path)
+        # Whether a size bound is set: a plain attribute, read once per file on the copy hot path.
+        self._size_window = filt.has_size_window
+        # Whether an entry may be skipped by try_skip: no filter, HSM source or layout comparison to consult first.
+        self._plain = not (self._size_window or filt.has_age_window or hsm is not None or fs.compares_layouts)
 
     def try_skip(self, dst_dir_fd: int, name: str, st: os.stat_result) -> os.stat_result | None | Seen:
         """The no-change path of non-directory entry ``name`` (fresh source ``lstat`` ``st``), before any
@@ -123,7 +134,7 @@ class Copier:
         default (``Seen.UNSEEN``) it is looked at here. Raises OSError or ItemError (the caller records a
         per-item failure) or SourceChangedError.
         """
-        if self.filt.has_size_window and stat.S_ISREG(st.st_mode) and self.filt.size_skip(st.st_size):
+        if self._size_window and stat.S_ISREG(st.st_mode) and self.filt.size_skip(st.st_size):
             # Before any look at the target: whatever the target holds under this name is left as it is
             # (never replaced, never removed; the delete pass keeps it too, the source entry exists).
             self.tally[C.SIZE_FILTERED] += 1

@@ -32,7 +32,6 @@ import os
 import stat
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from cmover.core import fsio
@@ -46,20 +45,24 @@ from cmover.core.paths import check_rel, components, display, join, to_wire
 from cmover.core.privileges import current
 from cmover.engine import metadata
 from cmover.engine.claims import Claims
-from cmover.engine.jobs import DirJob, FilesJob, Job, retry_transient, retrying, run_groups
+from cmover.engine.jobs import DirJob, FilesJob, FrozenJob, Job, retry_transient, retrying, run_groups
 from cmover.engine.safety import SourceUnsafe, source_root_problem
 from cmover.engine.walker import Entries, Walker
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class PurgeJob:
+class PurgeJob(FrozenJob):
     """Remove target directory ``rel``, part of the tree ``root`` whose source is gone (a delete-pass job)."""
 
+    __slots__ = ("rel", "root")
     kind: ClassVar[str] = "purge"
     rel: bytes
     root: bytes
+
+    def __init__(self, rel: bytes, root: bytes) -> None:
+        object.__setattr__(self, "rel", rel)
+        object.__setattr__(self, "root", root)
 
     @property
     def index(self) -> int:

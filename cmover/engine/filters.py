@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cmover.core.passes import PassSpec
 from cmover.core.record import Kind, Record
 
 
-@dataclass(frozen=True, slots=True)
-class Filter:
+class Filter(NamedTuple):
     """Exclusion prefixes, age window and size window of a pass.
 
     A prefix excludes the entry with exactly that relative path and everything below it (whole
@@ -17,6 +16,9 @@ class Filter:
     apply to regular files only; directories, symlinks and special files are always copied, so that
     the tree's shape stays complete. Whether a pass leaves anything out at all is
     :attr:`cmover.core.passes.PassSpec.leaves_entries_out`.
+
+    A tuple of its fields: each task builds its own from its pass spec (:meth:`from_spec`); none is sent in a
+    message.
     """
 
     excludes: frozenset[bytes]
@@ -24,11 +26,6 @@ class Filter:
     newest_mtime_ns: int
     min_size: int = 0  # bytes; 0: no lower bound
     max_size: int = 0  # bytes; 0: no upper bound
-    #: True when a size bound is set: a plain attribute, read once per file on the copy hot path.
-    has_size_window: bool = field(init=False, default=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "has_size_window", bool(self.min_size or self.max_size))
 
     @classmethod
     def from_spec(cls, spec: PassSpec) -> Filter:
@@ -51,6 +48,11 @@ class Filter:
     @property
     def has_age_window(self) -> bool:
         return bool(self.oldest_atime_ns or self.newest_mtime_ns)
+
+    @property
+    def has_size_window(self) -> bool:
+        """True when a size bound is set (the copier reads it once per task, not once per file)."""
+        return bool(self.min_size or self.max_size)
 
     def age_skip(self, rec: Record) -> str | None:
         """The reason a regular file falls outside the age window, or None when it is selected."""

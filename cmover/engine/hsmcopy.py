@@ -38,7 +38,6 @@ import secrets
 import stat
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cmover.core import fsio, projid, xattrs
@@ -109,18 +108,28 @@ def target_state_ok(src: HsmState, dst: HsmState) -> bool:
         and dst.states & CARRIED == src.states & CARRIED
 
 
-@dataclass(slots=True)
 class HsmCopier:
-    """The HSM side of one copy task: reads states, imports stubs, marks targets, records rebind pairs."""
+    """The HSM side of one copy task: reads states, imports stubs, marks targets, records rebind pairs.
 
-    hsm: Hsm
-    fs: FsApi
-    policy: str
-    tally: Counter[str]
-    record: Callable[[HsmRecord], None]
-    can: Privileges
-    target_lustre: bool
-    idmap: IdMap = NO_MAP  # owners and ACL ids of stubs as their copies should be
+    ``hsm``: the source's HSM functions; ``fs``: how the target creates entries (stub striping); ``policy``: the
+    pass's HSM policy (import, recall or skip); ``tally``: the task's counters; ``record``: where rebind pairs and
+    skipped files go (the run's HSM list); ``can``: what this process may set on the target; ``target_lustre``:
+    whether the target is Lustre too (only then can a file be marked or imported); ``idmap``: owners and ACL ids of
+    stubs as their copies should be.
+    """
+
+    __slots__ = ("hsm", "fs", "policy", "tally", "record", "can", "target_lustre", "idmap")
+
+    def __init__(self, hsm: Hsm, fs: FsApi, policy: str, tally: Counter[str], record: Callable[[HsmRecord], None],
+                 can: Privileges, target_lustre: bool, idmap: IdMap = NO_MAP) -> None:
+        self.hsm = hsm
+        self.fs = fs
+        self.policy = policy
+        self.tally = tally
+        self.record = record
+        self.can = can
+        self.target_lustre = target_lustre
+        self.idmap = idmap  # owners and ACL ids of stubs as their copies should be
 
     def plan(self, src_dir_fd: int, dst_dir_fd: int, name: str, st: os.stat_result,
              dst_st: os.stat_result | None) -> tuple[Act, HsmState]:

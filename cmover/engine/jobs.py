@@ -6,7 +6,8 @@ kind, the task name), the inputs of its deterministic task id (``rel``, ``index`
 see :func:`cmover.state.ledger.task_id`; the ledger relies on the same work getting the same id) and its
 message arguments after the pass spec (:meth:`Job.wire_args`, JSON). Every pass has :class:`DirJob` and
 :class:`FilesJob`; a pass with work of another shape declares its own job next to its engine
-(:class:`cmover.engine.chunks.ChunkJob`, :class:`cmover.engine.deletepass.PurgeJob`).
+(:class:`cmover.engine.chunks.ChunkJob`, :class:`cmover.engine.deletepass.PurgeJob`). Every job class derives
+from :class:`FrozenJob`: immutable, equal to a job of its class with the same fields, never to anything else.
 
 Failures. One entry that cannot be handled is a per-item failure: :func:`report_failure` counts it,
 logs it under the pass's logger and hands the :class:`~cmover.core.failure.Failure` record on; the rest
@@ -22,8 +23,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from cmover.core import fsio
 from cmover.core.counters import C
@@ -61,13 +61,50 @@ class Job(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class DirJob:
+class FrozenJob:
+    """Base of the job classes: value semantics for a class whose fields are its ``__slots__``, in order.
+
+    A job's ``__init__`` sets each field once (through ``object.__setattr__``); assigning or deleting an
+    attribute afterwards raises AttributeError. Two jobs are equal when they are of the same class and their
+    fields are equal: an object of another class, a tuple of the same values included, is never equal (why the
+    jobs are not NamedTuples, besides the ``index`` a tuple already has). A job hashes as its fields' tuple.
+    """
+
+    __slots__: tuple[str, ...] = ()
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == cast(FrozenJob, other)._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{self.__class__.__qualname__}({fields})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{self.__class__.__name__} is immutable: cannot assign to {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{self.__class__.__name__} is immutable: cannot delete {name!r}")
+
+
+class DirJob(FrozenJob):
     """Walk directory ``rel`` (``mdt``: the MDT a new target directory is created on; None: its parent's)."""
 
+    __slots__ = ("rel", "mdt")
     kind: ClassVar[str] = "dir"
     rel: bytes
-    mdt: int | None = None
+    mdt: int | None
+
+    def __init__(self, rel: bytes, mdt: int | None = None) -> None:
+        object.__setattr__(self, "rel", rel)
+        object.__setattr__(self, "mdt", mdt)
 
     @property
     def index(self) -> int:
@@ -84,8 +121,7 @@ class DirJob:
 Groups = tuple[tuple[bytes, tuple[bytes, ...]], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class FilesJob:
+class FilesJob(FrozenJob):
     """Handle the entries ``names`` of directory ``rel``: batch ``index`` of a big directory's listing.
 
     ``also``: the entries of further directories, handled by the same task after ``rel``'s, in this order
@@ -96,11 +132,18 @@ class FilesJob:
     A batch's task id covers its names, not only its position (see :func:`cmover.state.ledger.task_id`).
     """
 
+    __slots__ = ("rel", "names", "index", "also")
     kind: ClassVar[str] = "files"
     rel: bytes
     names: tuple[bytes, ...]
-    index: int = 0
-    also: Groups = ()
+    index: int
+    also: Groups
+
+    def __init__(self, rel: bytes, names: tuple[bytes, ...], index: int = 0, also: Groups = ()) -> None:
+        object.__setattr__(self, "rel", rel)
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "also", also)
 
     def ident(self) -> tuple[bytes, ...]:
         if not self.also:

@@ -18,7 +18,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cmover.core.errors import ConfinementError
@@ -41,18 +40,28 @@ if TYPE_CHECKING:  # imported when a Lustre source has the HSM functions: not ev
     from cmover.lustre.hsm import Hsm
 
 
-@dataclass
 class WorkerContext:
-    """What a task needs besides its message: built once per process (after fork), passed to the engine."""
+    """What a task needs besides its message: built once per process (after fork), passed to the engine.
 
-    ledger: Ledger
-    stats: StatsSink
-    errors: ErrorSink
-    lustreapi: str = ""  # config LUSTREAPI: the liblustreapi to load ("" = the system's)
-    hsm: HsmSink | None = None  # where copy runs keep their HSM lists; None: with the error lists (tests)
-    src_mount: bytes | None = None  # confinement roots; None in the embedded mode (spec built in-process)
-    dst_mount: bytes | None = None
-    pid: int = field(default_factory=os.getpid)
+    ``ledger``, ``stats``, ``errors``: the process's completion ledger, counters sink and error sink;
+    ``lustreapi``: the liblustreapi to load; ``hsm``: where copy runs keep their HSM lists; ``src_mount`` and
+    ``dst_mount``: the confinement roots (:meth:`check_spec`); ``pid``: the process the context was built in
+    (default: this one; :class:`ContextFactory` builds a new context in a process of another pid).
+    """
+
+    __slots__ = ("ledger", "stats", "errors", "lustreapi", "hsm", "src_mount", "dst_mount", "pid")
+
+    def __init__(self, ledger: Ledger, stats: StatsSink, errors: ErrorSink, lustreapi: str = "",
+                 hsm: HsmSink | None = None, src_mount: bytes | None = None, dst_mount: bytes | None = None,
+                 pid: int | None = None) -> None:
+        self.ledger = ledger
+        self.stats = stats
+        self.errors = errors
+        self.lustreapi = lustreapi  # config LUSTREAPI: the liblustreapi to load ("" = the system's)
+        self.hsm = hsm  # where copy runs keep their HSM lists; None: with the error lists (tests)
+        self.src_mount = src_mount  # confinement roots; None in the embedded mode (spec built in-process)
+        self.dst_mount = dst_mount
+        self.pid = os.getpid() if pid is None else pid
 
     def fs_for(self, spec: PassSpec, tally: Counter[str]) -> FsApi:
         """How one task of pass ``spec`` creates target entries (Lustre layouts or plain POSIX)."""
