@@ -38,6 +38,8 @@ from cmover.lustre.base import PosixFs
 from cmover.tasks_copy import copy_chunk, copy_dir, copy_files
 from cmover.tasks_delete import delete_dir, delete_files, delete_purge
 from cmover.tasks_dirtime import dirtime_dir
+from cmover.worker import bodies
+from cmover.worker.taskbase import Rejected, run_message
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -700,3 +702,29 @@ def test_wrong_number_of_arguments_is_rejected_not_a_traceback(site: Site, task:
     assert info.value.requeue is False and "wrong arguments" in str(info.value.reason)
     assert unchanged(before, site.state()) + unchanged(target, site.target()) == []
     assert site.worker.sent == []
+
+
+@pytest.mark.parametrize("name", sorted(bodies.TASKS))
+@pytest.mark.parametrize("shape", ["spec only", "too many"])
+def test_embedded_message_with_wrong_arguments_is_rejected_not_run(name: str, shape: str) -> None:
+    """The embedded pool's messages are checked against their task's arguments before anything runs."""
+    spec = {"not": "read"}  # the arguments are refused before the spec is looked at
+    args = {"spec only": [spec], "too many": [spec, "", None, 1, 2, 3]}[shape]
+
+    def send(messages: Any) -> None:
+        raise AssertionError(f"a refused message sent {messages}")
+
+    with pytest.raises(Rejected) as info:
+        run_message((name, args, "t1"), "embedded@test", send)
+    assert info.value.requeue is False and info.value.reason.startswith("wrong arguments: ")
+
+
+def test_a_type_error_inside_a_task_factory_is_a_bug_not_a_refused_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the call's own refusal of the arguments rejects a message: a TypeError the factory raises itself
+    goes on as the error it is (the message is not dropped as malformed)."""
+    def broken(tid: str, rel: Any) -> Any:
+        raise TypeError("a bug in the factory")
+
+    monkeypatch.setitem(bodies.TASKS, "cmover.copy.dir", broken)
+    with pytest.raises(TypeError, match="a bug in the factory"):
+        run_message(("cmover.copy.dir", [{}, ""], "t1"), "embedded@test", lambda messages: None)

@@ -19,13 +19,12 @@ message): the embedded runner and its pool run task messages with :func:`run_mes
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cmover.core import logformat
 from cmover.core.counters import C
@@ -37,6 +36,9 @@ from cmover.core.tasknames import TASK_NAMES, queue_name
 from cmover.engine.jobs import Job
 from cmover.state.ledger import task_id
 from cmover.worker.context import WorkerContext, get_context
+
+if TYPE_CHECKING:
+    import inspect
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +180,18 @@ def run_message(message: Message, hostname: str, send: Send,
         log.error("rejected message %s of %s: not a cmover task message", tid, name)
         raise Rejected("not a cmover task message", requeue=False)
     try:
-        signature(factory).bind(tid, *args[1:])
+        body = factory(tid, *args[1:])  # a factory only binds its arguments into the body it returns
     except TypeError as exc:
+        # Wrong arguments are refused by the call itself, before the factory's frame exists: a traceback
+        # with a frame beyond this one is a TypeError raised inside the factory, a bug, not the message's.
+        # (inspect.signature said the same, at the price of importing inspect, ast and dis into every pass.)
+        if exc.__traceback__ is not None and exc.__traceback__.tb_next is not None:
+            raise
         log.error("rejected message %s of %s: wrong arguments (%s)", tid, name, exc)
         raise Rejected(f"wrong arguments: {exc}", requeue=False) from None
     spec_d = args[0]
     try:
-        _run_task(name, tid, hostname, spec_d, args[1], factory(tid, *args[1:]),
+        _run_task(name, tid, hostname, spec_d, args[1], body,
                   lambda spec_, ctx_: Emitter(spec_d, spec_, ctx_, send), dead_letter)
     finally:
         logformat.clear_task()  # this process's later log lines belong to no task
@@ -192,7 +199,10 @@ def run_message(message: Message, hostname: str, send: Send,
 
 @functools.lru_cache(maxsize=32)
 def signature(fn: Callable[..., Any]) -> inspect.Signature:
-    """The call signature of a task or body factory, computed once (every message is checked against it)."""
+    """The call signature of a Celery task's ``run``, computed once (every message is checked against it).
+    ``inspect`` is imported here: a Celery worker has it already, an embedded pass never needs it."""
+    import inspect
+
     return inspect.signature(fn)
 
 
