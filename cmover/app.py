@@ -32,8 +32,10 @@ def _queue(name: str) -> Queue:
     return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
 
 
+# No fix-ups: Celery's only built-in one adapts a worker to Django when DJANGO_SETTINGS_MODULE is set, which a
+# mover node's environment must not decide, and importing it brought Celery's worker modules into every command.
 app = Celery("cmover", include=["cmover.tasks_copy", "cmover.tasks_delete", "cmover.tasks_dirtime",
-                               "cmover.tasks_verify", "cmover.worker.hooks"])
+                               "cmover.tasks_verify", "cmover.worker.hooks"], fixups=[])
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],

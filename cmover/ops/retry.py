@@ -129,7 +129,7 @@ def retry_failed(settings: Settings, kind: str, run_id: str | None = None) -> tu
     The run is the given one, else the current run of pass ``kind`` (:func:`cmover.ops.runs.resolve`).
     """
     from cmover.state.errorlist import BrokerErrors
-    from cmover.worker.taskbase import job_task_id
+    from cmover.worker.taskbase import job_task_id, publish
 
     check_broker(settings)
     spec = runs.spec_of(settings, kind, run_id)
@@ -149,8 +149,7 @@ def retry_failed(settings: Settings, kind: str, run_id: str | None = None) -> tu
             for job in plan.jobs:
                 tid = job_task_id(retry, job)
                 ctx.ledger.enqueue(spec.run_id, tid)
-                appmod.app.send_task(appmod.TASK_NAMES[(spec.kind.value, job.kind)],
-                                     args=[spec_d, *job.wire_args()], task_id=tid)
+                publish(appmod.app, [(appmod.TASK_NAMES[(spec.kind.value, job.kind)], [spec_d, *job.wire_args()], tid)])
         if plan.unusable:
             errors_.record(spec.run_id, plan.unusable)  # kept on the list as they were
         commit()

@@ -129,7 +129,10 @@ def publish(app: Any, messages: Sequence[Message], connection: Any = None) -> No
     """Send task messages (each counted in the ledger already) through the Celery ``app``: on ``connection``
     when given (a command's own, :func:`cmover.ops.broker.link`), else on one of the app's pool."""
     for name, args, tid in messages:
-        app.send_task(name, args=args, task_id=tid, argsrepr=_argsrepr(args[1:]), connection=connection)
+        # ignore_result: as every pass task says (PassTask); said here, Celery neither loads nor calls a result
+        # backend to send the message.
+        app.send_task(name, args=args, task_id=tid, argsrepr=_argsrepr(args[1:]), connection=connection,
+                      ignore_result=True)
 
 
 def _app() -> Any:
