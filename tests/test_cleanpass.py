@@ -93,10 +93,25 @@ def test_directory_proven_only_under_a_proven_parent():
     assert not dir_proven(None, True, 10)
 
 
-def test_cut_subtracts_the_clock_skew_from_the_start_only():
+def test_cut_subtracts_the_clock_skew_from_the_start_and_from_the_end():
     rec = CleanPass(b"/s", b"/d", b"", 10_000_000_000, 12_000_000_000, "f", "r")
-    assert cleanpass.cut(rec, 2_000_000_000) == (8_000_000_000, 12_000_000_000)
-    assert cleanpass.cut(rec, 20_000_000_000) == (0, 12_000_000_000)
+    assert cleanpass.cut(rec, 2_000_000_000) == (8_000_000_000, 10_000_000_000)
+    assert cleanpass.cut(rec, 20_000_000_000) == (0, 0)
+    # CLOCK_SKEW = 0 still leaves a kernel tick's margin on both sides.
+    assert cleanpass.cut(rec, 0) == (10_000_000_000 - cleanpass.MIN_MARGIN_NS,
+                                     12_000_000_000 - cleanpass.MIN_MARGIN_NS)
+
+
+def test_a_target_change_just_after_the_recorded_end_is_never_covered() -> None:
+    """A target entry changed after a pass recorded its end must be compared, even when its ctime trails the
+    end: a clock that trails the planning node's by less than CLOCK_SKEW (another node, the target's
+    servers, or the kernel's tick) stamps it."""
+    rec = CleanPass(b"/s", b"/d", b"", 10_000_000_000, 12_000_000_000, "f", "r")
+    skew = 2_000_000_000
+    proof_ns, proof_end_ns = cleanpass.cut(rec, skew)
+    proof = Proof(proof_ns, proof_end_ns)
+    trailing = rec.end_ns + 1_000_000 - skew // 2  # made 1 ms after the end, on a clock 1 s behind
+    assert not proof.covers(proof_ns - 1, trailing)
 
 
 # -- the store -----------------------------------------------------------------------------------------
@@ -144,7 +159,8 @@ def test_planner_attaches_the_proof_unless_full_compare(tmp_path):
     assert not cleanrecord.record(settings, first, "interrupted", 0, {})
     assert cleanrecord.record(settings, first, "complete", 0, {C.SKIPPED: 3}, end_ns=first.planned_ns + 7)
     second = plan(PassKind.COPY, settings, str(src), str(dst))
-    assert (second.proof_ns, second.proof_end_ns) == (first.planned_ns - 1_500_000_000, first.planned_ns + 7)
+    skew = 1_500_000_000  # CLOCK_SKEW, off both ends
+    assert (second.proof_ns, second.proof_end_ns) == (first.planned_ns - skew, first.planned_ns + 7 - skew)
     assert proof_of(PassSpec.from_dict(second.as_dict()), CAN) == Proof(second.proof_ns, second.proof_end_ns)
     assert plan(PassKind.COPY, settings, str(src), str(dst), options=PassOptions(full_compare=True)).proof_ns == 0
     assert plan(PassKind.COPY, settings, str(src), str(dst), options=PassOptions(layout="classic")).proof_ns == 0

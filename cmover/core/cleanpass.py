@@ -24,9 +24,13 @@ attribute comparison of an entry when all of these hold:
   that differ from the planning node's);
 * its target ``lstat`` matches the source as a full compare requires (the caller checks this first;
   the target ``lstat`` is never skipped);
-* its target ctime is below ``end_ns``: nothing changed the target entry after the recorded pass (an
-  entry the pass wrote has an earlier ctime on the same clock; with a target clock ahead of the
-  planning node the proof is merely not used);
+* its target ctime is below ``end_ns - CLOCK_SKEW``: nothing changed the target entry after the recorded
+  pass. The margin is needed on this side too: a target change made just after the end is stamped by the
+  clock of whoever made it (another node, the target's servers), which may trail the planning node's; and
+  even on one node a file's timestamp can trail a time read before the change (the kernel stamps files
+  from a clock it advances once a tick: seen here, an xattr set on the target after a pass had recorded its
+  end, on the same node, got a ctime below that end). An entry the pass wrote in its last CLOCK_SKEW is
+  merely compared in full by the next pass;
 * its parent directory and every directory above it up to the mount root are proven too (source ctime
   below the cut): an entry moved into place by renaming one of its ancestors keeps its own ctime, but
   the renamed directory's ctime moves (verified on ext4 and tmpfs: ``rename`` updates the ctime of
@@ -164,10 +168,16 @@ def dir_proven(proof: Proof | None, parent_proven: bool, src_ctime_ns: int) -> b
     return proof is not None and parent_proven and src_ctime_ns < proof.src_before_ns
 
 
+#: The least margin of a cut, whatever CLOCK_SKEW says (it may be 0): a file's timestamps can trail the time a
+#: program read before changing it by up to a kernel tick, 10 ms at the coarsest (HZ=100).
+MIN_MARGIN_NS = 10_000_000
+
+
 def cut(record: CleanPass, skew_ns: int) -> tuple[int, int]:
-    """``(proof_ns, proof_end_ns)`` for a spec from ``record``: its start less the clock skew margin, and its
-    end (compared with target ctimes, written on the target's clock; see the module doc)."""
-    return max(record.start_ns - skew_ns, 0), record.end_ns
+    """``(proof_ns, proof_end_ns)`` for a spec from ``record``: its start and its end, each less the clock skew
+    margin (``skew_ns``, at least :data:`MIN_MARGIN_NS`; see the module doc)."""
+    margin = max(skew_ns, MIN_MARGIN_NS)
+    return max(record.start_ns - margin, 0), max(record.end_ns - margin, 0)
 
 
 def _key(src_root: bytes, dst_root: bytes, start: bytes) -> str:
