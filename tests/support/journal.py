@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -67,6 +68,16 @@ class WatchProcess:
             assert self.proc.poll() is None, self.log.read_text()
             time.sleep(0.05)
         raise AssertionError(f"the watcher did not start: {self.log.read_text()}")
+
+    def drain(self) -> None:
+        """Wait until the watcher has read every event the kernel queued before this call: the drain a reader
+        asks for (SIGUSR1, then the state's ``drained_ns`` reaches the time asked; see cmover.journal.watch)."""
+        asked = time.time_ns()
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 60
+        while int((read_state(self.dir) or {}).get("drained_ns", 0)) < asked:
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.01)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
