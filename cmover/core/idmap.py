@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cmover.core.errors import ConfigError
+from cmover.core.frozen import Frozen
 from cmover.core.record import Record
 
 Pairs = tuple[tuple[int, int], ...]
@@ -43,15 +44,16 @@ _ACL_USER, _ACL_GROUP = 0x02, 0x08  # the tags whose id is a uid / gid (the othe
 _PAIRS_RE = re.compile(r"\s*\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*,?\s*")
 
 
-class IdMap:
+class IdMap(Frozen):
     """A uid map and a gid map (sorted ``(FROM, TO)`` pairs, FROMs unique); empty maps change nothing.
 
     Build it with validated pairs (:func:`check_pairs`); false when both maps are empty. Immutable, equal
-    and hashed by its two maps (every pass spec carries one). A plain class: a dataclass cost every
-    command 1 ms of generated code at start, and a named tuple cannot hold the lookup tables.
+    and hashed by its two maps (every pass spec carries one), with the lookup tables derived from them (why
+    not a named tuple; a dataclass cost every command 1 ms of generated code at start).
     """
 
     __slots__ = ("uids", "gids", "_u", "_g")
+    _fields = ("uids", "gids")
 
     uids: Pairs
     gids: Pairs
@@ -64,23 +66,6 @@ class IdMap:
         put(self, "gids", tuple(sorted(gids)))
         put(self, "_u", dict(self.uids))
         put(self, "_g", dict(self.gids))
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"an IdMap is immutable: cannot set {name}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"an IdMap is immutable: cannot delete {name}")
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not IdMap:
-            return NotImplemented
-        return self.uids == other.uids and self.gids == other.gids
-
-    def __hash__(self) -> int:
-        return hash((self.uids, self.gids))
-
-    def __repr__(self) -> str:
-        return f"IdMap(uids={self.uids!r}, gids={self.gids!r})"
 
     def __bool__(self) -> bool:
         return bool(self.uids or self.gids)

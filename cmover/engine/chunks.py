@@ -36,13 +36,13 @@ from typing import Any, ClassVar, NamedTuple
 from cmover.core import fsio, projid, xattrs
 from cmover.core.counters import C
 from cmover.core.errors import ConfinementError, SourceChangedError
+from cmover.core.frozen import Frozen
 from cmover.core.idmap import NO_MAP, IdMap
 from cmover.core.paths import to_wire
 from cmover.core.privileges import current
 from cmover.core.record import Record
 from cmover.engine import metadata
 from cmover.engine.claims import Claims
-from cmover.engine.jobs import FrozenJob
 from cmover.lustre.base import FsApi
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def chunk_geometry(size: int, chunk: int, stripe: int) -> int:
     return aligned(c, stripe)
 
 
-class ChunkJob(FrozenJob):
+class ChunkJob(Frozen):
     """Chunk ``index`` of the file ``rel`` split as ``cs``: a copy-pass job (see :mod:`cmover.engine.jobs`)."""
 
     __slots__ = ("rel", "index", "cs")

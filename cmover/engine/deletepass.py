@@ -39,20 +39,21 @@ from cmover.core.counters import C
 from cmover.core.deletion import Deletion
 from cmover.core.errors import ConfinementError, ItemError
 from cmover.core.failure import Failure
+from cmover.core.frozen import Frozen
 from cmover.core.logformat import at
 from cmover.core.passes import DeleteOptions, PassSpec
 from cmover.core.paths import check_rel, components, display, join, to_wire
 from cmover.core.privileges import current
 from cmover.engine import metadata
 from cmover.engine.claims import Claims
-from cmover.engine.jobs import DirJob, FilesJob, FrozenJob, Job, retry_transient, retrying, run_groups
+from cmover.engine.jobs import DirJob, FilesJob, Job, retry_transient, retrying, run_groups
 from cmover.engine.safety import SourceUnsafe, source_root_problem
 from cmover.engine.walker import Entries, Walker
 
 log = logging.getLogger(__name__)
 
 
-class PurgeJob(FrozenJob):
+class PurgeJob(Frozen):
     """Remove target directory ``rel``, part of the tree ``root`` whose source is gone (a delete-pass job)."""
 
     __slots__ = ("rel", "root")

@@ -7,7 +7,8 @@ see :func:`cmover.state.ledger.task_id`; the ledger relies on the same work gett
 message arguments after the pass spec (:meth:`Job.wire_args`, JSON). Every pass has :class:`DirJob` and
 :class:`FilesJob`; a pass with work of another shape declares its own job next to its engine
 (:class:`cmover.engine.chunks.ChunkJob`, :class:`cmover.engine.deletepass.PurgeJob`). Every job class derives
-from :class:`FrozenJob`: immutable, equal to a job of its class with the same fields, never to anything else.
+from :class:`~cmover.core.frozen.Frozen`: immutable, equal to a job of its class with the same fields, never to
+anything else (not a named tuple: a job would equal a plain tuple, and a tuple already has an ``index``).
 
 Failures. One entry that cannot be handled is a per-item failure: :func:`report_failure` counts it,
 logs it under the pass's logger and hands the :class:`~cmover.core.failure.Failure` record on; the rest
@@ -23,12 +24,13 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from cmover.core import fsio
 from cmover.core.counters import C
 from cmover.core.errors import TRANSIENT_ERRNOS
 from cmover.core.failure import Failure, item_failure
+from cmover.core.frozen import Frozen
 from cmover.core.logformat import at
 from cmover.core.paths import display, to_wire
 
@@ -61,40 +63,7 @@ class Job(Protocol):
         ...
 
 
-class FrozenJob:
-    """Base of the job classes: value semantics for a class whose fields are its ``__slots__``, in order.
-
-    A job's ``__init__`` sets each field once (through ``object.__setattr__``); assigning or deleting an
-    attribute afterwards raises AttributeError. Two jobs are equal when they are of the same class and their
-    fields are equal: an object of another class, a tuple of the same values included, is never equal (why the
-    jobs are not NamedTuples, besides the ``index`` a tuple already has). A job hashes as its fields' tuple.
-    """
-
-    __slots__: tuple[str, ...] = ()
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == cast(FrozenJob, other)._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{self.__class__.__qualname__}({fields})"
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{self.__class__.__name__} is immutable: cannot assign to {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{self.__class__.__name__} is immutable: cannot delete {name!r}")
-
-
-class DirJob(FrozenJob):
+class DirJob(Frozen):
     """Walk directory ``rel`` (``mdt``: the MDT a new target directory is created on; None: its parent's)."""
 
     __slots__ = ("rel", "mdt")
@@ -121,7 +90,7 @@ class DirJob(FrozenJob):
 Groups = tuple[tuple[bytes, tuple[bytes, ...]], ...]
 
 
-class FilesJob(FrozenJob):
+class FilesJob(Frozen):
     """Handle the entries ``names`` of directory ``rel``: batch ``index`` of a big directory's listing.
 
     ``also``: the entries of further directories, handled by the same task after ``rel``'s, in this order
