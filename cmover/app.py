@@ -19,18 +19,14 @@ import sys
 from typing import Any
 
 from celery import Celery
-from kombu import Exchange, Queue
 
 from cmover.core import site
 from cmover.core.errors import ConfigError
 from cmover.core.settings import Settings
-from cmover.core.tasknames import TASK_NAMES, pass_queues, queue_name
+from cmover.core.tasknames import ROUTES, TASK_NAMES, pass_queues, queue_name
+from cmover.state.taskmessages import queue
 
 log = logging.getLogger(__name__)
-
-def _queue(name: str) -> Queue:
-    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
-
 
 # No fix-ups: Celery's only built-in one adapts a worker to Django when DJANGO_SETTINGS_MODULE is set, which a
 # mover node's environment must not decide, and importing it brought Celery's worker modules into every command.
@@ -55,9 +51,8 @@ app.conf.update(
     broker_channel_error_retry=True,
     worker_cancel_long_running_tasks_on_connection_loss=False,
     task_default_delivery_mode="persistent",
-    task_queues=[_queue(q) for kind in ("copy", "delete", "dirtime", "verify") for q in pass_queues(kind)],
-    task_routes={name: {"queue": queue_name(kind, "dirs" if what == "dir" else "files")}
-                 for (kind, what), name in TASK_NAMES.items()},
+    task_queues=[queue(q) for kind in ("copy", "delete", "dirtime", "verify") for q in pass_queues(kind)],
+    task_routes={name: {"queue": q} for name, q in ROUTES.items()},
     task_default_queue="cmover.default",
     task_create_missing_queues=False,
     broker_connection_retry_on_startup=True,

@@ -7,6 +7,9 @@ does not import it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 #: (pass, job kind) -> task name. Queues are named after the pass and kind: cmover.<pass>.dirs|files.
 TASK_NAMES: dict[tuple[str, str], str] = {
     ("copy", "dir"): "cmover.copy.dir",
@@ -30,3 +33,17 @@ def queue_name(kind: str, what: str) -> str:
 
 def pass_queues(kind: str) -> list[str]:
     return [queue_name(kind, "dirs"), queue_name(kind, "files")]
+
+
+#: Task name -> the queue its messages go to: a directory task to ``cmover.<pass>.dirs``, every other one to
+#: ``cmover.<pass>.files`` (the Celery app's routes, the embedded hub's and a command's own publication).
+ROUTES: dict[str, str] = {name: queue_name(kind, "dirs" if what == "dir" else "files")
+                          for (kind, what), name in TASK_NAMES.items()}
+
+
+def argsrepr(wire_args: Sequence[Any]) -> str:
+    """What a task message shows of its arguments (Celery's ``argsrepr``: logs and events only): the job's own
+    arguments, not the pass spec every task carries, which Celery would repeat there (1 KiB of each message,
+    kept by the broker or the embedded hub for every queued task)."""
+    return "(<spec>, " + ", ".join(repr(a) for a in wire_args)[:1000] + ")"
+

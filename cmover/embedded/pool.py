@@ -33,7 +33,7 @@ from typing import Any
 from cmover.core import fsio
 from cmover.core.errors import FatalError
 from cmover.core.passes import PassKind, PassSpec
-from cmover.core.tasknames import TASK_NAMES, pass_queues, queue_name
+from cmover.core.tasknames import ROUTES, pass_queues, queue_name
 from cmover.embedded.hub import CONSUMER_WAIT, hub
 from cmover.embedded.packing import pack, unpack
 from cmover.worker.taskbase import Message, Rejected, run_message
@@ -47,8 +47,6 @@ HOSTNAME = "cmover-embedded@localhost"
 #: work), as a pool process asks the hub for its next message.
 QUEUES = [q for kind in PassKind for q in pass_queues(kind.value)]
 
-#: Task name -> its queue.
-_ROUTES = {name: queue_name(kind, "dirs" if what == "dir" else "files") for (kind, what), name in TASK_NAMES.items()}
 
 #: A process that dies sooner than this after its start, holding no message, died starting; :data:`_EARLY_DEATHS`
 #: such deaths in a row mean that no process can work (a bug at start): the pass stops with an error.
@@ -65,7 +63,7 @@ def send(messages: Sequence[Message]) -> None:
     """Queue task messages (each counted in the ledger already) in the run's hub."""
     h = hub()
     for message in messages:
-        h.put(_ROUTES[message[0]], pack(message))  # only cmover's own tasks are sent: KeyError is a bug
+        h.put(ROUTES[message[0]], pack(message))  # only cmover's own tasks are sent: KeyError is a bug
 
 
 class Pool:

@@ -132,7 +132,7 @@ class EmbeddedSession:
                         pool.send([message])  # its children could not all be sent: a pool process runs it again
 
         here = jobs is None and _root_is_small(spec)
-        seed(run_here if here else pool.send, spec, ctx, jobs)
+        seed(run_here if here else pool.send, spec, ctx.ledger, jobs)
         if here and stop_event is not None and stop_event.is_set():
             # Ctrl-C while this process walked: the pass ends here, whatever the pool has done meanwhile.
             pool.stop(idle=False)

@@ -20,13 +20,15 @@ from typing import Any
 
 from amqp.exceptions import NotFound
 
-from cmover import app as appmod
+from cmover.core import site
 from cmover.core.deletion import Deletion
 from cmover.core.difference import Difference
 from cmover.core.errors import ConfigError, FatalError
 from cmover.core.failure import Failure
 from cmover.core.hsmrecord import HsmRecord
 from cmover.core.settings import Settings
+from cmover.core.tasknames import pass_queues, queue_name
+from cmover.state import taskmessages
 
 #: The fix named by every message about a broker that cannot be reached or read.
 FIX = "start RabbitMQ there or fix rabbitmq/rabbitmq.conf, and check the vhost/user with rabbitmq/rabbitmq_init.sh"
@@ -57,7 +59,9 @@ def link() -> Iterator[Any]:
     global _link
     with _link_lock:
         if _link is None:
-            _link = appmod.app.connection_for_write()
+            # kombu's own connection, as the Celery app would make it: a command needs no Celery to reach the
+            # broker (cmover.state.taskmessages); a broken config is the ConfigError of broker_url.
+            _link = taskmessages.connection(site.get().broker_url())
         try:
             yield _link
         except BaseException:
@@ -84,7 +88,7 @@ def close() -> None:
 
 def _host() -> str:
     try:
-        return appmod.settings().broker_host or "?"
+        return site.get().broker_host or "?"
     except Exception:  # the message is being built for another error: never hide that one
         return "?"
 
@@ -129,13 +133,13 @@ def _depths(queues: list[str], what: str) -> dict[str, int]:
 def queue_depths(kind: str) -> dict[str, int]:
     """Ready messages per queue of pass ``kind`` (``cmover.<kind>.dirs|files``); :class:`BrokerUnreadable`
     when any of them cannot be read."""
-    return _depths(appmod.pass_queues(kind), f"the {kind} queues")
+    return _depths(pass_queues(kind), f"the {kind} queues")
 
 
 def dead_letter_depth(kind: str) -> int:
     """Messages in ``cmover.<kind>.dead`` (0 when it was never declared); :class:`BrokerUnreadable` when it
     cannot be read."""
-    name = appmod.queue_name(kind, "dead")
+    name = queue_name(kind, "dead")
     return _depths([name], name)[name]
 
 
@@ -145,7 +149,7 @@ def read_list(name: str, limit: int = 10_000) -> tuple[list[Failure], int]:
     from cmover.state.errorlist import BrokerErrors
 
     try:
-        return BrokerErrors(appmod.app, link).read(name, limit)
+        return BrokerErrors(None, link).read(name, limit)
     except Exception as exc:
         raise BrokerUnreadable(f"the list {name}", _reason(exc)) from None
 
@@ -156,7 +160,7 @@ def read_deleted(run_id: str, limit: int = 10_000) -> tuple[list[Deletion], int]
     from cmover.state.errorlist import BrokerErrors, deleted_list
 
     try:
-        return BrokerErrors(appmod.app, link).read_deleted(run_id, limit)
+        return BrokerErrors(None, link).read_deleted(run_id, limit)
     except Exception as exc:
         raise BrokerUnreadable(f"the list {deleted_list(run_id)}", _reason(exc)) from None
 
@@ -167,7 +171,7 @@ def read_hsm(run_id: str) -> list[HsmRecord]:
     from cmover.state.errorlist import BrokerErrors
 
     try:
-        return BrokerErrors(appmod.app, link).read_hsm(run_id)
+        return BrokerErrors(None, link).read_hsm(run_id)
     except Exception as exc:
         raise BrokerUnreadable(f"the HSM list of {run_id}", _reason(exc)) from None
 
@@ -178,13 +182,15 @@ def read_differences(run_id: str, limit: int = 10_000) -> tuple[list[Difference]
     from cmover.state.errorlist import BrokerErrors, differences_list
 
     try:
-        return BrokerErrors(appmod.app, link).read_differences(run_id, limit)
+        return BrokerErrors(None, link).read_differences(run_id, limit)
     except Exception as exc:
         raise BrokerUnreadable(f"the list {differences_list(run_id)}", _reason(exc)) from None
 
 
 def stop() -> None:
     """Warm shutdown of every worker of this vhost: running tasks finish, queued ones stay queued."""
+    from cmover import app as appmod  # Celery's remote control: only this command needs the app
+
     appmod.app.control.broadcast("shutdown")
 
 

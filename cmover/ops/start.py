@@ -5,15 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from cmover import app as appmod
 from cmover.core.errors import FatalError
 from cmover.core.passes import PassSpec
 from cmover.core.settings import Settings
 from cmover.engine.jobs import Job
 from cmover.ops import runs
 from cmover.ops.broker import check_broker, link
+from cmover.state import taskmessages
 from cmover.state.ledger import LedgerLost
-from cmover.worker.context import get_context
 
 if TYPE_CHECKING:
     from cmover.worker.taskbase import Message
@@ -27,21 +26,20 @@ def start(settings: Settings, spec: PassSpec, jobs: Sequence[Job] | None = None,
     from cmover.worker.taskbase import seed
 
     check_broker(settings)
-    ctx = get_context()
     try:
         runs.record_start(settings, spec, how)
-        return seed(_send, spec, ctx, jobs)
+        # The site's ledger alone: a worker's whole context would bring the Celery app its error lists record through.
+        return seed(_send, spec, runs.ledger(settings), jobs)
     except (TimeoutError, OSError, LedgerLost) as exc:
         raise FatalError(f"memcached at {settings.memcached} is unreachable ({exc}); start it (memcached -M) "
                          "or fix MEMCACHED in config.py: passes cannot be tracked without it") from None
 
 
 def _send(messages: Sequence[Message]) -> None:
-    """Publish on the command's broker connection, the one its check opened."""
-    from cmover.worker.taskbase import publish
-
+    """Publish on the command's broker connection, the one its check opened, with kombu alone
+    (:mod:`cmover.state.taskmessages`: the message Celery would send, without importing Celery)."""
     with link() as conn:
-        publish(appmod.app, messages, connection=conn)
+        taskmessages.publish(conn, messages)
 
 
 __all__ = ["start"]

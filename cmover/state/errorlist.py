@@ -120,11 +120,14 @@ class MemoryErrors:
 class BrokerErrors:
     """Failures as persistent messages on the durable queue ``cmover.errors.<run_id>``.
 
-    ``connect``: a context manager giving the connection the lists are read through (a command's one
-    connection, :func:`cmover.ops.broker.link`); default a new connection per reading.
+    ``app``: the Celery app that records through its producers (a worker); None for a reader that has its own
+    ``connect``. ``connect``: a context manager giving the connection the lists are read through (a command's
+    one connection, :func:`cmover.ops.broker.link`); default a new connection of the app per reading.
     """
 
     def __init__(self, app: Any, connect: Callable[[], AbstractContextManager[Any]] | None = None) -> None:
+        if app is None and connect is None:
+            raise TypeError("BrokerErrors needs the Celery app or a connection to read through")
         self.app = app
         self._connect = connect or app.connection_for_read
 

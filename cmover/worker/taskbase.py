@@ -32,9 +32,9 @@ from cmover.core.errors import ConfigError, ConfinementError, PreflightError
 from cmover.core.failure import Failure
 from cmover.core.passes import PassSpec
 from cmover.core.paths import display, to_wire
-from cmover.core.tasknames import TASK_NAMES, queue_name
+from cmover.core.tasknames import TASK_NAMES, argsrepr, queue_name
 from cmover.engine.jobs import Job
-from cmover.state.ledger import task_id
+from cmover.state.ledger import Ledger, task_id
 from cmover.worker.context import WorkerContext, get_context
 
 if TYPE_CHECKING:
@@ -103,21 +103,22 @@ Send = Callable[[Sequence[Message]], None]
 
 
 class Emitter:
-    """Publishes child jobs: counted in the ledger first, then sent with a deterministic task id.
+    """Publishes child jobs: counted in ``ledger`` (the run's completion ledger) first, then sent with a deterministic
+    task id.
 
     ``send``: where the messages go (None: through the Celery app, :func:`publish`).
     """
 
-    def __init__(self, spec_d: dict[str, Any], spec: PassSpec, ctx: WorkerContext, send: Send | None = None) -> None:
+    def __init__(self, spec_d: dict[str, Any], spec: PassSpec, ledger: Ledger, send: Send | None = None) -> None:
         self.spec_d = spec_d
         self.spec = spec
-        self.ctx = ctx
+        self.ledger = ledger
         self.send = send
 
     def __call__(self, job: Job) -> None:
         name = TASK_NAMES[(self.spec.kind.value, job.kind)]
         tid = job_task_id(self.spec, job)
-        _LedgerGuard.enqueue(self.ctx.ledger, self.spec.run_id, tid)
+        _LedgerGuard.enqueue(self.ledger, self.spec.run_id, tid)
         message = (name, [self.spec_d, *job.wire_args()], tid)
         if self.send is not None:
             self.send([message])
@@ -131,7 +132,7 @@ def publish(app: Any, messages: Sequence[Message], connection: Any = None) -> No
     for name, args, tid in messages:
         # ignore_result: as every pass task says (PassTask); said here, Celery neither loads nor calls a result
         # backend to send the message.
-        app.send_task(name, args=args, task_id=tid, argsrepr=_argsrepr(args[1:]), connection=connection,
+        app.send_task(name, args=args, task_id=tid, argsrepr=argsrepr(args[1:]), connection=connection,
                       ignore_result=True)
 
 
@@ -149,20 +150,20 @@ def job_task_id(spec: PassSpec, job: Job) -> str:
     return task_id(spec.run_id, kind, job.rel, job.index, job.ident())
 
 
-def seed(send: Send, spec: PassSpec, ctx: WorkerContext, jobs: Sequence[Job] | None = None) -> str:
-    """Open the run in the ledger and send (``send``) the pass's root directory task; return its task id.
+def seed(send: Send, spec: PassSpec, ledger: Ledger, jobs: Sequence[Job] | None = None) -> str:
+    """Open the run in ``ledger`` and send (``send``) the pass's root directory task; return its task id.
 
     With ``jobs`` (a journal-driven pass, :mod:`cmover.engine.changeplan`) those are sent instead,
     each counted in the ledger before it is sent, and "" is returned: a pass with no job is complete at once.
     """
-    ctx.ledger.open_run(spec.run_id)
+    ledger.open_run(spec.run_id)
     if jobs is not None:
-        emit = Emitter(spec.as_dict(), spec, ctx, send)
+        emit = Emitter(spec.as_dict(), spec, ledger, send)
         for job in jobs:
             emit(job)
         return ""
     tid = task_id(spec.run_id, "dir", spec.start, 0)
-    ctx.ledger.enqueue(spec.run_id, tid)
+    ledger.enqueue(spec.run_id, tid)
     send([(TASK_NAMES[(spec.kind.value, "dir")], [spec.as_dict(), to_wire(spec.start), None], tid)])
     return tid
 
@@ -195,7 +196,7 @@ def run_message(message: Message, hostname: str, send: Send,
     spec_d = args[0]
     try:
         _run_task(name, tid, hostname, spec_d, args[1], body,
-                  lambda spec_, ctx_: Emitter(spec_d, spec_, ctx_, send), dead_letter)
+                  lambda spec_, ctx_: Emitter(spec_d, spec_, ctx_.ledger, send), dead_letter)
     finally:
         logformat.clear_task()  # this process's later log lines belong to no task
 
@@ -209,20 +210,13 @@ def signature(fn: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(fn)
 
 
-def _argsrepr(wire_args: Sequence[Any]) -> str:
-    """What a message shows of its arguments (Celery's ``argsrepr``: logs and events only): the job's own
-    arguments, not the pass spec every task carries, which Celery would repeat there (1 KiB of each message,
-    kept by the broker or the embedded hub for every queued task)."""
-    return "(<spec>, " + ", ".join(repr(a) for a in wire_args)[:1000] + ")"
-
-
 def run_pass_task(task: Any, spec_d: Any, rel_wire: Any, body: Body) -> None:
     """Run ``body`` for one delivery of Celery task ``task`` (see module doc for the error handling)."""
     from celery.exceptions import Reject
 
     try:
         _run_task(task.name, task.request.id, str(getattr(task.request, "hostname", "") or ""), spec_d, rel_wire,
-                  body, lambda spec, ctx: Emitter(spec_d, spec, ctx),
+                  body, lambda spec, ctx: Emitter(spec_d, spec, ctx.ledger),
                   lambda spec, delivery: _dead_letter(task, spec, delivery))
     except Rejected as exc:
         raise Reject(exc.reason, requeue=exc.requeue) from None

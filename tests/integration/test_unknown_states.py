@@ -223,7 +223,7 @@ def test_a_task_published_uncounted_makes_the_run_unknown_for_good(
     worker.install(monkeypatch)
     from cmover.worker.taskbase import publish, seed
 
-    seed(lambda messages: publish(appmod.app, messages), spec, worker.ctx)
+    seed(lambda messages: publish(appmod.app, messages), spec, worker.ctx.ledger)
     [(_, root_args, root)] = worker.sent
     sent: list[tuple[str, list[Any], str]] = []
 
