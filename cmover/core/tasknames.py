@@ -47,3 +47,8 @@ def argsrepr(wire_args: Sequence[Any]) -> str:
     kept by the broker or the embedded hub for every queued task)."""
     return "(<spec>, " + ", ".join(repr(a) for a in wire_args)[:1000] + ")"
 
+
+#: A task message as cmover's task layer builds it: (task name, arguments, task id); the arguments are the pass
+#: spec's wire form, then the job's (:meth:`cmover.engine.jobs.Job.wire_args`).
+Message = tuple[str, list[Any], str]
+

@@ -23,7 +23,7 @@ from typing import Any
 
 from kombu import Connection, Exchange, Producer, Queue
 
-from cmover.core.tasknames import ROUTES, argsrepr
+from cmover.core.tasknames import ROUTES, Message, argsrepr
 
 #: Celery's default ``task_publish_retry_policy`` (cmover.app keeps it): up to 3 retries, 0.2 s apart more each
 #: time, at most 1 s.
@@ -31,10 +31,6 @@ RETRY_POLICY: dict[str, Any] = {"max_retries": 3, "interval_start": 0, "interval
 
 #: Seconds a command waits for the broker to accept its connection (Celery's ``broker_connection_timeout``).
 CONNECT_TIMEOUT = 4.0
-
-#: Message tuples as the task layer builds them: (task name, arguments, task id).
-Message = tuple[str, list[Any], str]
-
 
 def queue(name: str) -> Queue:
     """Queue ``name`` as every cmover process declares it: durable, bound to a durable direct exchange of the
@@ -69,10 +65,10 @@ def publish(conn: Connection, messages: Sequence[Message]) -> None:
     retries are spent."""
     producer = Producer(conn, auto_declare=False)
     for name, args, task_id in messages:
-        name_q = ROUTES[name]  # only cmover's own tasks are sent: KeyError is a bug
+        qname = ROUTES[name]  # only cmover's own tasks are sent: KeyError is a bug
         headers, properties, body = task_message(name, args, task_id)
-        producer.publish(body, exchange="", routing_key=name_q, serializer="json", delivery_mode=2,
-                         declare=[queue(name_q)], retry=True, retry_policy=RETRY_POLICY, headers=headers,
+        producer.publish(body, exchange="", routing_key=qname, serializer="json", delivery_mode=2,
+                         declare=[queue(qname)], retry=True, retry_policy=RETRY_POLICY, headers=headers,
                          **properties)
 
 

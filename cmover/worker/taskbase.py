@@ -32,7 +32,7 @@ from cmover.core.errors import ConfigError, ConfinementError, PreflightError
 from cmover.core.failure import Failure
 from cmover.core.passes import PassSpec
 from cmover.core.paths import display, to_wire
-from cmover.core.tasknames import TASK_NAMES, argsrepr, queue_name
+from cmover.core.tasknames import TASK_NAMES, Message, argsrepr, queue_name
 from cmover.engine.jobs import Job
 from cmover.state.ledger import Ledger, task_id
 from cmover.worker.context import WorkerContext, get_context
@@ -91,10 +91,6 @@ class _LedgerGuard:
             return False
         cls.unmarked.discard(run_id)
         return True
-
-
-#: A task message to send: task name, arguments, task id (see :func:`publish`).
-Message = tuple[str, list[Any], str]
 
 
 #: Sends task messages (each counted in the ledger already) to wherever the pass's tasks are taken from: the
