@@ -21,6 +21,7 @@ from support.tree import random_tree
 from cmover.core.passes import PassKind, PassSpec
 from cmover.embedded import hub as hubmod
 from cmover.embedded import packing, wire
+from cmover.embedded.idle import IdleBoard
 
 
 @pytest.fixture
@@ -374,17 +375,58 @@ print(json.dumps({"state": result.state, "totals": result.totals, "worker": work
 
 
 def test_a_pass_its_root_task_completes_starts_no_pool(tmp_path: Path) -> None:
-    """A small tree is copied by the root directory task, which the session's own process runs: no pool
-    process is forked (and, as in every embedded pass, neither Celery, kombu nor billiard is imported)."""
+    """A pass over a small tree is run by the root directory task, which the session's own process runs: no
+    pool process is forked when it is done within POOL_AFTER (the no-change pass over 40 files here; the copy
+    before it may take longer on a loaded machine), and, as in every embedded pass, neither Celery, kombu nor
+    billiard is imported."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     random_tree(src, seed=23, n_files=40, n_dirs=4, max_size=4096)
-    r = subprocess.run([sys.executable, "-c", _SMALL_PASS_SCRIPT, str(src), str(dst), "{}"],
+    docs = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", _SMALL_PASS_SCRIPT, str(src), str(dst), "{}"],
+                           capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        docs.append(json.loads(r.stdout))
+    copy, again = docs
+    assert copy["state"] == "complete" and copy["totals"]["files_copied"] >= 40 and copy["celery"] == []
+    assert again["state"] == "complete" and again["totals"]["tasks"] == 1 and again["totals"]["files_scanned"] >= 40
+    assert again["worker"] is False and again["celery"] == []
+    assert compare_trees(src, dst) == []
+
+
+def test_the_idle_board_is_shared_with_forked_processes_and_each_wait_is_claimed_once():
+    """A pool process's byte, set after fork, is seen by the runner; one claim per waiting process."""
+    board = IdleBoard(3)
+    assert not board.claim()
+    pid = os.fork()
+    if pid == 0:  # the child: slots 0 and 2 wait
+        board.waiting(0)
+        board.waiting(2)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert board.waiting_count() == 2
+    assert board.claim() and board.claim() and not board.claim()
+    board.waiting(1)
+    board.busy(1)
+    assert not board.claim()
+
+
+def test_a_big_subtree_spreads_over_the_pool_within_the_inline_budget(tmp_path: Path) -> None:
+    """With an inline budget that would let the root task walk the whole tree alone, the pool is forked once
+    the root task has walked POOL_AFTER_ENTRIES, and its processes are handed the directories still to walk:
+    more than one task runs, and the copy is exact."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for d in range(60):
+        (src / f"d{d:02d}").mkdir(parents=True)
+        for f in range(40):
+            (src / f"d{d:02d}" / f"f{f:02d}").write_bytes(b"%d" % f)
+    settings = json.dumps({"INLINE_ENTRIES": 10**6, "INLINE_SECONDS": 3600})
+    r = subprocess.run([sys.executable, "-c", _SMALL_PASS_SCRIPT, str(src), str(dst), settings],
                        capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert doc["state"] == "complete" and doc["totals"]["tasks"] == 1 and doc["totals"]["files_copied"] >= 40
-    assert doc["worker"] is False and doc["celery"] == []
-    assert compare_trees(src, dst) == []
+    assert doc["state"] == "complete" and doc["worker"] is True and doc["totals"]["tasks"] > 1
+    assert doc["totals"]["files_copied"] == 2400 and compare_trees(src, dst) == []
 
 
 def test_a_failing_task_imports_no_kombu_where_none_is_loaded() -> None:

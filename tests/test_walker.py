@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 from collections import Counter
 
 import pytest
@@ -21,6 +22,7 @@ from cmover.core.counters import C
 from cmover.core.failure import Failure
 from cmover.core.passes import PassKind, PassSpec
 from cmover.engine import jobs
+from cmover.engine import walker as walkermod
 from cmover.engine.jobs import DirJob, FilesJob, retry_transient, retrying
 from cmover.engine.walker import Walker
 from cmover.lustre.base import PosixFs
@@ -125,6 +127,111 @@ def test_inline_budget_counts_entries_and_time(make_spec):
     timed, _, _ = walker(make_spec(inline_entries=10**6, inline_seconds=0.0))
     timed.start()
     assert not timed.inline()
+
+
+@pytest.fixture
+def sharing():
+    """share_with as a test sets it, reset afterwards (it is process-wide)."""
+    yield walkermod.share_with
+    walkermod.share_with(None)
+
+
+def test_subdirs_hands_out_every_one_left_past_the_budget(make_spec, sharing):
+    w, _, _ = walker(make_spec(inline_entries=3, inline_seconds=3600.0))
+    w.start()
+    out: list[str] = []
+    walked = []
+    for name in w.subdirs(["a", "b", "c", "d"], out.append):
+        walked.append(name)
+        w.charge(2)  # a's subtree: 2 entries; b's another 2: the budget of 3 is spent
+    assert walked == ["a", "b"] and out == ["c", "d"]
+
+
+def test_a_waiting_peer_gets_the_last_subdirectory_of_the_shallowest_level(make_spec, sharing):
+    """While the walk is two levels down, a peer that waits gets the last directory still to walk at the top
+    level (the biggest share left), not the next one at the level the walk is on; the asker learns how many
+    entries the task has walked so far."""
+    w, _, _ = walker(make_spec(inline_entries=100, inline_seconds=3600.0))
+    w.start()
+    asked: list[int] = []
+    waiting = [False]
+
+    def peer_waits(walked: int) -> bool:
+        asked.append(walked)
+        was, waiting[0] = waiting[0], False
+        return was
+
+    sharing(peer_waits)
+    top_out: list[str] = []
+    inner_out: list[str] = []
+    walked = []
+    for top in w.subdirs(["A", "B", "C", "D"], top_out.append):
+        walked.append(top)
+        w.charge(5)
+        for inner in w.subdirs([top + "1", top + "2"], inner_out.append):
+            walked.append(inner)
+            if inner == "A1":
+                waiting[0] = True  # a peer waits while the walk is in A1
+    assert top_out == ["D"] and inner_out == []
+    assert walked == ["A", "A1", "A2", "B", "B1", "B2", "C", "C1", "C2"]
+    assert asked[0] == 0 and asked[-1] == 15
+
+
+def test_a_waiting_peer_gets_the_next_subdirectory_when_none_is_left_above(make_spec, sharing):
+    w, _, _ = walker(make_spec(inline_entries=100, inline_seconds=3600.0))
+    w.start()
+    sharing(lambda walked: True)  # a peer always waits
+    out: list[str] = []
+    assert list(w.subdirs(["a", "b", "c"], out.append)) == [] and out == ["c", "b", "a"]
+    assert not w.inline()  # outside subdirs too: nothing is left above, the next subdirectory goes out
+
+
+def _walk_a_random_tree(seed: int, make_spec, sharing) -> None:
+    """One random nested walk through Walker.subdirs (see the test below)."""
+    rng = random.Random(seed)
+    tree: dict[str, list[str]] = {}
+
+    def grow(name: str, depth: int) -> None:
+        tree[name] = [f"{name}/{i}" for i in range(rng.randint(0, 4))] if depth < 4 else []
+        for child in tree[name]:
+            grow(child, depth + 1)
+
+    grow("", 0)
+    w, _, _ = walker(make_spec(inline_entries=rng.randint(1, 60), inline_seconds=3600.0))
+    w.start()
+    sharing(lambda walked: rng.random() < 0.2)
+    listed, walked, handed = [""], [], []
+
+    def walk(name: str) -> None:
+        for child in w.subdirs(tree[name], handed.append):
+            walked.append(child)
+            listed.append(child)
+            w.charge(1)
+            walk(child)
+
+    walk("")
+    expected = sorted(child for name in listed for child in tree[name])
+    assert sorted(walked + handed) == expected, seed
+    assert w._levels == [], seed
+
+    def failing(name: str) -> None:
+        for child in w.subdirs(tree[name], handed.append):
+            if child.count("/") == 2:
+                raise KeyError(child)
+            try:
+                failing(child)
+            except KeyError:
+                pass
+
+    failing("")
+    assert w._levels == [], seed
+
+
+def test_subdirs_walks_or_hands_out_each_subdirectory_exactly_once(make_spec, sharing):
+    """Whatever peers wait and whenever the budget runs out, every subdirectory of every directory the task
+    lists is walked inline or handed out, exactly once; a loop left by an exception leaves no level behind."""
+    for seed in range(200):
+        _walk_a_random_tree(seed, make_spec, sharing)
 
 
 def test_pair_conventions_for_missing_and_unreadable_directories(roots, make_spec):

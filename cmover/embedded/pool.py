@@ -35,7 +35,9 @@ from cmover.core.errors import FatalError
 from cmover.core.passes import PassKind, PassSpec
 from cmover.core.tasknames import ROUTES, pass_queues, queue_name
 from cmover.embedded.hub import CONSUMER_WAIT, hub
+from cmover.embedded.idle import IdleBoard
 from cmover.embedded.packing import pack, unpack
+from cmover.engine import walker
 from cmover.worker.taskbase import Message, Rejected, run_message
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,9 @@ class Pool:
 
     def __init__(self, jobs: int) -> None:
         self.jobs = jobs
-        self.procs: dict[int, tuple[Any, str, float]] = {}  # pid -> (process, its name in the hub, its start)
+        # pid -> (process, its name in the hub, its start, its slot in the idle board)
+        self.procs: dict[int, tuple[Any, str, float, int]] = {}
+        self.idle = IdleBoard(jobs)  # which processes wait for work (cmover.embedded.idle)
         self._spawned = 0
         self._early = 0  # processes in a row that died as they started
 
@@ -84,27 +88,29 @@ class Pool:
 
     def start(self) -> None:
         """Fork processes until the pool has ``jobs``."""
-        while len(self.procs) < self.jobs:
+        free = sorted(set(range(self.jobs)) - {slot for _, _, _, slot in self.procs.values()})
+        for slot in free:
             self._spawned += 1
             owner = f"{os.getpid()}.{self._spawned}"  # never reused within the run, unlike a pid
+            self.idle.busy(slot)  # a process that died waiting left its byte set
             # multiprocessing's fork, not a bare os.fork(): it gives the child connections of its own (the
             # manager's proxies share one per thread and address, which a bare fork would leave shared).
-            proc = _FORK.Process(target=_serve, args=(owner, os.getpid()), name=f"cmover-pool-{self._spawned}",
-                                 daemon=True)
+            proc = _FORK.Process(target=_serve, args=(owner, os.getpid(), self.idle, slot),
+                                 name=f"cmover-pool-{self._spawned}", daemon=True)
             proc.start()
             assert proc.pid is not None
-            self.procs[proc.pid] = (proc, owner, time.monotonic())
+            self.procs[proc.pid] = (proc, owner, time.monotonic(), slot)
 
     def lost(self) -> list[int]:
         """The pool processes that died since the last look: what the hub had handed each goes back to its
         queue (those tasks run again) and a new process takes each one's place. FatalError when processes keep
         dying as they start."""
-        dead = [pid for pid, (proc, _, _) in self.procs.items() if proc.exitcode is not None]
+        dead = [pid for pid, (proc, _, _, _) in self.procs.items() if proc.exitcode is not None]
         if not dead:
             return []
         now = time.monotonic()
         for pid in dead:
-            _, owner, started = self.procs.pop(pid)
+            _, owner, started, _ = self.procs.pop(pid)
             held = hub().requeue_owner(owner)
             # One that died with a message died of its task (given up after max_deliveries, as anywhere).
             self._early = self._early + 1 if now - started < _EARLY and not held else 0
@@ -122,7 +128,7 @@ class Pool:
         counts it done), so nothing is left to lose: SIGKILL. Otherwise SIGTERM first, so that a task cut short
         unwinds (its temporary file removed), and SIGKILL for a process still there after the grace time.
         """
-        procs = [proc for proc, _, _ in self.procs.values()]
+        procs = [proc for proc, _, _, _ in self.procs.values()]
         self.procs.clear()
         for sig in (signal.SIGKILL,) if idle else (signal.SIGTERM, signal.SIGKILL):
             for proc in procs:
@@ -131,10 +137,9 @@ class Pool:
                 except ProcessLookupError:
                     pass
             deadline = time.monotonic() + _STOP_SECONDS
-            while procs and time.monotonic() < deadline:
-                procs = [proc for proc in procs if proc.exitcode is None]  # reaps those that ended
-                if procs:
-                    time.sleep(0.002)
+            for proc in procs:
+                proc.join(max(0.0, deadline - time.monotonic()))  # wakes as it ends (its sentinel), and reaps it
+            procs = [proc for proc in procs if proc.exitcode is None]
             if not procs:
                 return
             log.warning("pool process(es) %s still running %.0f s after %s", [p.pid for p in procs],
@@ -145,21 +150,26 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)  # unwinds the task it interrupts; multiprocessing ends the process with code 0
 
 
-def _serve(owner: str, parent: int) -> None:
+def _serve(owner: str, parent: int, idle: IdleBoard, slot: int) -> None:
     """A pool process's life: take a message, run it, acknowledge it with the next take; until the hub is gone
-    or the runner (``parent``) is. ``owner``: this process's name in the hub."""
+    or the runner (``parent``) is. ``owner``: this process's name in the hub; ``slot``: its byte in ``idle``,
+    set while it waits for a message."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _terminate)
     fsio.keep_roots_while_busy()  # each pass root opened once, not per task; let go once unused for a moment
+    walker.share_with(lambda _walked: idle.claim())  # a subdirectory goes to a waiting process rather than inline
     h = hub()
     # Nothing is held in this process between tasks (a task's counters and failures go with its done), so
     # however it ends, it loses at most the acknowledgement of its last task (a redelivery the ledger ignores).
     while True:
+        idle.waiting(slot)
         try:
             got = h.take(QUEUES, CONSUMER_WAIT, owner)
         except (EOFError, OSError):
             return  # the hub is gone: the run is over
+        finally:
+            idle.busy(slot)
         if got is None:
             if os.getppid() != parent:
                 return

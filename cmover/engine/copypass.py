@@ -210,13 +210,11 @@ class CopyPass:
             self.copier.proof = self.proof if proven else None
             subdirs = self._entries(rel, src_fd, dst_fd)
             self.tally[C.DIRS_FOUND] += len(subdirs)
-            first_level = not rel and self.spec.mds_striped and bool(self.spec.mdt_list)
-            for i, bname in enumerate(subdirs):
-                child = join(rel, bname)
-                child_mdt = self.spec.mdt_list[i % len(self.spec.mdt_list)] if first_level else None
-                if not self.walk.inline():
-                    self.emit(DirJob(child, child_mdt))
-                    continue
+            mdts = self.spec.mdt_list if not rel and self.spec.mds_striped else ()  # first level: placed on MDTs
+            children = [DirJob(join(rel, bname), mdts[i % len(mdts)] if mdts else None)
+                        for i, bname in enumerate(subdirs)]
+            for job in self.walk.subdirs(children, self.emit):
+                child, child_mdt = job.rel, job.mdt
                 child_fd = self.walk.open_child(src_fd, child)
                 if child_fd is not None:
                     try:

@@ -228,12 +228,9 @@ class DeletePass:
                 return
         finally:
             os.close(fd)
-        for name in listing.subdirs:
-            child = join(rel, name)
-            if self.walk.inline():
-                self._purge(child, root)
-            else:
-                self.emit(PurgeJob(child, root))
+        for child in self.walk.subdirs([join(rel, name) for name in listing.subdirs],
+                                       lambda c: self.emit(PurgeJob(c, root))):
+            self._purge(child, root)
         if self.dry_run:
             if self._may_delete():
                 self._count_deleted(True)

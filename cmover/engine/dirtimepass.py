@@ -111,12 +111,10 @@ class DirtimePass:
                 children = sorted(src_dirs & dst_dirs)
                 self.tally[C.DIRS_FOUND] += len(children)
                 self.walk.charge(len(children))
-                for name in children:
-                    child = join(rel, name)
-                    if self.walk.inline():
-                        self._dir(child)
-                    else:
-                        self.emit(DirJob(child))  # broker trouble here propagates: the task runs again
+                # broker trouble handing one out propagates: the task runs again
+                for child in self.walk.subdirs([join(rel, name) for name in children],
+                                               lambda c: self.emit(DirJob(c))):
+                    self._dir(child)
             # Read the source times last: nothing of this pass changes them, but a walk inline may have
             # taken a while on a live source.
             self._times(rel, src_fd, dst_fd)

@@ -186,11 +186,9 @@ class VerifyPass:
             else:
                 children.append(join(rel, name))
         self.walk.charge(len(children))
-        for child in children:
-            if self.walk.inline():
-                self._dir(child)
-            else:
-                self.emit(DirJob(child))  # broker trouble here propagates: the task runs again
+        # broker trouble handing one out propagates: the task runs again
+        for child in self.walk.subdirs(children, lambda c: self.emit(DirJob(c))):
+            self._dir(child)
 
     def _entry_checks(self, src_fd: int) -> None:
         """The checks of the entries of source directory ``src_fd``: with their project ids when it has one."""

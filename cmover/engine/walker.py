@@ -15,6 +15,12 @@ keeps only what it does with a directory, a non-directory entry and a subdirecto
   while its budget lasts, ``spec.inline_entries`` entries charged by the engine and
   ``spec.inline_seconds`` seconds from the start of the task. Past it, every further subdirectory
   becomes a job of its own, so large trees still spread over all workers.
+* **Sharing with waiting peers** (:meth:`Walker.subdirs`, :func:`share_with`): where a runner knows that
+  another of its processes waits for work (the embedded pool), a task hands a subdirectory out as a job even
+  within its budget: the one waiting at the shallowest level of its walk (the biggest share it has to give),
+  so that a big subtree found by one task spreads over the idle processes at once instead of after
+  ``spec.inline_entries`` entries walked alone, and in shares worth a job. A distributed worker knows no such
+  thing and keeps the budget.
 * **Directory pairs** (:meth:`Walker.pair`, :meth:`Walker.open_dir`): the source and target directory
   of one relative path, opened from the pass roots without following a symlink in any component.
   A directory that cannot be opened is reported as a failure of that path ("open directory" on the
@@ -34,10 +40,10 @@ import errno
 import logging
 import os
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from cmover.core import fsio
 from cmover.core.counters import C
@@ -49,6 +55,22 @@ from cmover.core.paths import display, join
 from cmover.engine.jobs import report_failure, retry_transient
 
 Entries = list[os.DirEntry[str]]
+T = TypeVar("T")
+
+#: Whether another process of this run waits for work now, asked before each subdirectory a task could walk
+#: inline with the entries the task has walked so far (see :func:`share_with`); None: nothing is known of other
+#: processes.
+_peer_waits: Callable[[int], bool] | None = None
+
+
+def share_with(peer_waits: Callable[[int], bool] | None) -> None:
+    """Set, for every walk of this process, what says whether another process of the run waits for work (None:
+    nothing is known; the budget alone decides); it is given the entries the asking task has walked so far.
+    Each time it says True, a task hands one subdirectory out as a job (:meth:`Walker.subdirs`): ``peer_waits``
+    should count that one as given to the waiting process, so that one process waiting gets one job. Advisory
+    only: a subdirectory walked inline or handed out is copied the same way."""
+    global _peer_waits
+    _peer_waits = peer_waits
 
 
 class Listing(NamedTuple):
@@ -62,7 +84,7 @@ class Listing(NamedTuple):
 class Walker:
     """The walk of one pass task over ``spec``'s roots; counts into ``tally``, reports through ``on_failure``."""
 
-    __slots__ = ("spec", "tally", "on_failure", "log", "_budget", "_deadline")
+    __slots__ = ("spec", "tally", "on_failure", "log", "_budget", "_deadline", "_levels")
 
     def __init__(self, spec: PassSpec, tally: Counter[str], on_failure: Callable[[Failure], None],
                  logger: logging.Logger) -> None:
@@ -73,6 +95,9 @@ class Walker:
         self.log = logger
         self._budget = 0
         self._deadline = 0.0
+        # The subdirectories not yet walked at each level of the walk inline, shallowest first, each with how
+        # one is handed out (see subdirs).
+        self._levels: list[tuple[deque[Any], Callable[[Any], object]]] = []
 
     # -- the inline budget -----------------------------------------------------------------------------
 
@@ -86,8 +111,51 @@ class Walker:
         self._budget -= entries
 
     def inline(self) -> bool:
-        """Whether the next subdirectory is walked by this task (else: published as a job of its own)."""
-        return self._budget > 0 and time.monotonic() < self._deadline
+        """Whether the next subdirectory is walked by this task (else: published as a job of its own): while the
+        budget lasts, unless another process of the run waits for work and no subdirectory of a level of
+        :meth:`subdirs` is left to give it instead (:func:`share_with`)."""
+        if self._budget <= 0 or time.monotonic() >= self._deadline:
+            return False
+        return not self._share()
+
+    def subdirs(self, items: Iterable[T], hand_out: Callable[[T], object]) -> Iterator[T]:
+        """The subdirectories ``items`` of a directory that this task walks inline, in order; each of the others
+        goes to ``hand_out`` (which publishes it as a job of its own), exactly once.
+
+        Past the budget every remaining one is handed out. Within it, each time another process of the run waits
+        for work (:func:`share_with`), one is handed out: the last one left at the shallowest level of the
+        walk (this directory's, or an ancestor's still being walked), the one farthest from where the walk is,
+        whose subtree is likely the biggest share left to give.
+        """
+        level: deque[T] = deque(items)
+        here = (level, hand_out)
+        self._levels.append(here)
+        try:
+            while level:
+                item = level.popleft()
+                if self.inline():
+                    yield item
+                else:
+                    hand_out(item)
+        finally:
+            # By identity: a loop left by an exception may close its generator after a deeper level's.
+            self._levels[:] = [lv for lv in self._levels if lv is not here]
+
+    def _share(self) -> bool:
+        """Give every process of the run waiting for work (:func:`share_with`) a subdirectory left at the
+        shallowest level of :meth:`subdirs` that has one; True when one waits and none is left: the caller hands
+        out the subdirectory it is about to walk."""
+        peer_waits = _peer_waits
+        if peer_waits is None:
+            return False
+        while peer_waits(self.spec.inline_entries - self._budget):
+            for level, hand_out in self._levels:
+                if level:
+                    hand_out(level.pop())
+                    break
+            else:
+                return True
+        return False
 
     # -- listing ---------------------------------------------------------------------------------------
 
