@@ -72,7 +72,7 @@ class Copier:
     """
 
     __slots__ = ("fs", "filt", "tally", "links", "chunker", "chunk_threshold", "can", "idmap", "projects", "hsm",
-                 "proof", "_fast_map", "_size_window", "_plain")
+                 "_proof", "_cut", "_fast_map", "_size_window", "_plain")
 
     def __init__(self, fs: FsApi, filt: Filter, tally: Counter[str], links: HardLinker | None = None,
                  chunker: Chunker | None = None, chunk_threshold: int = 0, can: Privileges | None = None,
@@ -90,14 +90,24 @@ class Copier:
         # whose source has a project and whose target can store one (see _project_differs).
         self.projects = projects
         self.hsm = hsm  # a Lustre HSM source: each regular file's state decides first
-        # The clean-pass proof for the entries of the directory being handled (cmover.core.cleanpass); None when
-        # that directory is not proven: every entry's attributes are compared in full.
-        self.proof = proof
         self._fast_map = idmap if idmap else None  # idmap, or None when empty (the no-change path)
         # Whether a size bound is set: a plain attribute, read once per file on the copy hot path.
         self._size_window = filt.has_size_window
         # Whether an entry may be skipped by try_skip: no filter, HSM source or layout comparison to consult first.
         self._plain = not (self._size_window or filt.has_age_window or hsm is not None or fs.compares_layouts)
+        self.proof = proof
+
+    @property
+    def proof(self) -> Proof | None:
+        """The clean-pass proof for the entries of the directory being handled (:mod:`cmover.core.cleanpass`);
+        None when that directory is not proven: every entry's attributes are compared in full."""
+        return self._proof
+
+    @proof.setter
+    def proof(self, proof: Proof | None) -> None:
+        self._proof = proof
+        # What try_skip needs of it, once per directory rather than per entry: None when it does not apply.
+        self._cut = proof if proof is not None and self._plain else None
 
     def try_skip(self, dst_dir_fd: int, name: str, st: os.stat_result) -> os.stat_result | None | Seen:
         """The no-change path of non-directory entry ``name`` (fresh source ``lstat`` ``st``), before any
@@ -107,8 +117,8 @@ class Copier:
         :data:`UNSEEN` when this path does not apply (no proof, a filter, an HSM source, a layout policy to
         compare, a hard link) or the ``lstat`` failed. Either is for :meth:`copy_entry`, which then does not
         look at the target again."""
-        proof = self.proof
-        if proof is None or not self._plain or (st.st_nlink > 1 and stat.S_ISREG(st.st_mode)):
+        proof = self._cut
+        if proof is None or (st.st_nlink > 1 and stat.S_ISREG(st.st_mode)):
             return Seen.UNSEEN
         try:
             dst_st = os.stat(name, dir_fd=dst_dir_fd, follow_symlinks=False)

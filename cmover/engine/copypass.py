@@ -132,7 +132,10 @@ class CopyPass:
                     if self.spec.changes:
                         self._shallow_dir(join(rel, bname), src_fd, dst_fd)
                     continue  # became a directory since listing; its parent's next pass walks it
-                self._entry(rel, src_fd, dst_fd, name, st)
+                self.tally[C.SCANNED] += 1
+                seen = self.copier.try_skip(dst_fd, name, st)
+                if seen is not Seen.SKIPPED:
+                    self._entry(rel, src_fd, dst_fd, name, st, seen)
 
     def run_groups(self, groups: list[tuple[bytes, list[bytes]]]) -> None:
         """:meth:`run_files` for each (directory, names) pair of a batch job (:func:`cmover.engine.jobs.run_groups`)."""
@@ -234,29 +237,35 @@ class CopyPass:
                                  excluded=self.filt.excluded if self.filt.excludes else None)
         subdirs = listing.subdirs
         self.walk.charge(len(listing.entries) + len(subdirs))
-        for entry in listing.entries:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError as exc:
-                found = self.walk.lstat_error(join(rel, os.fsencode(entry.name)), exc,
-                                              partial(entry.stat, follow_symlinks=False))
-                if found is None:
+        # The loop a final pass runs once per entry: an unchanged entry costs its two lstats and no more (no
+        # path, no guard, no call beyond try_skip); the target's lstat is not made twice whatever the outcome.
+        try_skip, skipped, is_dir = self.copier.try_skip, Seen.SKIPPED, stat.S_ISDIR
+        scanned = 0
+        try:
+            for entry in listing.entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as exc:
+                    found = self.walk.lstat_error(join(rel, os.fsencode(entry.name)), exc,
+                                                  partial(entry.stat, follow_symlinks=False))
+                    if found is None:
+                        continue
+                    st = found
+                if is_dir(st.st_mode):
+                    subdirs.append(os.fsencode(entry.name))
                     continue
-                st = found
-            if stat.S_ISDIR(st.st_mode):
-                subdirs.append(os.fsencode(entry.name))
-                continue
-            self._entry(rel, src_fd, dst_fd, entry.name, st)
+                scanned += 1
+                seen = try_skip(dst_fd, entry.name, st)
+                if seen is not skipped:
+                    self._entry(rel, src_fd, dst_fd, entry.name, st, seen)
+        finally:
+            self.tally[C.SCANNED] += scanned
         return subdirs
 
-    def _entry(self, rel: bytes, src_fd: int, dst_fd: int, name: str, st: os.stat_result) -> None:
-        """Handle non-directory entry ``name`` (fresh source ``lstat`` ``st``) of directory ``rel``."""
-        self.tally[C.SCANNED] += 1
-        # The unchanged entry of a final pass costs its two lstats and no more (no path, no guard); the
-        # target's lstat is not made twice whatever the outcome.
-        seen = self.copier.try_skip(dst_fd, name, st)
-        if seen is Seen.SKIPPED:
-            return
+    def _entry(self, rel: bytes, src_fd: int, dst_fd: int, name: str, st: os.stat_result,
+               seen: os.stat_result | None | Seen) -> None:
+        """Handle non-directory entry ``name`` (fresh source ``lstat`` ``st``) of directory ``rel``, whose target
+        :meth:`~cmover.engine.copier.Copier.try_skip` found as ``seen`` (not skipped)."""
         path = join(rel, os.fsencode(name))
 
         def work() -> None:
