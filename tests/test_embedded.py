@@ -18,10 +18,10 @@ from support.cli import CMOVER, TIMEOUT
 from support.snap import compare_trees
 from support.tree import random_tree
 
+from cmover.core.idle import IdleBoard
 from cmover.core.passes import PassKind, PassSpec
 from cmover.embedded import hub as hubmod
 from cmover.embedded import packing, wire
-from cmover.embedded.idle import IdleBoard
 
 
 @pytest.fixture

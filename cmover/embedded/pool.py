@@ -32,10 +32,10 @@ from typing import Any
 
 from cmover.core import fsio
 from cmover.core.errors import FatalError
+from cmover.core.idle import IdleBoard
 from cmover.core.passes import PassKind, PassSpec
 from cmover.core.tasknames import ROUTES, pass_queues, queue_name
 from cmover.embedded.hub import CONSUMER_WAIT, hub
-from cmover.embedded.idle import IdleBoard
 from cmover.embedded.packing import pack, unpack
 from cmover.engine import walker
 from cmover.worker.taskbase import Message, Rejected, run_message
@@ -76,7 +76,7 @@ class Pool:
         self.jobs = jobs
         # pid -> (process, its name in the hub, its start, its slot in the idle board)
         self.procs: dict[int, tuple[Any, str, float, int]] = {}
-        self.idle = IdleBoard(jobs)  # which processes wait for work (cmover.embedded.idle)
+        self.idle = IdleBoard(jobs)  # which processes wait for work (cmover.core.idle)
         self._spawned = 0
         self._early = 0  # processes in a row that died as they started
 

@@ -186,7 +186,7 @@ class EmbeddedSession:
 #: How much of the root task this process walks alone before the pool is forked (with the next subdirectory it
 #: hands out): this many entries, or this long (a copy of big files). A tree walked in less needs no pool
 #: (forking and ending one costs several milliseconds); in a larger one, the pool's processes share the rest
-#: with this one from then on (cmover.embedded.idle). Measured on 2 cores, a no-change pass over 20,000 files
+#: with this one from then on (cmover.core.idle). Measured on 2 cores, a no-change pass over 20,000 files
 #: walks 1,000 entries in 10-15 ms.
 POOL_AFTER_ENTRIES = 1000
 POOL_AFTER_SECONDS = 0.1

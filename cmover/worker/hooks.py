@@ -12,6 +12,8 @@ created (``WorkController.__init__`` -> ``loader.init_worker()``). A process tha
 * a pool process keeps the pass roots open while it works (:func:`cmover.core.fsio.keep_roots_while_busy`:
   each closed once unused for 2 s, so a worker idle after the migration holds no mount busy);
 * a pool process that exits reports the counts it still holds;
+* the worker's pool processes share one idle board (:mod:`cmover.core.idle`): a task walking inline hands a
+  subdirectory out as a job whenever another process of the same worker has no task;
 * a ``celery worker`` started while a pass is paused leaves that pass's queues out, and takes them back
   once the pass is resumed (:mod:`cmover.state.pauses`).
 """
@@ -19,13 +21,16 @@ created (``WorkController.__init__`` -> ``loader.init_worker()``). A process tha
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
+from billiard.process import current_process
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
     celeryd_after_setup,
     task_postrun,
+    task_prerun,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -34,7 +39,9 @@ from celery.signals import (
 
 from cmover import app as appmod
 from cmover.core import fsio, logformat, privileges
+from cmover.core.idle import IdleBoard
 from cmover.core.passes import PassKind
+from cmover.engine import walker
 from cmover.state import keys, pauses
 from cmover.state.pauses import State
 from cmover.worker import logs
@@ -77,9 +84,54 @@ def _keep_roots(**_: Any) -> None:
 @worker_process_shutdown.connect
 def _report_counts_at_exit(**_: Any) -> None:
     """A pool process that exits (warm shutdown, pool shrink) reports the counts it still holds."""
+    if _slot is not None and _idle is not None:
+        _idle.busy(_slot)
     ctx = contexts.current()
     if ctx is not None:
         ctx.stats.flush()
+
+
+# -- the idle board of the worker's pool ---------------------------------------------------------------------
+
+#: Bytes of the board: one per pool process index. A pool grown beyond it (`cmover pool grow`) shares bytes,
+#: which only makes the advice coarser.
+IDLE_SLOTS = 256
+
+#: This worker's idle board, made in its main process before the pool forks (None: not a prefork worker yet).
+_idle: IdleBoard | None = None
+#: This pool process's byte in it (None: not a pool process; a solo worker's tasks share with nobody).
+_slot: int | None = None
+
+
+@worker_init.connect
+def _make_idle_board(**_: Any) -> None:
+    global _idle
+    _idle = IdleBoard(IDLE_SLOTS)
+
+
+@worker_process_init.connect
+def _share_with_idle_processes(**_: Any) -> None:
+    """A pool process has no task yet: it waits; its tasks hand subdirectories to the others that wait."""
+    global _slot
+    board = _idle
+    if board is None:
+        return
+    index = getattr(current_process(), "index", None)  # billiard's slot number, reused by a replacement
+    _slot = (index if isinstance(index, int) else os.getpid()) % board.size
+    walker.share_with(lambda _walked: board.claim())
+    board.waiting(_slot)
+
+
+@task_prerun.connect
+def _has_a_task(**_: Any) -> None:
+    if _slot is not None and _idle is not None:
+        _idle.busy(_slot)
+
+
+@task_postrun.connect
+def _waits_for_a_task(**_: Any) -> None:
+    if _slot is not None and _idle is not None:
+        _idle.waiting(_slot)
 
 
 # -- a worker started during a pause -----------------------------------------------------------------------

@@ -292,6 +292,27 @@ def test_subpath_pass_copies_only_that_subtree(deployments: DeploymentSet, weird
     assert out["totals"].get("dirs") == _dirs(sub_snap) + 1
 
 
+def test_a_worker_hands_subdirectories_to_its_idle_pool_processes(deployments: DeploymentSet,
+                                                                   tmp_path: Path) -> None:
+    """With an inline budget that would let the root task walk the whole tree alone, the worker's other pool
+    process waits (its byte in the worker's idle board): the root task hands it subdirectories, so more than
+    one task runs, and the copy is exact."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for d in range(40):
+        (src / f"d{d:02d}").mkdir(parents=True)
+        for f in range(10):
+            (src / f"d{d:02d}" / f"f{f}").write_bytes(b"%d" % f)
+    dst.mkdir()
+    dep = deployments.new("idle", src, dst, INLINE_ENTRIES=10**6, INLINE_SECONDS=3600)
+    dep.init_broker()
+    dep.start_worker("w1", concurrency=2).wait_ready()
+    r = dep.cmover("start", "copy", "--wait", "--json", timeout=120)
+    assert r.returncode == 0, explain(r)
+    out = _json_out(r)
+    assert out["state"] == "complete" and out["totals"]["tasks"] > 1, out["totals"]
+    assert out["totals"]["files_copied"] == 400 and compare_trees(src, dst) == []
+
+
 # -- 3. workers killed in the middle of a pass --------------------------------------------------------------
 
 

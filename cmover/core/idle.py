@@ -1,16 +1,18 @@
-"""Which processes of the embedded pool wait for work: one byte per process, in memory the runner and its pool share.
+"""Which processes of one machine's pool wait for work: one byte per process, in memory they share.
 
-A pool process sets its byte while it waits in the hub for a message and clears it once the wait returns. A
-task deciding whether to walk a subdirectory inline asks :meth:`IdleBoard.claim` first
-(:func:`cmover.engine.walker.share_with`): when a byte is set, the task clears it and hands that subdirectory
-out as a job, which the waiting process takes. So a big subtree found by one task spreads over the processes
-that have nothing to do as soon as they have nothing to do, instead of after the task's inline budget (10,000
-entries walked alone by default).
+The embedded pool (:mod:`cmover.embedded.pool`) and a distributed worker's pool processes
+(:mod:`cmover.worker.hooks`) each make one board before they fork. A process sets its byte while it waits
+for a task and clears it when it has one. A task deciding whether to walk a subdirectory inline asks
+:meth:`IdleBoard.claim` first (:func:`cmover.engine.walker.share_with`): when a byte is set, the task clears it
+and hands a subdirectory out as a job, which the waiting process takes. So a big subtree found by one task
+spreads over the processes that have nothing to do as soon as they have nothing to do, instead of after the
+task's inline budget (10,000 entries walked alone by default). A distributed worker sees only its own
+processes; the job it hands out goes to the broker, where any worker may take it.
 
 Advisory only, hence no lock: a byte read a moment late hands out one job too many or walks one subdirectory
 more inline, and either is copied the same way. A process whose byte was claimed for a job another process
-took waits unseen until its wait in the hub ends (:data:`~cmover.embedded.hub.CONSUMER_WAIT`) and it sets the
-byte again.
+took waits unseen until it sets the byte again (its next wait in the embedded hub, after
+:data:`~cmover.embedded.hub.CONSUMER_WAIT`; its next task in a worker).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import mmap
 
 class IdleBoard:
     """``size`` bytes (one per pool slot) of anonymous shared memory, made before the pool forks: every forked
-    process reads and writes the same bytes. Slot ``i`` is 1 while the process in it waits for a message."""
+    process reads and writes the same bytes. Slot ``i`` is 1 while the process in it waits for a task."""
 
     __slots__ = ("size", "_map")
 
