@@ -51,4 +51,3 @@ def argsrepr(wire_args: Sequence[Any]) -> str:
 #: A task message as cmover's task layer builds it: (task name, arguments, task id); the arguments are the pass
 #: spec's wire form, then the job's (:meth:`cmover.engine.jobs.Job.wire_args`).
 Message = tuple[str, list[Any], str]
-

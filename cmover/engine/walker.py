@@ -15,12 +15,13 @@ keeps only what it does with a directory, a non-directory entry and a subdirecto
   while its budget lasts, ``spec.inline_entries`` entries charged by the engine and
   ``spec.inline_seconds`` seconds from the start of the task. Past it, every further subdirectory
   becomes a job of its own, so large trees still spread over all workers.
-* **Sharing with waiting peers** (:meth:`Walker.subdirs`, :func:`share_with`): where a runner knows that
-  another of its processes waits for work (the embedded pool), a task hands a subdirectory out as a job even
-  within its budget: the one waiting at the shallowest level of its walk (the biggest share it has to give),
-  so that a big subtree found by one task spreads over the idle processes at once instead of after
-  ``spec.inline_entries`` entries walked alone, and in shares worth a job. A distributed worker knows no such
-  thing and keeps the budget.
+* **Sharing with waiting peers** (:meth:`Walker.subdirs`, :func:`share_with`): where a process knows that
+  another process of its machine's pool waits for work (the embedded pool, a distributed worker's prefork
+  pool: :mod:`cmover.core.idle`), a task hands a subdirectory out as a job even within its budget: the one
+  waiting at the shallowest level of its walk (the biggest share it has to give), so that a big subtree found
+  by one task spreads over the idle processes at once instead of after ``spec.inline_entries`` entries walked
+  alone, and in shares worth a job. Processes of other machines are not seen: the budget alone spreads work
+  to them.
 * **Directory pairs** (:meth:`Walker.pair`, :meth:`Walker.open_dir`): the source and target directory
   of one relative path, opened from the pass roots without following a symlink in any component.
   A directory that cannot be opened is reported as a failure of that path ("open directory" on the

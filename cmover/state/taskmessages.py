@@ -32,6 +32,7 @@ RETRY_POLICY: dict[str, Any] = {"max_retries": 3, "interval_start": 0, "interval
 #: Seconds a command waits for the broker to accept its connection (Celery's ``broker_connection_timeout``).
 CONNECT_TIMEOUT = 4.0
 
+
 def queue(name: str) -> Queue:
     """Queue ``name`` as every cmover process declares it: durable, bound to a durable direct exchange of the
     same name with its name as routing key."""
