@@ -1,6 +1,6 @@
 """Copy-pass tasks: thin adapters from messages to :class:`cmover.engine.copypass.CopyPass`.
 
-``cmover.copy.dir(spec, rel, mdt)`` handles a directory (and small subtrees inline) and publishes the
+``cmover.copy.dir(spec, rel, mdt[, also])`` handles a directory (and small subtrees inline) and publishes the
 rest; ``cmover.copy.files(spec, rel, names[, also])`` copies one batch of a large directory (with ``also``,
 the few changed names of further directories: journal-driven passes);
 ``cmover.copy.chunk(spec, rel, index, chunk)`` writes one chunk of a huge file (see :mod:`cmover.engine.chunks`).
@@ -19,8 +19,8 @@ from cmover.worker.taskbase import run_pass_task
 
 
 @app.task(name="cmover.copy.dir", base=PassTask, bind=True)
-def copy_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None) -> None:
-    run_pass_task(self, spec, rel, bodies.copy_dir(self.request.id, rel, mdt))
+def copy_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None, also: Any = None) -> None:
+    run_pass_task(self, spec, rel, bodies.copy_dir(self.request.id, rel, mdt, also))
 
 
 @app.task(name="cmover.copy.files", base=PassTask, bind=True)

@@ -1,6 +1,6 @@
 """Verify-pass tasks: thin adapters from messages to :class:`cmover.engine.verifypass.VerifyPass`.
 
-``cmover.verify.dir(spec, rel, mdt)`` verifies a directory (and small subtrees inline) and publishes the
+``cmover.verify.dir(spec, rel, mdt[, also])`` verifies a directory (and small subtrees inline) and publishes the
 rest; ``cmover.verify.files(spec, rel, names)`` verifies one batch of a large directory;
 ``cmover.verify.chunk(spec, rel, index, chunk)`` compares one chunk of a huge file's data. What a task
 finds different goes to the run's differences list in one record (:func:`cmover.state.errorlist.differences_list`).
@@ -17,8 +17,8 @@ from cmover.worker.taskbase import run_pass_task
 
 
 @app.task(name="cmover.verify.dir", base=PassTask, bind=True)
-def verify_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None) -> None:
-    run_pass_task(self, spec, rel, bodies.verify_dir(self.request.id, rel, mdt))
+def verify_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None, also: Any = None) -> None:
+    run_pass_task(self, spec, rel, bodies.verify_dir(self.request.id, rel, mdt, also))
 
 
 @app.task(name="cmover.verify.files", base=PassTask, bind=True)

@@ -429,6 +429,53 @@ def test_a_big_subtree_spreads_over_the_pool_within_the_inline_budget(tmp_path: 
     assert doc["totals"]["files_copied"] == 2400 and compare_trees(src, dst) == []
 
 
+_GROUPS_SCRIPT = r"""
+import json, sys
+from cmover.core.passes import PassKind
+from cmover.core.settings import from_mapping
+from cmover.embedded.runner import EmbeddedSession
+from cmover.engine.planner import PassOptions, create_target_root, plan, preflight
+
+src, dst = sys.argv[1], sys.argv[2]
+settings = from_mapping({"INLINE_ENTRIES": 150, "INLINE_SECONDS": 3600})
+out = []
+with EmbeddedSession(2, settings) as session:
+    for kind in (PassKind.COPY, PassKind.DIRTIME, PassKind.VERIFY):
+        spec = plan(kind, settings, src, dst, options=PassOptions())
+        preflight(spec, create_target=True)
+        if kind is PassKind.COPY:
+            create_target_root(spec)
+        result = session.run(spec)
+        out.append({"pass": kind.value, "state": result.state, "totals": result.totals,
+                    "failures": result.failure_count, "differences": len(result.extra.get("differences", [[]])[0])})
+print(json.dumps(out))
+"""
+
+
+def test_many_small_directories_go_out_in_groups_of_a_budget(tmp_path: Path) -> None:
+    """A tree of 3 directories of 100 directories of 2 files each, an inline budget of 150 entries: past it, a
+    task hands the directories it has not reached out in jobs of about a budget each (75 directories of 2
+    entries), not one per directory; the copy, dirtime and verify passes run far fewer tasks than there are
+    directories, and the trees end identical, directory times included, with nothing found different."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for top in range(3):
+        for d in range(100):
+            leaf = src / f"t{top}" / f"d{d:03d}"
+            leaf.mkdir(parents=True)
+            for f in range(2):
+                (leaf / f"f{f}").write_bytes(b"%d" % f)
+    r = subprocess.run([sys.executable, "-c", _GROUPS_SCRIPT, str(src), str(dst)], capture_output=True, text=True,
+                       timeout=TIMEOUT, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    copy, dirtime, verify = json.loads(r.stdout)
+    for p in (copy, dirtime, verify):
+        assert p["state"] == "complete" and p["failures"] == 0, p
+        assert 1 < p["totals"]["tasks"] < 100, p  # 304 directories
+    assert copy["totals"]["files_copied"] == 600 and copy["totals"]["dirs"] == 304
+    assert dirtime["totals"]["dir_times_set"] == 304 and verify["differences"] == 0
+    assert compare_trees(src, dst) == []
+
+
 def test_a_failing_task_imports_no_kombu_where_none_is_loaded() -> None:
     """The error classes a task's failure is matched against (broker trouble: requeue) name kombu's only where
     kombu is loaded: an embedded process, which never imports it, does not import it for a task that failed."""

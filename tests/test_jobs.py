@@ -25,6 +25,8 @@ CASES = [
     (DirJob(b"a/\xffb", 3), "9dd478ea-0f11-5396-8c6a-bfd2e2ed6bc2", "33228c02-c56b-5c15-a435-64990c7dac87",
      [{"b64": "YS//Yg=="}, 3]),
     (DirJob(b""), "0cf8d197-4555-5cca-a0c4-d047f1ac43f8", "3fbb6b8e-bfa2-54d6-93f6-d69dbd257cff", ["", None]),
+    (DirJob(b"a/x", 3, ((b"a/y", None), (b"a/\xfe", 0))), "7551358d-94f9-5011-926b-5831c29be236",
+     "33711679-e627-5b16-8f6b-e8309e9f1bab", ["a/x", 3, [["a/y", None], [{"b64": "YS/+"}, 0]]]),
     (FilesJob(b"a", (b"x", b"caf\xc3\xa9", b"\xfe"), 2), "c7eeb809-8738-5496-b905-1f2323e4baab",
      "781d42d2-a8b8-5586-b276-7af0303d275e", ["a", ["x", "caf\u00e9", {"b64": "/g=="}]]),
     (FilesJob(b"a", (b"x",), 0, ((b"a/b", (b"y", b"\xfe")), (b"c", ()))), "d276fc46-e06d-51a5-82d6-3e2157843fdd",
@@ -45,21 +47,34 @@ def test_task_ids_and_message_arguments_never_change(job, tid, retry_tid, wire):
 
 
 def test_each_job_kind_names_its_task():
-    assert [type(c[0]).kind for c in CASES] == ["dir", "dir", "files", "files", "chunk", "purge"]
-    assert [c[0].index for c in CASES] == [0, 0, 2, 0, 7, 0]
+    assert [type(c[0]).kind for c in CASES] == ["dir", "dir", "dir", "files", "files", "chunk", "purge"]
+    assert [c[0].index for c in CASES] == [0, 0, 0, 2, 0, 7, 0]
 
 
 def test_a_batch_message_with_further_directories_is_checked_whole_before_anything_runs():
     from cmover.core.errors import ConfinementError
     from cmover.worker.bodies import batch_groups
 
-    job = CASES[3][0]
+    job = CASES[4][0]
     assert batch_groups(*json.loads(json.dumps(job.wire_args()))) == [(b"a", [b"x"]), (b"a/b", [b"y", b"\xfe"]),
                                                                        (b"c", [])]
     assert batch_groups("a", ["x"], None) == [(b"a", [b"x"])]
     for also in ([["../up", ["x"]]], [["a", ["x/y"]]], [["a"]], "a", [["a", "x"]]):
         with pytest.raises(ConfinementError):
             batch_groups("a", ["x"], also)
+
+
+def test_a_directory_message_with_further_directories_is_checked_whole_before_anything_runs():
+    from cmover.core.errors import ConfinementError
+    from cmover.worker.bodies import dir_job
+
+    job = CASES[2][0]
+    assert dir_job(*json.loads(json.dumps(job.wire_args()))) == job
+    assert dir_job("a", None, None) == DirJob(b"a")
+    for mdt, also in ((True, None), ("1", None), (2**31, None), (-2, None), (None, [["../up", 0]]),
+                      (None, [["a", 1.5]]), (None, [["a"]]), (None, "a"), (None, [["a", False]])):
+        with pytest.raises(ConfinementError):
+            dir_job("a", mdt, also)
 
 
 def test_gathered_batches_are_each_handled_once_in_sorted_order_big_ones_alone_over_enough_tasks():

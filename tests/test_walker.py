@@ -186,6 +186,68 @@ def test_a_waiting_peer_gets_the_next_subdirectory_when_none_is_left_above(make_
     assert not w.inline()  # outside subdirs too: nothing is left above, the next subdirectory goes out
 
 
+def test_past_the_budget_the_rest_goes_out_in_jobs_of_a_budget_by_the_walked_ones(make_spec, sharing):
+    """Subdirectories of 3 entries each, a budget of 10: 4 walked, then the other 16 in jobs of 3 (10 // 3), in
+    order. Where the walked ones hold a budget or more, or none was walked (sizes unknown): one per job."""
+    w, _, _ = walker(make_spec(inline_entries=10, inline_seconds=3600.0))
+    w.start()
+    names = [f"d{i:02d}" for i in range(20)]
+    alone: list[str] = []
+    groups: list[list[str]] = []
+    walked = []
+    for name in w.subdirs(names, alone.append, groups.append):
+        walked.append(name)
+        w.charge(3)
+    assert walked == names[:4]
+    assert groups == [names[4:7], names[7:10], names[10:13], names[13:16], names[16:19]] and alone == [names[19]]
+
+    big, _, _ = walker(make_spec(inline_entries=10, inline_seconds=3600.0))
+    big.start()
+    alone, groups = [], []
+    for _name in big.subdirs(names[:5], alone.append, groups.append):
+        big.charge(12)
+    assert alone == names[1:5] and groups == []
+
+    timed, _, _ = walker(make_spec(inline_entries=10, inline_seconds=0.0))
+    timed.start()
+    alone = []
+    assert list(timed.subdirs(names[:5], alone.append, groups.append)) == [] and alone == names[:5] and groups == []
+
+
+def test_a_waiting_peer_gets_half_of_a_level_of_small_subdirectories_as_one_job(make_spec, sharing):
+    """A peer waiting before any subdirectory of a level was walked gets its last one (its size unknown); once
+    the walked ones tell their size, the last half of what is left there as one job (at most a budget's
+    worth), and the walk goes on with the rest."""
+    w, _, _ = walker(make_spec(inline_entries=1000, inline_seconds=3600.0))
+    w.start()
+    waiting = [True]
+
+    def peer_waits(walked: int) -> bool:
+        was, waiting[0] = waiting[0], False
+        return was
+
+    sharing(peer_waits)
+    names = [f"d{i:02d}" for i in range(21)]
+    alone: list[str] = []
+    groups: list[list[str]] = []
+    walked = []
+    for name in w.subdirs(names, alone.append, groups.append):
+        walked.append(name)
+        w.charge(10)
+        if name == "d02":
+            waiting[0] = True  # 3 walked, of 10 entries each; 16 left after d03: 8 of them as one job
+    assert alone == ["d20"] and groups == [names[12:20]]
+    assert walked == names[:12]
+
+
+def test_dir_jobs_in_groups_keep_each_directory_and_its_mdt():
+    one = [DirJob(b"a/x", 1), DirJob(b"a/y", None), DirJob(b"a/z", -1)]
+    job = DirJob.group(one)
+    assert job == DirJob(b"a/x", 1, ((b"a/y", None), (b"a/z", -1)))
+    assert job.members() == one
+    assert DirJob.group(one[:1]) == one[0] and one[0].members() == [one[0]]
+
+
 def _walk_a_random_tree(seed: int, make_spec, sharing) -> None:
     """One random nested walk through Walker.subdirs (see the test below)."""
     rng = random.Random(seed)
@@ -197,13 +259,13 @@ def _walk_a_random_tree(seed: int, make_spec, sharing) -> None:
             grow(child, depth + 1)
 
     grow("", 0)
-    w, _, _ = walker(make_spec(inline_entries=rng.randint(1, 60), inline_seconds=3600.0))
+    w, _, _ = walker(make_spec(inline_entries=rng.randint(1, 60), inline_seconds=3600.0, batch=rng.randint(1, 8)))
     w.start()
     sharing(lambda walked: rng.random() < 0.2)
     listed, walked, handed = [""], [], []
 
     def walk(name: str) -> None:
-        for child in w.subdirs(tree[name], handed.append):
+        for child in w.subdirs(tree[name], handed.append, handed.extend if rng.random() < 0.5 else None):
             walked.append(child)
             listed.append(child)
             w.charge(1)
@@ -229,7 +291,8 @@ def _walk_a_random_tree(seed: int, make_spec, sharing) -> None:
 
 def test_subdirs_walks_or_hands_out_each_subdirectory_exactly_once(make_spec, sharing):
     """Whatever peers wait and whenever the budget runs out, every subdirectory of every directory the task
-    lists is walked inline or handed out, exactly once; a loop left by an exception leaves no level behind."""
+    lists is walked inline or handed out (alone or in a group), exactly once; a loop left by an exception
+    leaves no level behind."""
     for seed in range(200):
         _walk_a_random_tree(seed, make_spec, sharing)
 

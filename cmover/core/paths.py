@@ -91,6 +91,23 @@ def groups_from_wire(obj: object) -> list[tuple[bytes, list[bytes]]]:
     return [(rel_from_wire(rel), names_from_wire(names)) for rel, names in obj]
 
 
+def mdt_from_wire(obj: object) -> int | None:
+    """An MDT index of a directory message: None, -1 (the filesystem's choice) or an MDT index."""
+    if obj is not None and (isinstance(obj, bool) or not isinstance(obj, int) or not -1 <= obj < 2**31):
+        raise ConfinementError(f"MDT index in message is not -1 or an MDT index: {obj!r}")
+    return obj
+
+
+def dirs_from_wire(obj: object) -> list[tuple[bytes, int | None]]:
+    """The further (directory, MDT) pairs of a directory message (absent: none), each checked as
+    :func:`rel_from_wire` and :func:`mdt_from_wire` check theirs."""
+    if obj is None:
+        return []
+    if not isinstance(obj, list) or not all(isinstance(d, list) and len(d) == 2 for d in obj):
+        raise ConfinementError("further directories in message are not a list of [directory, MDT] pairs")
+    return [(rel_from_wire(rel), mdt_from_wire(mdt)) for rel, mdt in obj]
+
+
 def join(rel: bytes, name: bytes) -> bytes:
     """The relative path of entry ``name`` inside directory ``rel``."""
     return name if not rel else rel + b"/" + name

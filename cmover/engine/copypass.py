@@ -79,6 +79,22 @@ class CopyPass:
     def run_dir(self, rel: bytes, mdt: int | None = None) -> None:
         """Process directory ``rel``: create it on the target, handle its entries, fan out or inline subdirs."""
         self.walk.start()
+        self._run_dir(rel, mdt)
+
+    def run_dirs(self, job: DirJob) -> None:
+        """Process each directory of ``job`` (:attr:`DirJob.also`) as :meth:`run_dir` does, within one budget: the
+        ones it does not reach are handed out again (each on its own: the job's own id never comes back)."""
+        if not job.also:
+            self.run_dir(job.rel, job.mdt)
+            return
+        self.walk.start()
+        for one in self.walk.subdirs(job.members(), self.emit, self._group):
+            self._run_dir(one.rel, one.mdt)
+
+    def _group(self, jobs: list[DirJob]) -> None:
+        self.emit(DirJob.group(jobs))
+
+    def _run_dir(self, rel: bytes, mdt: int | None) -> None:
         chain = _Chain(self.proof)
         src_fd = self.walk.open_dir(rel, source=True, missing=self._src_missing(rel), on_open=chain.hook)
         if src_fd is None:
@@ -216,7 +232,7 @@ class CopyPass:
             mdts = self.spec.mdt_list if not rel and self.spec.mds_striped else ()  # first level: placed on MDTs
             children = [DirJob(join(rel, bname), mdts[i % len(mdts)] if mdts else None)
                         for i, bname in enumerate(subdirs)]
-            for job in self.walk.subdirs(children, self.emit):
+            for job in self.walk.subdirs(children, self.emit, self._group):
                 child, child_mdt = job.rel, job.mdt
                 child_fd = self.walk.open_child(src_fd, child)
                 if child_fd is not None:

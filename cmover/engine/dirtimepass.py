@@ -49,6 +49,22 @@ class DirtimePass:
         self.walk.start()
         self._dir(rel)
 
+    def run_dirs(self, rels: list[bytes]) -> None:
+        """Set the times of each directory of ``rels`` as :meth:`run_dir` does, within one budget: the ones it
+        does not reach are handed out again (each on its own: the job's own id never comes back)."""
+        if len(rels) == 1:
+            self.run_dir(rels[0])
+            return
+        self.walk.start()
+        for rel in self.walk.subdirs(rels, self._hand_out, self._group):
+            self._dir(rel)
+
+    def _hand_out(self, rel: bytes) -> None:
+        self.emit(DirJob(rel))
+
+    def _group(self, rels: list[bytes]) -> None:
+        self.emit(DirJob.group([DirJob(rel) for rel in rels]))
+
     def run_files(self, rel: bytes, names: Iterable[bytes]) -> None:
         """Set the times of subdirectories ``names`` of target directory ``rel`` -- of ``rel`` itself when
         ``names`` is empty -- and nothing below them (a journal-driven pass: ``spec.changes``)."""
@@ -112,8 +128,8 @@ class DirtimePass:
                 self.tally[C.DIRS_FOUND] += len(children)
                 self.walk.charge(len(children))
                 # broker trouble handing one out propagates: the task runs again
-                for child in self.walk.subdirs([join(rel, name) for name in children],
-                                               lambda c: self.emit(DirJob(c))):
+                for child in self.walk.subdirs([join(rel, name) for name in children], self._hand_out,
+                                               self._group):
                     self._dir(child)
             # Read the source times last: nothing of this pass changes them, but a walk inline may have
             # taken a while on a live source.

@@ -23,7 +23,7 @@ import errno
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from cmover.core import fsio
@@ -63,27 +63,54 @@ class Job(Protocol):
         ...
 
 
-class DirJob(Frozen):
-    """Walk directory ``rel`` (``mdt``: the MDT a new target directory is created on; None: its parent's)."""
+#: Further (directory, MDT) pairs of a directory job (see :class:`DirJob`).
+Dirs = tuple[tuple[bytes, int | None], ...]
 
-    __slots__ = ("rel", "mdt")
+
+class DirJob(Frozen):
+    """Walk directory ``rel`` (``mdt``: the MDT a new target directory is created on; None: its parent's).
+
+    ``also``: further directories, each with its MDT, walked by the same task after ``rel``, in this order
+    (sibling directories handed out together: :meth:`cmover.engine.walker.Walker.subdirs`), so that a tree of
+    many small directories costs a task per share of work, not per directory. Its task id covers them.
+    """
+
+    __slots__ = ("rel", "mdt", "also")
     kind: ClassVar[str] = "dir"
     rel: bytes
     mdt: int | None
+    also: Dirs
 
-    def __init__(self, rel: bytes, mdt: int | None = None) -> None:
+    def __init__(self, rel: bytes, mdt: int | None = None, also: Dirs = ()) -> None:
         object.__setattr__(self, "rel", rel)
         object.__setattr__(self, "mdt", mdt)
+        object.__setattr__(self, "also", also)
+
+    @classmethod
+    def group(cls, jobs: Sequence[DirJob]) -> DirJob:
+        """One job walking the directories of ``jobs`` (single-directory jobs), in order."""
+        first, *rest = jobs
+        return cls(first.rel, first.mdt, tuple((j.rel, j.mdt) for j in rest))
+
+    def members(self) -> list[DirJob]:
+        """The single-directory jobs this one walks, in order (itself when it has no ``also``)."""
+        if not self.also:
+            return [self]
+        return [DirJob(self.rel, self.mdt), *(DirJob(rel, mdt) for rel, mdt in self.also)]
 
     @property
     def index(self) -> int:
         return 0
 
     def ident(self) -> tuple[bytes, ...]:
-        return ()
+        # A directory's path is set apart by the separator a name cannot hold (as FilesJob's further ones).
+        return tuple(b"/" + rel for rel, _ in self.also)
 
     def wire_args(self) -> list[Any]:
-        return [to_wire(self.rel), self.mdt]
+        args: list[Any] = [to_wire(self.rel), self.mdt]
+        if self.also:
+            args.append([[to_wire(rel), mdt] for rel, mdt in self.also])
+        return args
 
 
 #: Further (directory, names) pairs of a batch job (see :class:`FilesJob`).

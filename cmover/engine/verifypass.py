@@ -126,6 +126,22 @@ class VerifyPass:
         self.walk.start()
         self._dir(rel)
 
+    def run_dirs(self, rels: list[bytes]) -> None:
+        """Verify each directory of ``rels`` as :meth:`run_dir` does, within one budget: the ones it does not
+        reach are handed out again (each on its own: the job's own id never comes back)."""
+        if len(rels) == 1:
+            self.run_dir(rels[0])
+            return
+        self.walk.start()
+        for rel in self.walk.subdirs(rels, self._hand_out, self._group):
+            self._dir(rel)
+
+    def _hand_out(self, rel: bytes) -> None:
+        self.emit(DirJob(rel))
+
+    def _group(self, rels: list[bytes]) -> None:
+        self.emit(DirJob.group([DirJob(rel) for rel in rels]))
+
     def _dir(self, rel: bytes) -> None:
         src_fd = self._open(self.spec.src_root, rel, "source")
         if src_fd is None:
@@ -187,7 +203,7 @@ class VerifyPass:
                 children.append(join(rel, name))
         self.walk.charge(len(children))
         # broker trouble handing one out propagates: the task runs again
-        for child in self.walk.subdirs(children, lambda c: self.emit(DirJob(c))):
+        for child in self.walk.subdirs(children, self._hand_out, self._group):
             self._dir(child)
 
     def _entry_checks(self, src_fd: int) -> None:

@@ -44,7 +44,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from cmover.core import fsio
 from cmover.core.counters import C
@@ -82,10 +82,53 @@ class Listing(NamedTuple):
     complete: bool  # False when reading failed part-way (reported) or ``on_batch`` stopped it
 
 
+class _Level(Generic[T]):
+    """The subdirectories of one directory left to walk (see :meth:`Walker.subdirs`), how they are handed out,
+    and what the ones walked inline held: ``walked`` of them, ``entries`` charged while they were walked."""
+
+    __slots__ = ("items", "hand_out", "group", "walked", "entries")
+
+    def __init__(self, items: deque[T], hand_out: Callable[[T], object],
+                 group: Callable[[list[T]], object] | None) -> None:
+        self.items = items
+        self.hand_out = hand_out
+        self.group = group
+        self.walked = 0
+        self.entries = 0
+
+    def per_job(self, spec: PassSpec, walked: int, entries: int) -> int:
+        """How many of the subdirectories left make a job worth a task: about ``spec.inline_entries`` entries
+        by the average of the ones walked at this level, else of all the task walked (``walked`` subdirectories
+        holding ``entries``), at most ``spec.batch``; 1 with no ``group`` or nothing walked yet, sizes unknown (a
+        subdirectory may hold a big subtree). A share that proves bigger than its estimate costs one more
+        hand-out: the task that walks it hands out what it does not reach."""
+        if self.walked:
+            walked, entries = self.walked, self.entries
+        if self.group is None or not walked:
+            return 1
+        per_dir = max(1, entries // walked)
+        return max(1, min(spec.batch, spec.inline_entries // per_dir))
+
+    def give(self, count: int, spec: PassSpec, sizes: tuple[int, int], once: bool = False) -> None:
+        """Hand out the last ``count`` subdirectories left, in order, in jobs of :meth:`per_job` (``sizes``: the
+        task's walked subdirectories and their entries; ``once``: only the last job's worth of them)."""
+        size = self.per_job(spec, *sizes)
+        count = min(count, size) if once else count
+        taken = [self.items.pop() for _ in range(count)]
+        taken.reverse()
+        for i in range(0, len(taken), size):
+            share = taken[i:i + size]
+            if len(share) == 1 or self.group is None:
+                for one in share:
+                    self.hand_out(one)
+            else:
+                self.group(share)
+
+
 class Walker:
     """The walk of one pass task over ``spec``'s roots; counts into ``tally``, reports through ``on_failure``."""
 
-    __slots__ = ("spec", "tally", "on_failure", "log", "_budget", "_deadline", "_levels")
+    __slots__ = ("spec", "tally", "on_failure", "log", "_budget", "_deadline", "_levels", "_sizes")
 
     def __init__(self, spec: PassSpec, tally: Counter[str], on_failure: Callable[[Failure], None],
                  logger: logging.Logger) -> None:
@@ -97,8 +140,10 @@ class Walker:
         self._budget = 0
         self._deadline = 0.0
         # The subdirectories not yet walked at each level of the walk inline, shallowest first, each with how
-        # one is handed out (see subdirs).
-        self._levels: list[tuple[deque[Any], Callable[[Any], object]]] = []
+        # they are handed out (see subdirs).
+        self._levels: list[_Level[Any]] = []
+        # The subdirectories this task walked inline (at any level) and the entries charged while they were.
+        self._sizes = (0, 0)
 
     # -- the inline budget -----------------------------------------------------------------------------
 
@@ -115,44 +160,60 @@ class Walker:
         """Whether the next subdirectory is walked by this task (else: published as a job of its own): while the
         budget lasts, unless another process of the run waits for work and no subdirectory of a level of
         :meth:`subdirs` is left to give it instead (:func:`share_with`)."""
-        if self._budget <= 0 or time.monotonic() >= self._deadline:
+        if self._over():
             return False
         return not self._share()
 
-    def subdirs(self, items: Iterable[T], hand_out: Callable[[T], object]) -> Iterator[T]:
-        """The subdirectories ``items`` of a directory that this task walks inline, in order; each of the others
-        goes to ``hand_out`` (which publishes it as a job of its own), exactly once.
+    def _over(self) -> bool:
+        return self._budget <= 0 or time.monotonic() >= self._deadline
 
-        Past the budget every remaining one is handed out. Within it, each time another process of the run waits
-        for work (:func:`share_with`), one is handed out: the last one left at the shallowest level of the
-        walk (this directory's, or an ancestor's still being walked), the one farthest from where the walk is,
-        whose subtree is likely the biggest share left to give.
+    def subdirs(self, items: Iterable[T], hand_out: Callable[[T], object],
+                group: Callable[[list[T]], object] | None = None) -> Iterator[T]:
+        """The subdirectories ``items`` of a directory that this task walks inline, in order; each of the others
+        goes to ``hand_out`` (which publishes it as a job of its own), or with others of them to ``group`` (which
+        publishes them as one job), exactly once.
+
+        Past the budget every remaining one is handed out: with ``group``, in jobs of about a task's budget of
+        entries each, as estimated from the ones this task walked at this level (one per job while none was, and
+        where each holds a budget or more). Within the budget, each time another process of the run waits for
+        work (:func:`share_with`), a share is handed out from the shallowest level of the walk (this directory's,
+        or an ancestor's still being walked) that has subdirectories left, the farthest from where the walk is:
+        its last one; with ``group`` and an estimate, its last half, at most a budget's worth.
         """
-        level: deque[T] = deque(items)
-        here = (level, hand_out)
-        self._levels.append(here)
+        level = _Level(deque(items), hand_out, group)
+        self._levels.append(level)
+        left = level.items
         try:
-            while level:
-                item = level.popleft()
-                if self.inline():
-                    yield item
+            while left:
+                item = left.popleft()
+                if self._over():
+                    left.appendleft(item)
+                    level.give(len(left), self.spec, self._sizes)  # the rest, in as many jobs as they are worth
+                elif self._share():
+                    hand_out(item)  # a process waits and nothing is left above: it gets this one
                 else:
-                    hand_out(item)
+                    before = self._budget
+                    yield item
+                    spent = before - self._budget
+                    level.walked += 1
+                    level.entries += spent
+                    walked, entries = self._sizes
+                    self._sizes = (walked + 1, entries + spent)
         finally:
             # By identity: a loop left by an exception may close its generator after a deeper level's.
-            self._levels[:] = [lv for lv in self._levels if lv is not here]
+            self._levels[:] = [lv for lv in self._levels if lv is not level]
 
     def _share(self) -> bool:
-        """Give every process of the run waiting for work (:func:`share_with`) a subdirectory left at the
-        shallowest level of :meth:`subdirs` that has one; True when one waits and none is left: the caller hands
-        out the subdirectory it is about to walk."""
+        """Give every process of the run waiting for work (:func:`share_with`) a share of the shallowest level of
+        :meth:`subdirs` that has subdirectories left; True when one waits and none is left: the caller hands out
+        the subdirectory it is about to walk."""
         peer_waits = _peer_waits
         if peer_waits is None:
             return False
         while peer_waits(self.spec.inline_entries - self._budget):
-            for level, hand_out in self._levels:
-                if level:
-                    hand_out(level.pop())
+            for level in self._levels:
+                if level.items:
+                    level.give(max(1, len(level.items) // 2), self.spec, self._sizes, once=True)
                     break
             else:
                 return True

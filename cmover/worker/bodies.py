@@ -16,12 +16,13 @@ from cmover.core.deletion import Deletion
 from cmover.core.difference import Difference
 from cmover.core.errors import ConfinementError
 from cmover.core.hsmrecord import HsmRecord
-from cmover.core.paths import groups_from_wire, names_from_wire, rel_from_wire
+from cmover.core.paths import dirs_from_wire, groups_from_wire, mdt_from_wire, names_from_wire, rel_from_wire
 from cmover.engine.chunks import ChunkSpec
 from cmover.engine.claims import RunClaims
 from cmover.engine.copypass import CopyPass
 from cmover.engine.deletepass import DeletePass
 from cmover.engine.dirtimepass import DirtimePass
+from cmover.engine.jobs import DirJob
 from cmover.state.errorlist import deleted_list, differences_list
 from cmover.state.hsmlist import BrokerHsm
 
@@ -78,12 +79,17 @@ def batch_groups(rel: Any, names: Any, also: Any) -> list[tuple[bytes, list[byte
     return [(rel_from_wire(rel), names_from_wire(names)), *groups_from_wire(also)]
 
 
-def copy_dir(tid: str, rel: Any, mdt: Any = None) -> Body:
+def dir_job(rel: Any, mdt: Any, also: Any) -> DirJob:
+    """The directory job of a directory message: its directory and MDT, then those of ``also`` (None: none);
+    every path and MDT checked before any is handled (ConfinementError)."""
+    return DirJob(rel_from_wire(rel), mdt_from_wire(mdt), tuple(dirs_from_wire(also)))
+
+
+def copy_dir(tid: str, rel: Any, mdt: Any = None, also: Any = None) -> Body:
     def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
-        if mdt is not None and (isinstance(mdt, bool) or not isinstance(mdt, int) or not -1 <= mdt < 2**31):
-            raise ConfinementError(f"MDT index in message is not -1 or an MDT index: {mdt!r}")
+        job = dir_job(rel, mdt, also)
         with copy_engine(spec_, ctx, tally, fail, emit) as engine:
-            engine.run_dir(rel_from_wire(rel), mdt)
+            engine.run_dirs(job)
     return body
 
 
@@ -124,9 +130,10 @@ def delete_purge(tid: str, rel: Any, root: Any) -> Body:
     return body
 
 
-def dirtime_dir(tid: str, rel: Any, mdt: Any = None) -> Body:
+def dirtime_dir(tid: str, rel: Any, mdt: Any = None, also: Any = None) -> Body:
     def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
-        DirtimePass(spec_, tally, fail, emit).run_dir(rel_from_wire(rel))
+        job = dir_job(rel, mdt, also)
+        DirtimePass(spec_, tally, fail, emit).run_dirs([one.rel for one in job.members()])
     return body
 
 
@@ -137,9 +144,10 @@ def dirtime_files(tid: str, rel: Any, names: Any, also: Any = None) -> Body:
     return body
 
 
-def verify_dir(tid: str, rel: Any, mdt: Any = None) -> Body:
+def verify_dir(tid: str, rel: Any, mdt: Any = None, also: Any = None) -> Body:
     def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
-        verify_run(spec_, ctx, tally, fail, emit, lambda v: v.run_dir(rel_from_wire(rel)))
+        rels = [one.rel for one in dir_job(rel, mdt, also).members()]
+        verify_run(spec_, ctx, tally, fail, emit, lambda v: v.run_dirs(rels))
     return body
 
 
