@@ -56,9 +56,9 @@ BATCH = 1000
 # Work one directory task may do inline before it hands subdirectories to other workers: small
 # subtrees are walked by the task that found them (dispatch costs more than their work), large trees
 # still spread over every worker. Counted in entries and in seconds, whichever is reached first (on
-# Lustre the seconds, usually: an unchanged entry there costs two metadata RPCs). Within it, a task
-# still hands a subdirectory out whenever another pool process of the same machine waits for work
-# (README, "Work sharing").
+# Lustre the seconds, usually: an unchanged entry there costs two metadata RPCs). Past it, small sibling
+# directories go out together, about this many entries per task. Within it, a task still hands work out
+# whenever another pool process of the same machine waits for some (README, "Work sharing").
 INLINE_ENTRIES = 10000
 INLINE_SECONDS = 0.5
 

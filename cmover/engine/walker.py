@@ -13,12 +13,16 @@ keeps only what it does with a directory, a non-directory entry and a subdirecto
 * **Inline budget** (:meth:`Walker.start`, :meth:`Walker.charge`, :meth:`Walker.inline`): dispatching a
   task costs more than a small directory's work (design §8), so a task walks subdirectories inline
   while its budget lasts, ``spec.inline_entries`` entries charged by the engine and
-  ``spec.inline_seconds`` seconds from the start of the task. Past it, every further subdirectory
-  becomes a job of its own, so large trees still spread over all workers.
+  ``spec.inline_seconds`` seconds from the start of the task. Past it, every further subdirectory is
+  handed out, so large trees still spread over all workers: in jobs of several sibling directories where
+  the engine can group them (``group`` of :meth:`Walker.subdirs`: a directory job's ``also``), each about a
+  budget of entries by the size of the subdirectories the task walked, so that a tree of many small
+  directories costs a task per share of work, not one per directory.
 * **Sharing with waiting peers** (:meth:`Walker.subdirs`, :func:`share_with`): where a process knows that
   another process of its machine's pool waits for work (the embedded pool, a distributed worker's prefork
-  pool: :mod:`cmover.core.idle`), a task hands a subdirectory out as a job even within its budget: the one
-  waiting at the shallowest level of its walk (the biggest share it has to give), so that a big subtree found
+  pool: :mod:`cmover.core.idle`), a task hands work out as a job even within its budget, from the shallowest
+  level of its walk (the biggest share it has to give): its last subdirectory, or, where the walked ones show
+  them small, the last half of what is left there (at most a budget's worth) as one job. So a big subtree found
   by one task spreads over the idle processes at once instead of after ``spec.inline_entries`` entries walked
   alone, and in shares worth a job. Processes of other machines are not seen: the budget alone spreads work
   to them.
