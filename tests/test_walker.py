@@ -214,10 +214,9 @@ def test_past_the_budget_the_rest_goes_out_in_jobs_of_a_budget_by_the_walked_one
     assert list(timed.subdirs(names[:5], alone.append, groups.append)) == [] and alone == names[:5] and groups == []
 
 
-def test_a_waiting_peer_gets_half_of_a_level_of_small_subdirectories_as_one_job(make_spec, sharing):
-    """A peer waiting before any subdirectory of a level was walked gets its last one (its size unknown); once
-    the walked ones tell their size, the last half of what is left there as one job (at most a budget's
-    worth), and the walk goes on with the rest."""
+def test_a_waiting_peer_gets_one_subdirectory_even_where_they_are_small(make_spec, sharing):
+    """Whatever the walked subdirectories of a level tell of their size, a waiting peer gets the last one left
+    there, alone; the walk goes on with the rest."""
     w, _, _ = walker(make_spec(inline_entries=1000, inline_seconds=3600.0))
     w.start()
     waiting = [True]
@@ -235,9 +234,9 @@ def test_a_waiting_peer_gets_half_of_a_level_of_small_subdirectories_as_one_job(
         walked.append(name)
         w.charge(10)
         if name == "d02":
-            waiting[0] = True  # 3 walked, of 10 entries each; 16 left after d03: 8 of them as one job
-    assert alone == ["d20"] and groups == [names[12:20]]
-    assert walked == names[:12]
+            waiting[0] = True  # 3 walked, of 10 entries each
+    assert alone == ["d20", "d19"] and groups == []
+    assert walked == names[:19]
 
 
 def test_dir_jobs_in_groups_keep_each_directory_and_its_mdt():
