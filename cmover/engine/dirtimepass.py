@@ -27,7 +27,7 @@ from cmover.core.passes import PassSpec
 from cmover.core.paths import join
 from cmover.core.privileges import current
 from cmover.engine import metadata
-from cmover.engine.jobs import DirJob, Job, retry_transient, run_groups
+from cmover.engine.jobs import Job, dir_hand_outs, retry_transient, run_groups
 from cmover.engine.walker import Walker
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class DirtimePass:
         self.spec = spec
         self.tally = tally
         self.emit = emit
+        self._hand_out, self._group = dir_hand_outs(emit)
         self.can = current()
         self.walk = Walker(spec, tally, on_failure, log)
 
@@ -58,12 +59,6 @@ class DirtimePass:
         self.walk.start()
         for rel in self.walk.subdirs(rels, self._hand_out, self._group):
             self._dir(rel)
-
-    def _hand_out(self, rel: bytes) -> None:
-        self.emit(DirJob(rel))
-
-    def _group(self, rels: list[bytes]) -> None:
-        self.emit(DirJob.group([DirJob(rel) for rel in rels]))
 
     def run_files(self, rel: bytes, names: Iterable[bytes]) -> None:
         """Set the times of subdirectories ``names`` of target directory ``rel`` -- of ``rel`` itself when

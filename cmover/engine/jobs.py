@@ -113,6 +113,19 @@ class DirJob(Frozen):
         return args
 
 
+def dir_hand_outs(emit: Callable[[Job], None]) -> tuple[Callable[[bytes], None], Callable[[list[bytes]], None]]:
+    """How a walk that knows its subdirectories by path alone hands them out through ``emit``: one as a
+    :class:`DirJob`, several as one (``hand_out`` and ``group`` of :meth:`cmover.engine.walker.Walker.subdirs`)."""
+
+    def one(rel: bytes) -> None:
+        emit(DirJob(rel))
+
+    def several(rels: list[bytes]) -> None:
+        emit(DirJob.group([DirJob(rel) for rel in rels]))
+
+    return one, several
+
+
 #: Further (directory, names) pairs of a batch job (see :class:`FilesJob`).
 Groups = tuple[tuple[bytes, tuple[bytes, ...]], ...]
 

@@ -48,7 +48,7 @@ from cmover.engine.chunks import ChunkSpec
 from cmover.engine.claims import Claims
 from cmover.engine.filters import Filter
 from cmover.engine.hsmcopy import target_state_ok
-from cmover.engine.jobs import DirJob, FilesJob, Job
+from cmover.engine.jobs import FilesJob, Job, dir_hand_outs
 from cmover.engine.verifycmp import Side, Table, checks_for, compare, has_project
 from cmover.engine.verifydata import DataCheck
 from cmover.engine.walker import Entries, Walker
@@ -79,6 +79,7 @@ class VerifyPass:
         self.opts = VerifyOptions.of(spec)
         self.tally = tally
         self.emit = emit
+        self._hand_out, self._group = dir_hand_outs(emit)
         self.claims = claims
         self.on_difference = on_difference
         self.can = current()
@@ -135,12 +136,6 @@ class VerifyPass:
         self.walk.start()
         for rel in self.walk.subdirs(rels, self._hand_out, self._group):
             self._dir(rel)
-
-    def _hand_out(self, rel: bytes) -> None:
-        self.emit(DirJob(rel))
-
-    def _group(self, rels: list[bytes]) -> None:
-        self.emit(DirJob.group([DirJob(rel) for rel in rels]))
 
     def _dir(self, rel: bytes) -> None:
         src_fd = self._open(self.spec.src_root, rel, "source")
