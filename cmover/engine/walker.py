@@ -207,9 +207,9 @@ class Walker:
             self._levels[:] = [lv for lv in self._levels if lv is not level]
 
     def _share(self) -> bool:
-        """Give every process of the run waiting for work (:func:`share_with`) a share of the shallowest level of
-        :meth:`subdirs` that has subdirectories left; True when one waits and none is left: the caller hands out
-        the subdirectory it is about to walk."""
+        """Give every process of the run waiting for work (:func:`share_with`) the last subdirectory left at the
+        shallowest level of :meth:`subdirs` that has one; True when one waits and none is left: the caller hands
+        out the subdirectory it is about to walk."""
         peer_waits = _peer_waits
         if peer_waits is None:
             return False
