@@ -19,14 +19,21 @@ import sys
 from typing import Any
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 from cmover.core import site
 from cmover.core.errors import ConfigError
 from cmover.core.settings import Settings
 from cmover.core.tasknames import ROUTES, TASK_NAMES, pass_queues, queue_name
-from cmover.state.taskmessages import queue
 
 log = logging.getLogger(__name__)
+
+
+def queue(name: str) -> Queue:
+    """Queue ``name`` as every cmover process declares it: durable, bound to a durable direct exchange of the
+    same name with its name as routing key (a command declares the same with py-amqp:
+    :func:`cmover.state.taskmessages.declare`)."""
+    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
 
 # No fix-ups: Celery's only built-in one adapts a worker to Django when DJANGO_SETTINGS_MODULE is set, which a
 # mover node's environment must not decide, and importing it brought Celery's worker modules into every command.

@@ -12,7 +12,7 @@ import os
 import sys
 
 #: What cmover imports at run time (the dependencies of pyproject.toml, by module name).
-NEEDED = ("celery", "kombu", "pymemcache", "graphyte", "concurrent_log_handler", "rich", "prometheus_client")
+NEEDED = ("celery", "kombu", "amqp", "pymemcache", "graphyte", "concurrent_log_handler", "rich", "prometheus_client")
 #: The oldest Python cmover runs on (pyproject.toml: requires-python).
 MIN_PYTHON = (3, 11)
 #: The command that creates the project's environment (run in the project directory).

@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from amqp.exceptions import NotFound
 
@@ -43,12 +42,12 @@ class BrokerUnreadable(FatalError):
         self.reason = reason
 
 
-_link: Any = None  # this process's connection to the broker (see link)
-_link_lock = threading.RLock()  # one user at a time: a kombu connection is not thread-safe (the exporter's scrapes)
+_link: taskmessages.Link | None = None  # this process's connection to the broker (see link)
+_link_lock = threading.RLock()  # one user at a time: a connection is not thread-safe (the exporter's scrapes)
 
 
 @contextmanager
-def link() -> Iterator[Any]:
+def link() -> Iterator[taskmessages.Link]:
     """This process's connection to the broker, connected on first use and kept until :func:`close`.
 
     Each new connection is an AMQP handshake and a login (3-8 ms here): a distributed pass's command opened
@@ -59,17 +58,14 @@ def link() -> Iterator[Any]:
     global _link
     with _link_lock:
         if _link is None:
-            # kombu's own connection, as the Celery app would make it: a command needs no Celery to reach the
-            # broker (cmover.state.taskmessages); a broken config is the ConfigError of broker_url.
-            _link = taskmessages.connection(site.get().broker_url())
+            # py-amqp alone: a command needs neither Celery nor kombu to reach the broker
+            # (cmover.state.taskmessages); a broken config is the ConfigError of broker_url.
+            _link = taskmessages.Link(site.get().broker_url())
         try:
             yield _link
         except BaseException:
             broken, _link = _link, None
-            try:
-                broken.collect()
-            except Exception:
-                pass  # already gone: nothing to release
+            broken.drop()
             raise
 
 
@@ -80,10 +76,7 @@ def close() -> None:
     with _link_lock:
         conn, _link = _link, None
     if conn is not None:
-        try:
-            conn.release()
-        except Exception:
-            pass  # a connection that fails as it closes is closed
+        conn.close()
 
 
 def _host() -> str:
@@ -102,12 +95,12 @@ def check_broker(settings: Settings) -> None:
     settings.broker_url()  # missing password file etc. -> ConfigError
     try:
         with link() as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=5)
+            conn.connect()
     except Exception as exc:
         raise ConfigError(f"cannot reach the broker at {settings.broker_host} ({exc}); {FIX}") from None
 
 
-def _depth(conn: Any, queue: str) -> int:
+def _depth(conn: taskmessages.Link, queue: str) -> int:
     """Ready messages in ``queue`` on ``conn``, 0 when it was never declared; anything else raises."""
     ch = conn.channel()
     try:

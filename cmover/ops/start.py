@@ -36,8 +36,8 @@ def start(settings: Settings, spec: PassSpec, jobs: Sequence[Job] | None = None,
 
 
 def _send(messages: Sequence[Message]) -> None:
-    """Publish on the command's broker connection, the one its check opened, with kombu alone
-    (:mod:`cmover.state.taskmessages`: the message Celery would send, without importing Celery)."""
+    """Publish on the command's broker connection, the one its check opened, with py-amqp alone
+    (:mod:`cmover.state.taskmessages`: the message Celery would send, without importing Celery or kombu)."""
     with link() as conn:
         taskmessages.publish(conn, messages)
 

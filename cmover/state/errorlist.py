@@ -70,10 +70,16 @@ def differences_list(run_id: str) -> str:
     return run_id + ".differences"
 
 
-def errors_queue(run_id: str) -> Queue:
-    from kombu import Exchange, Queue  # only a process that reads or writes a broker's list needs kombu
+def errors_queue_name(run_id: str) -> str:
+    """The durable queue that holds list ``run_id``."""
+    return f"cmover.errors.{run_id}"
 
-    name = f"cmover.errors.{run_id}"
+
+def errors_queue(run_id: str) -> Queue:
+    """The queue of list ``run_id`` as a worker records into it (through its Celery app's kombu producers)."""
+    from kombu import Exchange, Queue  # only a process that writes a broker's list needs kombu
+
+    name = errors_queue_name(run_id)
     return Queue(name, Exchange("", type="direct"), routing_key=name, durable=True, auto_delete=False)
 
 
@@ -115,6 +121,19 @@ class MemoryErrors:
     def read_differences(self, run_id: str, limit: int = 1000) -> tuple[list[Difference], int]:
         """The differences list of verify pass ``run_id``."""
         return self.items(differences_list(run_id), limit)
+
+
+class _Ack:
+    """Acknowledges one message read from a list (it leaves the queue)."""
+
+    __slots__ = ("channel", "tag")
+
+    def __init__(self, channel: Any, tag: int) -> None:
+        self.channel = channel
+        self.tag = tag
+
+    def ack(self) -> None:
+        self.channel.basic_ack(self.tag)
 
 
 class BrokerErrors:
@@ -166,28 +185,34 @@ class BrokerErrors:
 
     @contextmanager
     def _records(self, run_id: str, decode: Callable[[dict[str, Any]], R]) -> Iterator[Iterator[tuple[Any, list[R]]]]:
-        """The list's messages, each with its failures, read without acknowledging: whatever the caller
-        does not ``ack()`` returns to the queue when the channel closes (no queue: nothing recorded)."""
-        q = errors_queue(run_id)
+        """The list's messages, each as (an ``ack()`` of it, its records), read without acknowledging: whatever
+        the caller does not ``ack()`` returns to the queue when the channel closes (no queue: nothing recorded).
+        Read with the AMQP channel's own ``basic_get``, on a command's py-amqp connection or a Celery app's."""
+        name = errors_queue_name(run_id)
         with self._connect() as conn:
             channel = conn.channel()
             try:
                 try:
-                    _, messages, _ = channel.queue_declare(q.name, passive=True)
+                    _, messages, _ = channel.queue_declare(name, passive=True)
                 except Exception:
                     messages = 0
-                yield self._each(q(channel), messages, decode)
+                yield self._each(channel, name, messages, decode)
             finally:
                 channel.close()
 
     @staticmethod
-    def _each(bound: Any, messages: int, decode: Callable[[dict[str, Any]], R]) -> Iterator[tuple[Any, list[R]]]:
+    def _each(channel: Any, name: str, messages: int,
+              decode: Callable[[dict[str, Any]], R]) -> Iterator[tuple[_Ack, list[R]]]:
         for _ in range(messages):
-            msg = bound.get(no_ack=False, accept=["json"])
+            msg = channel.basic_get(name, no_ack=False)
             if msg is None:
                 return
-            body = msg.payload if isinstance(msg.payload, dict) else json.loads(msg.body)
-            yield msg, [decode(d) for d in body.get("failures", [])]
+            if getattr(msg, "content_type", None) != "application/json":
+                log.warning("list %s: a message of content type %r left alone", name,
+                            getattr(msg, "content_type", None))
+                continue
+            body = json.loads(msg.body)
+            yield _Ack(channel, msg.delivery_tag), [decode(d) for d in body.get("failures", [])]
 
     @contextmanager
     def take(self, run_id: str) -> Iterator[tuple[list[Failure], Callable[[], None]]]:

@@ -1,14 +1,20 @@
-"""Task messages as the workers read them, published with kombu: what a command sends without Celery.
+"""Task messages as the workers read them, published with py-amqp: what a command sends without Celery or kombu.
 
 The workers are Celery workers; they read Celery's task message protocol, version 2, which Celery documents
 for clients that are not Celery: the headers name the task, its id and tracing fields, the body is
-``[args, kwargs, embed]``. A command sends a pass's first tasks and then only waits, and importing Celery to
-send them was a quarter of the CPU of its start on the development machine (kombu alone 0.170 s, with
-Celery 0.225 s, paired runs), time in which no worker has a task yet. :func:`publish` writes the message
-Celery's ``send_task`` writes for cmover's tasks: the same queue (declared as :mod:`cmover.app` declares
-it), the default exchange with the queue's name as routing key, persistent delivery, Celery's default
-publish retry policy, the same headers and properties. ``tests/test_taskmessages.py`` holds the two side by
-side, field by field, so that a Celery release that writes another message fails there first.
+``[args, kwargs, embed]``. A command sends a pass's first tasks and then only waits. Importing Celery to send
+them was a quarter of the CPU of its start (kombu alone 0.170 s, with Celery 0.225 s, paired runs), and
+kombu itself, over py-amqp, then most of what was left: on the development machine ``import kombu``'s
+modules took 0.09 s more than the command's own, against 0.016 s for ``amqp`` (its plugin lookup through
+``importlib.metadata``, billiard, PyYAML where installed). :func:`publish` writes on the wire the message
+Celery's ``send_task`` writes for cmover's tasks: the same queue (declared as :mod:`cmover.app` declares it:
+a durable direct exchange of the queue's name, bound with that name), the default exchange with the queue's
+name as routing key, persistent delivery, priority 0, JSON in UTF-8, Celery's default publish retry policy,
+the same headers and properties. ``tests/integration/test_taskmessages.py`` reads both back from RabbitMQ,
+field by field, so that a Celery release that writes another message fails there first.
+
+:class:`Link` is a command's one connection (:func:`cmover.ops.broker.link`): publisher confirms on, so that a
+message is sent when the broker has it.
 
 The workers' own children are still sent through Celery (:func:`cmover.worker.taskbase.publish`): a worker
 has it loaded anyway.
@@ -16,14 +22,20 @@ has it loaded anyway.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-from collections.abc import Sequence
-from typing import Any
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from kombu import Connection, Exchange, Producer, Queue
+import amqp
 
+from cmover.core.errors import ConfigError
 from cmover.core.tasknames import ROUTES, Message, argsrepr
+
+T = TypeVar("T")
 
 #: Celery's default ``task_publish_retry_policy`` (cmover.app keeps it): up to 3 retries, 0.2 s apart more each
 #: time, at most 1 s.
@@ -32,17 +44,91 @@ RETRY_POLICY: dict[str, Any] = {"max_retries": 3, "interval_start": 0, "interval
 #: Seconds a command waits for the broker to accept its connection (Celery's ``broker_connection_timeout``).
 CONNECT_TIMEOUT = 4.0
 
+#: What losing the connection raises: the operation is tried again on a new one (:meth:`Link.retrying`).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, amqp.exceptions.RecoverableConnectionError,
+                                                     amqp.exceptions.ConnectionForced)
 
-def queue(name: str) -> Queue:
+
+class Link:
+    """A command's connection to the broker at an ``amqp://user:password@host:port/vhost`` URL: opened on first
+    use, with publisher confirms; :meth:`drop` forgets a broken one (no I/O), :meth:`close` ends it with the
+    protocol's close. Not thread-safe (:func:`cmover.ops.broker.link` serialises its users)."""
+
+    def __init__(self, url: str) -> None:
+        u = urllib.parse.urlsplit(url)
+        if u.scheme != "amqp" or not u.hostname or u.username is None or u.password is None:
+            raise ConfigError(f"broker URL {u.scheme}://{u.hostname}... is not amqp://user:password@host:port/vhost")
+        self._params: dict[str, Any] = {
+            "host": f"{u.hostname}:{u.port or 5672}" if ":" not in u.hostname else f"[{u.hostname}]:{u.port or 5672}",
+            "userid": urllib.parse.unquote(u.username), "password": urllib.parse.unquote(u.password),
+            "virtual_host": urllib.parse.unquote(u.path[1:]) or "/", "connect_timeout": CONNECT_TIMEOUT,
+            "confirm_publish": True,
+        }
+        self._conn: amqp.Connection | None = None
+
+    def connect(self) -> amqp.Connection:
+        """The open connection, connecting first when there is none."""
+        if self._conn is None:
+            conn = amqp.Connection(**self._params)
+            try:
+                conn.connect()
+            except BaseException:
+                conn.collect()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def channel(self) -> amqp.Channel:
+        """A new channel on the open connection (the caller closes it)."""
+        return self.connect().channel()
+
+    def drop(self) -> None:
+        """Forget the connection without a word to the broker (it is broken): the next use connects afresh."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.collect()
+            except Exception:
+                pass  # already gone: nothing to release
+
+    def close(self) -> None:
+        """Close the connection with the protocol's close (the broker logs no lost client)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                conn.collect()  # a connection that fails as it closes is closed
+
+    def retrying(self, work: Callable[[amqp.Channel], T]) -> T:
+        """``work(channel)`` on a new channel, closed after; when the connection is lost on the way, again on a
+        new connection, as :data:`RETRY_POLICY` retries; raises the last error once the retries are spent."""
+        pause = float(RETRY_POLICY["interval_start"])
+        for attempt in range(int(RETRY_POLICY["max_retries"]) + 1):
+            try:
+                ch = self.channel()
+                try:
+                    return work(ch)
+                finally:
+                    try:
+                        ch.close()
+                    except Exception:
+                        pass  # closed with its connection
+            except CONNECTION_ERRORS:
+                self.drop()
+                if attempt == RETRY_POLICY["max_retries"]:
+                    raise
+                time.sleep(pause)
+                pause = min(pause + float(RETRY_POLICY["interval_step"]), float(RETRY_POLICY["interval_max"]))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def declare(ch: amqp.Channel, name: str) -> None:
     """Queue ``name`` as every cmover process declares it: durable, bound to a durable direct exchange of the
     same name with its name as routing key."""
-    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
-
-
-def connection(url: str) -> Connection:
-    """A connection to the broker at ``url`` as the Celery app makes one to publish: publisher confirms on
-    (a message is sent when the broker has it), :data:`CONNECT_TIMEOUT`; not connected yet."""
-    return Connection(url, connect_timeout=CONNECT_TIMEOUT, transport_options={"confirm_publish": True})
+    ch.exchange_declare(name, "direct", durable=True, auto_delete=False)
+    ch.queue_declare(name, durable=True, auto_delete=False)
+    ch.queue_bind(name, name, name)
 
 
 def task_message(name: str, args: list[Any], task_id: str) -> tuple[dict[str, Any], dict[str, Any], Any]:
@@ -60,17 +146,33 @@ def task_message(name: str, args: list[Any], task_id: str) -> tuple[dict[str, An
     return headers, properties, body
 
 
-def publish(conn: Connection, messages: Sequence[Message]) -> None:
-    """Send task messages (each counted in the ledger already) on ``conn``, each to its task's queue (declared
-    first, as Celery does), persistent, retried as Celery retries them; raises what kombu raises once the
-    retries are spent."""
-    producer = Producer(conn, auto_declare=False)
-    for name, args, task_id in messages:
-        qname = ROUTES[name]  # only cmover's own tasks are sent: KeyError is a bug
-        headers, properties, body = task_message(name, args, task_id)
-        producer.publish(body, exchange="", routing_key=qname, serializer="json", delivery_mode=2,
-                         declare=[queue(qname)], retry=True, retry_policy=RETRY_POLICY, headers=headers,
-                         **properties)
+def publish(link: Link, messages: Sequence[Message]) -> None:
+    """Send task messages (each counted in the ledger already) on ``link``, each to its task's queue (declared
+    first, as Celery does, once per channel), persistent, each confirmed by the broker before the next; when
+    the connection is lost, the rest goes on a new one, as Celery retries (:meth:`Link.retrying`); raises what
+    py-amqp raises once the retries are spent. A message sent again after a connection lost before its
+    confirmation is a duplicate delivery, which the ledger ignores."""
+    todo = list(messages)
+    sent = 0
+
+    def send(ch: amqp.Channel) -> None:
+        nonlocal sent
+        declared: set[str] = set()
+        while sent < len(todo):
+            name, args, task_id = todo[sent]
+            qname = ROUTES[name]  # only cmover's own tasks are sent: KeyError is a bug
+            if qname not in declared:
+                declare(ch, qname)
+                declared.add(qname)
+            headers, properties, body = task_message(name, args, task_id)
+            ch.basic_publish(amqp.Message(json.dumps(body).encode(), content_type="application/json",
+                                          content_encoding="utf-8", application_headers=headers, delivery_mode=2,
+                                          priority=0, **properties),
+                             exchange="", routing_key=qname)
+            sent += 1
+
+    if todo:
+        link.retrying(send)
 
 
-__all__ = ["queue", "connection", "task_message", "publish", "RETRY_POLICY", "CONNECT_TIMEOUT"]
+__all__ = ["Link", "declare", "task_message", "publish", "RETRY_POLICY", "CONNECT_TIMEOUT", "CONNECTION_ERRORS"]

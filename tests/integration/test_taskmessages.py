@@ -1,0 +1,118 @@
+"""A command's task messages (cmover.state.taskmessages, py-amqp alone) against Celery's own, field by field.
+
+Both are published to a queue of a real vhost and read back raw from RabbitMQ: what the workers receive must
+be the message Celery's ``send_task`` writes for the same task, so that a Celery release that writes another
+one fails here before a worker meets it. And a command's connection lost between two uses is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import amqp
+import pytest
+from support.deploy import Deployment, DeploymentSet
+from support.worker import configure_app_without_broker
+
+import cmover.app as appmod
+from cmover.core.tasknames import ROUTES, TASK_NAMES
+from cmover.state import taskmessages
+from cmover.worker.taskbase import publish as publish_through_celery
+
+#: Properties that differ on purpose. ``reply_to``: Celery names its app's result consumer, which a command
+#: without Celery does not have (and every pass task ignores its result).
+_OWN = {"reply_to"}
+
+
+@pytest.fixture(scope="module")
+def site(module_deployments: DeploymentSet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp("taskmessages")
+    dep = module_deployments.new("taskmsg", root / "src", root / "dst")
+    dep.init_broker()
+    yield dep
+
+
+def _url(site: Deployment) -> str:
+    password = (site.rabbitmq_dir / f"rabbitmq_{site.username}.conf").read_text().strip()
+    return f"amqp://{site.username}:{password}@127.0.0.1:5672/{site.username}"
+
+
+def _both(site: Deployment, name: str, args: list[Any], tid: str) -> tuple[amqp.Message, amqp.Message]:
+    from kombu import Connection
+
+    configure_app_without_broker()
+    with Connection(_url(site), transport_options={"confirm_publish": True}) as conn:
+        publish_through_celery(appmod.app, [(name, args, tid)], connection=conn)
+    link = taskmessages.Link(_url(site))
+    try:
+        taskmessages.publish(link, [(name, args, tid)])
+        ch = link.channel()
+        celery, ours, none = (ch.basic_get(ROUTES[name], no_ack=True) for _ in range(3))
+        assert celery is not None and ours is not None and none is None
+        return celery, ours
+    finally:
+        link.close()
+
+
+@pytest.mark.parametrize("name", sorted(TASK_NAMES.values()))
+def test_a_commands_message_is_celerys_message(site: Deployment, name: str) -> None:
+    spec = {"run_id": "copy-1", "kind": name.split(".")[1], "src_root": "/s", "dst_root": "/d"}
+    args = [spec, "some/dir", None, ["a", "b"]]
+    celery, ours = _both(site, name, args, "0f9d2b1c-task")
+    headers = ours.properties["application_headers"]
+    assert headers == celery.properties["application_headers"]  # the task, its id, root, origin, argsrepr...
+    assert headers["task"] == name and headers["id"] == "0f9d2b1c-task"
+    assert {k: v for k, v in ours.properties.items() if k not in _OWN} == \
+        {k: v for k, v in celery.properties.items() if k not in _OWN}
+    assert ours.properties["correlation_id"] == "0f9d2b1c-task" and ours.properties["delivery_mode"] == 2
+    assert (ours.properties["content_type"], ours.properties["content_encoding"]) == ("application/json", "utf-8")
+    for key in ("exchange", "routing_key", "redelivered"):
+        assert ours.delivery_info[key] == celery.delivery_info[key]
+    assert ours.delivery_info["routing_key"] == ROUTES[name] and ours.delivery_info["exchange"] == ""
+    assert ours.body == celery.body
+    assert json.loads(ours.body) == [args, {}, {"callbacks": None, "errbacks": None, "chain": None,
+                                                              "chord": None}]
+
+
+def test_a_lost_connection_is_replaced_and_the_rest_of_a_batch_is_sent(site: Deployment) -> None:
+    """The connection dies between two uses (its socket shut): the next publication connects again and sends
+    every message, each once."""
+    link = taskmessages.Link(_url(site))
+    name = TASK_NAMES[("copy", "dir")]
+    spec = {"run_id": "copy-2", "kind": name.split(".")[1], "src_root": "/s", "dst_root": "/d"}
+    try:
+        first = link.connect()
+        first.transport.sock.shutdown(socket.SHUT_RDWR)
+        taskmessages.publish(link, [(name, [spec, f"d{i}", None], f"t{i}") for i in range(5)])
+        assert link.connect() is not first
+        ch = link.channel()
+        got = []
+        while (m := ch.basic_get(ROUTES[name], no_ack=True)) is not None:
+            got.append(m.properties["application_headers"]["id"])
+        assert got == [f"t{i}" for i in range(5)]
+    finally:
+        link.close()
+
+
+def test_a_bad_broker_url_is_a_config_error() -> None:
+    from cmover.core.errors import ConfigError
+
+    for url in ("redis://u:p@h/v", "amqp://h/v", "amqp://u@h/v"):
+        with pytest.raises(ConfigError, match="amqp://user:password@host:port/vhost"):
+            taskmessages.Link(url)
+
+
+def test_the_distributed_command_path_imports_neither_celery_nor_kombu() -> None:
+    """Planning, checking the broker, seeding and waiting import py-amqp only (Celery and kombu are the
+    workers' own)."""
+    code = ("import sys, cmover.cli.main, cmover.ops.start, cmover.ops.status, cmover.ops.broker\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('celery', 'kombu', 'billiard', 'yaml')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parent).stdout
+    assert out.strip() == "[]"
