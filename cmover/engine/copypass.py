@@ -83,12 +83,8 @@ class CopyPass:
 
     def run_dirs(self, job: DirJob) -> None:
         """Process each directory of ``job`` (:attr:`DirJob.also`) as :meth:`run_dir` does, within one budget: the
-        ones it does not reach are handed out again (each on its own: the job's own id never comes back)."""
-        if not job.also:
-            self.run_dir(job.rel, job.mdt)
-            return
-        self.walk.start()
-        for one in self.walk.subdirs(job.members(), self.emit, self._group):
+        ones it does not reach are handed out again (:meth:`Walker.members`)."""
+        for one in self.walk.members(job.members(), self.emit, self._group):
             self._run_dir(one.rel, one.mdt)
 
     def _group(self, jobs: list[DirJob]) -> None:

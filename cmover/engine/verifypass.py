@@ -129,12 +129,8 @@ class VerifyPass:
 
     def run_dirs(self, rels: list[bytes]) -> None:
         """Verify each directory of ``rels`` as :meth:`run_dir` does, within one budget: the ones it does not
-        reach are handed out again (each on its own: the job's own id never comes back)."""
-        if len(rels) == 1:
-            self.run_dir(rels[0])
-            return
-        self.walk.start()
-        for rel in self.walk.subdirs(rels, self._hand_out, self._group):
+        reach are handed out again (:meth:`Walker.members`)."""
+        for rel in self.walk.members(rels, self._hand_out, self._group):
             self._dir(rel)
 
     def _dir(self, rel: bytes) -> None:

@@ -206,6 +206,18 @@ class Walker:
             # By identity: a loop left by an exception may close its generator after a deeper level's.
             self._levels[:] = [lv for lv in self._levels if lv is not level]
 
+    def members(self, items: list[T], hand_out: Callable[[T], object],
+                group: Callable[[list[T]], object] | None = None) -> Iterator[T]:
+        """The directories of one directory job (:attr:`cmover.engine.jobs.DirJob.also`) that this task walks,
+        in order, starting its budget: :meth:`subdirs` over them, so that those it does not reach are handed out
+        again; a job of one directory is walked whatever the budget, since handing it out would publish the
+        job's own task id again."""
+        self.start()
+        if len(items) == 1:
+            yield items[0]
+            return
+        yield from self.subdirs(items, hand_out, group)
+
     def _share(self) -> bool:
         """Give every process of the run waiting for work (:func:`share_with`) the last subdirectory left at the
         shallowest level of :meth:`subdirs` that has one; True when one waits and none is left: the caller hands

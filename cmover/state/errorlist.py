@@ -13,6 +13,7 @@ records (read with ``read_differences``).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -123,19 +124,6 @@ class MemoryErrors:
         return self.items(differences_list(run_id), limit)
 
 
-class _Ack:
-    """Acknowledges one message read from a list (it leaves the queue)."""
-
-    __slots__ = ("channel", "tag")
-
-    def __init__(self, channel: Any, tag: int) -> None:
-        self.channel = channel
-        self.tag = tag
-
-    def ack(self) -> None:
-        self.channel.basic_ack(self.tag)
-
-
 class BrokerErrors:
     """Failures as persistent messages on the durable queue ``cmover.errors.<run_id>``.
 
@@ -202,7 +190,7 @@ class BrokerErrors:
 
     @staticmethod
     def _each(channel: Any, name: str, messages: int,
-              decode: Callable[[dict[str, Any]], R]) -> Iterator[tuple[_Ack, list[R]]]:
+              decode: Callable[[dict[str, Any]], R]) -> Iterator[tuple[Callable[[], None], list[R]]]:
         for _ in range(messages):
             msg = channel.basic_get(name, no_ack=False)
             if msg is None:
@@ -212,7 +200,7 @@ class BrokerErrors:
                             getattr(msg, "content_type", None))
                 continue
             body = json.loads(msg.body)
-            yield _Ack(channel, msg.delivery_tag), [decode(d) for d in body.get("failures", [])]
+            yield functools.partial(channel.basic_ack, msg.delivery_tag), [decode(d) for d in body.get("failures", [])]
 
     @contextmanager
     def take(self, run_id: str) -> Iterator[tuple[list[Failure], Callable[[], None]]]:
@@ -224,7 +212,7 @@ class BrokerErrors:
             taken = list(records)
 
             def commit() -> None:
-                for msg, _ in taken:
-                    msg.ack()
+                for ack, _ in taken:
+                    ack()
 
             yield [f for _, failures in taken for f in failures], commit

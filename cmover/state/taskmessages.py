@@ -93,18 +93,19 @@ class Link:
 
     def close(self) -> None:
         """Close the connection with the protocol's close (the broker logs no lost client)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
+        if self._conn is not None:
             try:
-                conn.close()
+                self._conn.close()
+                self._conn = None
             except Exception:
-                conn.collect()  # a connection that fails as it closes is closed
+                self.drop()  # a connection that fails as it closes is closed
 
     def retrying(self, work: Callable[[amqp.Channel], T]) -> T:
         """``work(channel)`` on a new channel, closed after; when the connection is lost on the way, again on a
         new connection, as :data:`RETRY_POLICY` retries; raises the last error once the retries are spent."""
         pause = float(RETRY_POLICY["interval_start"])
-        for attempt in range(int(RETRY_POLICY["max_retries"]) + 1):
+        attempt = 0
+        while True:
             try:
                 ch = self.channel()
                 try:
@@ -118,9 +119,9 @@ class Link:
                 self.drop()
                 if attempt == RETRY_POLICY["max_retries"]:
                     raise
+                attempt += 1
                 time.sleep(pause)
                 pause = min(pause + float(RETRY_POLICY["interval_step"]), float(RETRY_POLICY["interval_max"]))
-        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def declare(ch: amqp.Channel, name: str) -> None:
