@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from multiprocessing.managers import RemoteError
 from pathlib import Path
 
 import pytest
@@ -27,11 +26,11 @@ from cmover.embedded import packing, wire
 @pytest.fixture
 def hub_running():
     """A started hub for this test (its own helper process and socket), stopped afterwards."""
-    manager = hubmod.start_hub()
+    process = hubmod.start_hub()
     try:
         yield
     finally:
-        hubmod.stop_hub(manager)
+        hubmod.stop_hub(process)
 
 
 def test_queued_messages_are_kept_compact_and_come_back_exactly():
@@ -60,7 +59,7 @@ def test_the_hub_wire_carries_json_values_and_bytes_exactly(hub_running):
     h = hubmod.hub()
     h.put("cmover.test.files", value[0])
     assert h.take(["cmover.test.files"], 0.0, "p")[1] == value[0]
-    with pytest.raises(RemoteError, match=r"TypeError: .*take\(\) missing"):
+    with pytest.raises(wire.HubError, match=r"TypeError: .*take\(\) missing"):
         h.take()  # wrong arity: the hub answers with the error
     assert h.size("cmover.test.files") == 0  # and the connection still works
 
@@ -123,7 +122,7 @@ def test_hub_spills_queued_messages_under_the_given_directory_and_removes_them(t
     """Through the hub's proxy: messages past the memory budget wait in a file under the directory given to
     start_hub (the run's STATE_DIR), come back in order, and the hub's directory is gone after the run."""
     monkeypatch.setattr(hubmod, "MEMORY_BYTES", 4096)  # inherited by the hub process, forked at start
-    manager = hubmod.start_hub(str(tmp_path / "state"))
+    process = hubmod.start_hub(str(tmp_path / "state"))
     try:
         h = hubmod.hub()
         sent = [os.urandom(100) for _ in range(300)]
@@ -135,7 +134,7 @@ def test_hub_spills_queued_messages_under_the_given_directory_and_removes_them(t
         got = [h.take(["cmover.test.dirs"], 0.0, "p")[1] for _ in range(300)]
         assert got == sent and h.take(["cmover.test.dirs"], 0.0, "p") is None
     finally:
-        hubmod.stop_hub(manager)
+        hubmod.stop_hub(process)
     assert list((tmp_path / "state").iterdir()) == []
 
 
@@ -157,9 +156,75 @@ def test_held_hub_calls_arrive_in_order_with_the_next_call(hub_running):
     stats.add("copy-held", Counter({"tasks": 1}))
     stats.flush()  # what a pool process that exits does
     assert stats.totals("copy-held") == {"tasks": 2, "files_scanned": 7}
-    with pytest.raises(Exception):  # noqa: B017 (the manager's XML-RPC cannot carry the hub's ValueError itself)
-        hubmod.hub()._proxy.batch([["done", ["copy-held", "child"]], ["outstanding", ["copy-held"]]])
+    with pytest.raises(wire.HubError, match=r"ValueError: done cannot be held"):
+        hubmod.hub().call("batch", [[["done", ["copy-held", "child"]], ["outstanding", ["copy-held"]]]])
     assert ledger.outstanding("copy-held") == 1
+
+
+def test_the_hub_answers_only_processes_of_its_own_user():
+    """The hub's connections are checked by the kernel's word on the peer (SO_PEERCRED), not by a shared key: a
+    process of this user is answered, one of another user is not, even where it can reach the socket."""
+    import socket
+
+    a, b = socket.socketpair()
+    with a, b:
+        assert wire.same_user(a)
+    if os.getuid() != 0:
+        pytest.skip("another user's process needs root to be made")
+    import shutil
+    import tempfile
+
+    where = tempfile.mkdtemp()  # under /tmp: a directory the other user can reach (pytest's are private)
+    os.chmod(where, 0o777)
+    address = os.path.join(where, "s")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(address)
+        os.chmod(address, 0o777)
+        listener.listen(1)
+        listener.settimeout(30)
+        pid = os.fork()
+        if pid == 0:  # another user (nobody) that connects
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+                    c.connect(address)
+                    c.recv(1)
+            finally:
+                os._exit(0)
+        conn, _ = listener.accept()
+        with conn:
+            assert not wire.same_user(conn)
+        os.waitpid(pid, 0)
+    shutil.rmtree(where)
+
+
+def test_the_hub_ends_with_its_runner(tmp_path):
+    """A runner killed with SIGKILL (nobody left to stop its hub) takes its hub with it: no process is left
+    behind holding the run's queues."""
+    code = ("import sys\nfrom cmover.embedded import hub\np = hub.start_hub()\nprint(p.pid, flush=True)\n"
+            "sys.stdin.read()\n")
+    runner = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        hub_pid = int(runner.stdout.readline())
+        assert hubmod.wire is wire and os.path.exists(f"/proc/{hub_pid}")
+        runner.kill()
+        runner.wait()
+        deadline = time.monotonic() + 10
+        while _alive(hub_pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _alive(hub_pid), "the hub outlived its runner"
+    finally:
+        runner.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (exists and is not a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 # -- a pool process lost mid-pass ------------------------------------------------------------------------
@@ -198,11 +263,11 @@ def _copying(k: int, src: Path) -> bool:
 
 
 def _waiting_for_a_task(k: int) -> bool:
-    """Process ``k`` is blocked reading its connection to the hub: it waits there for a message."""
+    """Process ``k`` is blocked reading its connection to the hub (read or recvfrom): it waits there for a message."""
     try:
         with open(f"/proc/{k}/syscall") as f:
             call = f.read().split()
-        return call[0] == "0" and os.readlink(f"/proc/{k}/fd/{int(call[1], 16)}").startswith("socket:")
+        return call[0] in ("0", "45") and os.readlink(f"/proc/{k}/fd/{int(call[1], 16)}").startswith("socket:")
     except (OSError, IndexError, ValueError):
         return False
 

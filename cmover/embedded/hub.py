@@ -3,7 +3,7 @@
 ``cmover copy`` without a broker runs its tasks in a pool of forked processes (:mod:`cmover.embedded.pool`),
 so that the copy uses every core (a thread pool is capped by the GIL: measured, one thread was faster than
 four). Pool processes publish the tasks they fan out, so the queues must be shared between processes.
-:class:`Hub` lives in a helper process started with :class:`multiprocessing.managers.BaseManager` and holds
+:class:`Hub` lives in a helper process forked at the start of the run (:func:`start_hub`) and holds
 the queues, the messages handed out and not yet acknowledged, the completion ledger, the counters and the
 error list of the run.
 
@@ -11,24 +11,26 @@ Queued messages beyond :data:`MEMORY_BYTES` per queue wait in a file of the hub'
 so that the hub's memory stays bounded however many tasks a pass queues (a full copy of 10^5 directories
 queues about that many directory tasks at once).
 
-The manager's connections carry JSON (:mod:`cmover.embedded.wire`), never pickle: strings, integers, lists,
+Its connections carry JSON frames (:mod:`cmover.embedded.wire`), never pickle: strings, integers, lists,
 dicts and bytes; messages travel as their compressed JSON (:mod:`cmover.embedded.packing`). It listens on a Unix
-socket in a private directory with a random key, and lives only as long as the run.
+socket in a private directory, answers only processes of its own user, and lives only as long as the run (or
+its runner: a runner killed with SIGKILL takes the hub with it).
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
-import secrets
+import select
 import shutil
 import signal
+import socket
 import struct
 import tempfile
 import threading
 import time
 from collections import Counter, deque
-from multiprocessing.managers import BaseManager, BaseProxy
 from typing import Any, BinaryIO
 
 from cmover.core.deletion import Deletion
@@ -36,7 +38,7 @@ from cmover.core.difference import Difference
 from cmover.core.failure import Failure
 from cmover.core.hsmrecord import HsmRecord, hsm_list
 from cmover.core.settings import Settings
-from cmover.embedded.wire import SERIALIZER
+from cmover.embedded import wire
 from cmover.state.errorlist import MEMORY_LIMIT, MemoryErrors, Records, deleted_list, differences_list
 from cmover.state.hsmlist import HsmFile
 from cmover.state.ledger import MemoryLedger
@@ -136,7 +138,8 @@ _RECORD = struct.Struct("<I?")
 
 
 class Hub:
-    """Shared state of one embedded run; every method is called through a manager proxy."""
+    """Shared state of one embedded run; every public method is a call a client makes over its connection
+    (:class:`Client`), each connection served by a thread of the hub's process (:func:`_answer`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -321,35 +324,22 @@ _MAX_WAIT = 0.5
 CONSUMER_WAIT = 0.25
 
 
-class _HubManager(BaseManager):
-    pass
+_FORK = multiprocessing.get_context("fork")
 
+#: Connections the hub's socket queues before it accepts them (a pool process connects once, as it starts).
+_BACKLOG = 64
 
-_hub_instance: Hub | None = None
-
-
-def _the_hub() -> Hub:
-    global _hub_instance
-    if _hub_instance is None:
-        _hub_instance = Hub()
-    return _hub_instance
-
-
-_HubManager.register("hub", callable=_the_hub)
-
-# Address and key of the running hub: set by start_hub() before the pool forks, so pool processes
-# inherit them; each process connects on first use.
+# Address of the running hub and the directory its queues spill into: set by start_hub() before the pool forks,
+# so pool processes inherit them; each process (each thread) connects on first use.
 _address: str | None = None
-_authkey: bytes | None = None
-_spill_dir: str | None = None  # where the hub's queues spill (start_hub), inherited by the hub process
-_token: Any = None  # the hub object on the manager's server (start_hub)
-_proxy: Any = None
+_spill_dir: str | None = None
+_proxy: Client | None = None
 _proxy_lock = threading.Lock()
 _held = threading.local()  # .calls: the calls this thread holds (Client.hold)
 
 
 def _after_fork_in_child() -> None:
-    # The pool forks while other threads of the parent may hold this lock or use the proxy's socket.
+    # The pool forks while other threads of the parent may hold this lock or use their connections.
     global _proxy_lock, _proxy, _held
     _proxy_lock = threading.Lock()
     _proxy = None
@@ -359,22 +349,24 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def start_hub(spill_under: str | None = None) -> BaseManager:
-    """Start the hub process for this run; the caller shuts the returned manager down at the end.
+def start_hub(spill_under: str | None = None) -> Any:
+    """Start the hub process for this run and return it (a :class:`multiprocessing.Process`); the caller ends
+    it with :func:`stop_hub`.
 
     Its queues spill (:class:`SpillQueue`) into a private directory made under ``spill_under`` (created if
     missing; the run's STATE_DIR: on disk, where /tmp may be memory), else under the system's temporary
     directory; it is removed by :func:`stop_hub`.
 
-    The hub ignores SIGINT and SIGHUP (a Ctrl-C or a hangup reaches the terminal's whole process group):
-    it lives until :func:`stop_hub`, so the run can finish, or stop cleanly, after either.
+    The socket listens before the hub process is forked, so that a client connects at once (the hub accepts it
+    when it is ready): no round trip waits for the hub to start. The hub ignores SIGINT and SIGHUP (a Ctrl-C or
+    a hangup reaches the terminal's whole process group): it lives until :func:`stop_hub`, so the run can
+    finish, or stop cleanly, after either; and it ends by itself when this process is gone.
     """
-    global _address, _authkey, _spill_dir, _proxy
+    global _address, _spill_dir, _proxy
     with _proxy_lock:
-        _proxy = None  # a proxy of an earlier hub of this process would talk to a socket that is gone
+        _proxy = None  # a client of an earlier hub of this process would talk to a socket that is gone
     sockdir = tempfile.mkdtemp(prefix="cmover-")  # mode 0700: only this user can reach the socket
     _address = os.path.join(sockdir, "hub")
-    _authkey = secrets.token_bytes(32)
     _spill_dir = os.path.join(sockdir, "spill")
     if spill_under:
         try:
@@ -386,63 +378,97 @@ def start_hub(spill_under: str | None = None) -> BaseManager:
             log.debug("queued tasks spill to %s, not %s (%s)", sockdir, spill_under, exc.strerror or exc)
     if _spill_dir == os.path.join(sockdir, "spill"):
         os.mkdir(_spill_dir, 0o700)
-    manager = _HubManager(address=_address, authkey=_authkey, serializer=SERIALIZER)
-    manager.start(initializer=_ignore_hangup)
-    # The run's one hub object, referenced by the server until it shuts down. Every process's proxy names it by
-    # this token and counts no references of its own: a process connects once, where a proxy made through the
-    # manager connects five times (connect, create, incref, decref, then its calls' connection), each with its
-    # own authentication and a thread in the hub (20 processes' worth of a small pass's syscalls).
-    global _token
-    _token, _ = manager._create("hub")  # type: ignore[attr-defined]
-    return manager
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        listener.bind(_address)
+        listener.listen(_BACKLOG)
+        process = _FORK.Process(target=_serve, args=(listener, os.getpid()), name="cmover-hub", daemon=True)
+        process.start()
+    finally:
+        listener.close()  # the hub's now: a pool process forked later must not hold it
+    return process
 
 
-def _ignore_hangup() -> None:
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # SIGINT: the manager's server ignores it already
+def _serve(listener: socket.socket, runner: int) -> None:
+    """The hub process's life: a thread answers each connection (:func:`_answer`), until the hub is killed
+    (:func:`stop_hub`) or its ``runner`` is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    hub = Hub()
+    threading.Thread(target=_end_with, args=(runner,), name="runner", daemon=True).start()
+    while True:
+        conn, _ = listener.accept()
+        if not wire.same_user(conn):
+            conn.close()
+            continue
+        threading.Thread(target=_answer, args=(hub, conn), daemon=True).start()
 
 
-def stop_hub(manager: BaseManager) -> None:
+def _end_with(runner: int) -> None:
+    """End the hub's process once process ``runner`` is gone (SIGKILL leaves no one to stop the hub)."""
+    try:
+        fd = os.pidfd_open(runner)
+    except OSError:  # gone already, or a kernel without pidfds: look every second
+        while os.getppid() == runner:
+            time.sleep(1.0)
+    else:
+        select.select([fd], [], [])  # readable once it has exited
+    os._exit(0)
+
+
+def _answer(hub: Hub, conn: socket.socket) -> None:
+    """Answer the calls of one connection, in order, until its client closes it or is gone. A call that raises
+    is answered with its error, and the connection goes on."""
+    rfile = conn.makefile("rb")
+    with conn, rfile:
+        while True:
+            try:
+                request = wire.read_frame(rfile)
+            except (EOFError, OSError):
+                return
+            try:
+                name, args = wire.loads(request)
+                if name not in _SERVED and name != "batch":
+                    raise ValueError(f"no hub call {name!r}")
+                reply = wire.dumps([0, getattr(hub, name)(*args)])
+            except Exception as exc:  # the caller's error (a wrong call, a bad argument): said to the caller
+                reply = wire.dumps([1, f"{type(exc).__name__}: {exc}"])
+            try:
+                wire.send_frame(conn, reply)
+            except OSError:
+                return
+
+
+def stop_hub(process: Any) -> None:
     """End the run's hub (after its pool: see :mod:`cmover.embedded.runner`).
 
     The hub keeps nothing that outlives the run (its spill files are removed here), so it is killed rather than
-    asked to shut down: the manager's own shutdown (a new authenticated connection, then the hub's interpreter
-    exit) took 5-10 ms at the end of every pass."""
+    asked to shut down: an orderly shutdown (the hub's interpreter exit) took 5-10 ms at the end of every
+    pass."""
     try:
         hub().close()  # waiters return at once instead of finding the hub gone
-    except (OSError, EOFError):
+    except (OSError, EOFError, wire.HubError):
         pass
-    process = manager._process  # type: ignore[attr-defined]
     if process.is_alive():
         os.kill(process.pid, signal.SIGKILL)
-        process.join()
-    manager.shutdown()  # the hub is gone: only marks the manager shut down
+    process.join()
     if _address is not None:
         shutil.rmtree(os.path.dirname(_address), ignore_errors=True)
     if _spill_dir is not None:
         shutil.rmtree(_spill_dir, ignore_errors=True)
 
 
-def hub() -> Any:
-    """A proxy of the run's hub for this process (and thread-safe within it)."""
+def hub() -> Client:
+    """The run's hub as this process calls it (thread-safe: each thread has its own connection)."""
     global _proxy
     with _proxy_lock:
-        # No pid check: a forked child starts with no proxy (_after_fork_in_child), and asking the pid was a
+        # No pid check: a forked child starts with no client (_after_fork_in_child), and asking the pid was a
         # syscall per hub call.
         if _proxy is None:
-            if _token is None:
+            if _address is None:
                 raise RuntimeError("embedded hub not started")
-            _proxy = Client(_HubProxy(_token, SERIALIZER, authkey=_authkey, incref=False, manager_owned=True))
+            _proxy = Client(_address)
         return _proxy
-
-
-class _HubProxy(BaseProxy):
-    """The hub object of the run through this thread's connection to the manager's server, opened on the first
-    call (:meth:`BaseProxy._callmethod`); a forked process opens its own."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return lambda *args: self._callmethod(name, args)
 
 
 def send_held() -> None:
@@ -452,19 +478,32 @@ def send_held() -> None:
 
 
 class Client:
-    """The hub as this process calls it: every :class:`Hub` method, through the manager's proxy, and
-    :meth:`hold` for the calls whose results nobody waits for (see :data:`HELD`)."""
+    """The hub as this process calls it: every :class:`Hub` method, each thread over a connection of its own
+    (opened on its first call), and :meth:`hold` for the calls whose results nobody waits for (see
+    :data:`HELD`). A call raises :class:`~cmover.embedded.wire.HubError` when it raised in the hub, EOFError or
+    OSError when the hub is gone."""
 
-    def __init__(self, proxy: Any) -> None:
-        self._proxy = proxy
+    def __init__(self, address: str) -> None:
+        self._address = address
+        self._local = threading.local()
+
+    def call(self, name: str, args: list[Any]) -> Any:
+        """Call hub method ``name`` with ``args`` now, in one round trip (no held calls sent with it)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = wire.Connection(self._address)
+        return conn.call(name, args)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
         def call(*args: Any) -> Any:
             held = getattr(_held, "calls", None)
             if held:
                 _held.calls = []
-                return self._proxy.batch([*held, [name, list(args)]])
-            return getattr(self._proxy, name)(*args)
+                return self.call("batch", [[*held, [name, list(args)]]])
+            return self.call(name, list(args))
         return call
 
     def hold(self, name: str, *args: Any) -> None:

@@ -1,7 +1,7 @@
 """How the embedded hub keeps a queued task message: compressed JSON, small enough for 10^5 queued directory tasks.
 
 :func:`pack` and :func:`unpack` are exact inverses on every task message (task name, arguments, task id); only
-bytes cross the hub's manager connection.
+bytes cross the hub's connections.
 """
 
 from __future__ import annotations

@@ -93,8 +93,8 @@ class Pool:
             self._spawned += 1
             owner = f"{os.getpid()}.{self._spawned}"  # never reused within the run, unlike a pid
             self.idle.busy(slot)  # a process that died waiting left its byte set
-            # multiprocessing's fork, not a bare os.fork(): it gives the child connections of its own (the
-            # manager's proxies share one per thread and address, which a bare fork would leave shared).
+            # multiprocessing's fork, not a bare os.fork(): the child starts with its after-fork hooks run, stdin
+            # closed, and a sentinel the runner can wait on; its hub client is its own (hub._after_fork_in_child).
             proc = _FORK.Process(target=_serve, args=(owner, os.getpid(), self.idle, slot),
                                  name=f"cmover-pool-{self._spawned}", daemon=True)
             proc.start()

@@ -75,7 +75,7 @@ class EmbeddedSession:
     def __init__(self, jobs: int, settings: Settings | None = None) -> None:
         self.jobs = jobs
         self.settings = settings
-        self._manager: Any = None
+        self._hub: Any = None
         self._building: Any = None
         self.pool: Any = None
 
@@ -85,7 +85,7 @@ class EmbeddedSession:
         from cmover.worker.context import contexts
 
         os.umask(0)  # every entry cmover creates gets an explicit mode; pool processes inherit this
-        self._manager = start_hub(self.settings.state_path() if self.settings is not None else None)
+        self._hub = start_hub(self.settings.state_path() if self.settings is not None else None)
         settings = self.settings
         self._building = contexts.building(lambda: embedded_context(settings))
         self._building.__enter__()
@@ -99,7 +99,7 @@ class EmbeddedSession:
             self.pool.stop(idle=et is None)
         finally:
             self._building.__exit__(None, None, None)
-            stop_hub(self._manager)
+            stop_hub(self._hub)
 
     def run(self, spec: PassSpec, on_progress: Progress | None = None,
             stop_event: threading.Event | None = None, jobs: Sequence[Job] | None = None) -> RunResult:

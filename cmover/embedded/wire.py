@@ -1,49 +1,51 @@
-"""What crosses the hub's manager connections: JSON, with bytes as ``{"\\u0000": base64}``.
+"""The hub's connections: a Unix stream socket, each message one frame of JSON.
 
-:mod:`multiprocessing.managers` offers two serializers: pickle, which runs code on load (never here), and
-xmlrpclib, which the hub used until it was measured: importing ``xmlrpc.client`` cost every command 42 modules
-(``http.client``, ``email``, ``ssl``...), 10 ms of CPU and 420 syscalls before the first entry was looked at,
-and its pure-Python marshalling 56 us per hub call (request and reply of a ``take``; 7 us here). This module
-registers a third one, :data:`SERIALIZER`, in the table the managers look serializers up in: the same
-authenticated connections (:mod:`multiprocessing.connection`'s challenge with the run's key), each message
-one JSON document.
+A frame is its length (4 bytes, big-endian) and that many bytes of one JSON document (UTF-8; a name that is not
+UTF-8 travels surrogate-escaped, as :func:`os.fsdecode` gives it). A client sends ``[name, args]``, the hub
+answers ``[0, value]``, or ``[1, "ErrorType: message"]`` when the call raised there (:class:`HubError` on the
+caller's side; the connection goes on). Nothing is ever unpickled: a value is what JSON holds (strings,
+integers of any size, floats, lists, dicts with string keys, None) plus bytes (a queued message, packed by
+:mod:`cmover.embedded.packing`), which travel as a one-key dict whose key no other dict of the hub uses and come
+back as bytes. Tuples come back as lists. A value JSON cannot hold is a TypeError where it is sent.
 
-What the hub's calls carry is what JSON holds (strings, integers of any size, lists, dicts with string keys,
-None) plus bytes (a queued message, packed by :mod:`cmover.embedded.packing`): a bytes value travels as a
-one-key dict whose key no other dict of the hub uses, and comes back as bytes. Tuples come back as lists, as
-they did through xmlrpclib. An error a hub method raises comes back as the RemoteError the caller's proxy
-raises, naming it; any other value JSON cannot hold is a TypeError where it is sent.
+Who may connect: the socket is in a directory of mode 0700 made for the run, and the hub answers only a peer of
+its own user (``SO_PEERCRED``, :func:`same_user`), so no key has to be shared.
+
+Why not :mod:`multiprocessing.managers`, which carried these calls before: importing it (with its connections'
+HMAC challenge, its pool and shared-memory modules) cost every embedded command about 15 ms of a 110 ms no-change
+pass over 10 files, before the first entry was looked at; and its connections read a message in two syscalls
+(the length, then the rest) where a buffered reader takes a reply in one.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from multiprocessing import connection, managers
-from typing import Any
+import os
+import socket
+import struct
+from typing import Any, BinaryIO
 
-#: The serializer name to give :class:`multiprocessing.managers.BaseManager` and its proxies.
-SERIALIZER = "cmover-json"
-
-# The keys of an encoded bytes value and of an exception: a NUL starts no key of the hub's own dicts.
+# The key of an encoded bytes value: a NUL starts no key of the hub's own dicts.
 _BYTES = "\0"
-_ERROR = "\0e"
+
+#: A frame's header: the length of the JSON document that follows.
+_HEADER = struct.Struct("!I")
+
+
+class HubError(Exception):
+    """A hub call that raised in the hub (a wrong call, a bad argument): its error as ``"Type: message"``."""
 
 
 def _default(obj: Any) -> Any:
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return {_BYTES: base64.b64encode(obj).decode("ascii")}
-    if isinstance(obj, BaseException):  # a hub method's error, sent back to its caller by the manager
-        return {_ERROR: f"{type(obj).__name__}: {obj}"}
     raise TypeError(f"{type(obj).__name__} cannot cross the hub's connection")
 
 
 def _hook(d: dict[str, Any]) -> Any:
-    if len(d) == 1:
-        if _BYTES in d:
-            return base64.b64decode(d[_BYTES])
-        if _ERROR in d:
-            return managers.RemoteError(d[_ERROR])  # what the proxy raises
+    if len(d) == 1 and _BYTES in d:
+        return base64.b64decode(d[_BYTES])
     return d
 
 
@@ -61,36 +63,58 @@ def loads(data: bytes) -> Any:
     return _decode(data.decode("utf-8", "surrogatepass"))
 
 
+def send_frame(sock: socket.socket, data: bytes) -> None:
+    """Send one frame: header and document in one write (one syscall for a message of the usual size)."""
+    sock.sendall(_HEADER.pack(len(data)) + data)
+
+
+def read_frame(rfile: BinaryIO) -> bytes:
+    """The document of the next frame on ``rfile`` (the socket's buffered reader); EOFError when the peer closed
+    the connection, before or within a frame."""
+    header = rfile.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError("the hub's connection was closed")
+    (size,) = _HEADER.unpack(header)
+    data = rfile.read(size)
+    if len(data) < size:
+        raise EOFError("the hub's connection was closed within a message")
+    return data
+
+
+def same_user(sock: socket.socket) -> bool:
+    """Whether the process at the other end of the connected Unix socket ``sock`` runs as this process's user."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid == os.getuid()
+
+
 class Connection:
-    """An authenticated connection of :mod:`multiprocessing.connection` whose ``send``/``recv`` speak
-    :func:`dumps`/:func:`loads`; the rest (bytes, poll, close, fileno) is the connection's own."""
+    """A client's connection to the hub listening at ``address``, used by one thread at a time.
 
-    def __init__(self, conn: connection.Connection) -> None:
-        self._conn = conn
-        self.fileno = conn.fileno
-        self.close = conn.close
-        self.poll = conn.poll
-        self.send_bytes = conn.send_bytes
-        self.recv_bytes = conn.recv_bytes
+    :meth:`call` raises :class:`HubError` for a call that raised in the hub, EOFError or OSError when the hub
+    is gone (the run is over).
+    """
 
-    def send(self, obj: Any) -> None:
-        self._conn.send_bytes(dumps(obj))
+    def __init__(self, address: str) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            self._sock.connect(address)
+        except OSError:
+            self._sock.close()
+            raise
+        # Buffered: a reply's header and document come in one recv, however they were split.
+        self._rfile = self._sock.makefile("rb")
 
-    def recv(self) -> Any:
-        return loads(self._conn.recv_bytes())
+    def call(self, name: str, args: list[Any]) -> Any:
+        send_frame(self._sock, dumps([name, args]))
+        failed, value = loads(read_frame(self._rfile))
+        if failed:
+            raise HubError(value)
+        return value
+
+    def close(self) -> None:
+        self._rfile.close()
+        self._sock.close()
 
 
-class _Listener(connection.Listener):
-    def accept(self) -> Connection:  # type: ignore[override]
-        return Connection(super().accept())
-
-
-def _client(*args: Any, **kwds: Any) -> Connection:
-    return Connection(connection.Client(*args, **kwds))
-
-
-# The managers look a serializer's (Listener, Client) pair up in this table by name, in the process that
-# makes the manager or a proxy and in the manager's forked server alike: registered on import, before either.
-managers.listener_client[SERIALIZER] = (_Listener, _client)  # type: ignore[attr-defined]
-
-__all__ = ["SERIALIZER", "Connection", "dumps", "loads"]
+__all__ = ["Connection", "HubError", "dumps", "loads", "read_frame", "same_user", "send_frame"]
