@@ -275,3 +275,31 @@ def test_finished_counts_every_delivery_that_reports(ledger, run_id):
 
 def test_memcache_finished_count_unknown_without_the_run(run_id):
     assert MemcacheLedger(mc_client).finished_count(run_id) is None
+
+
+def test_the_memcached_client_times_out_in_the_kernel_and_works(monkeypatch):
+    """cmover's memcached client (keys.memcache_client) talks to a real memcached as any client does, with a
+    blocking socket whose timeouts are the kernel's (no poll before each send and receive); a server that
+    accepts and never answers fails the call with OSError after the timeout, not a hang."""
+    import socket
+    import time
+
+    from cmover.core.settings import Settings
+    from cmover.state import keys
+
+    mc = keys.memcache_client(Settings(memcached="127.0.0.1:11211"))
+    key = f"test-kernel-timeout-{uuid.uuid4().hex}"
+    assert mc.add(key, b"1", expire=60) and mc.get(key) == b"1" and mc.incr(key, 2) == 3
+    with mc.client_pool.get_and_release() as client:
+        assert client.sock.gettimeout() is None  # blocking: bounded by SO_RCVTIMEO / SO_SNDTIMEO
+        assert client.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) != bytes(16)
+
+    monkeypatch.setattr(keys, "TIMEOUT", 0.3)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        stuck = keys.memcache_client(Settings(memcached=f"127.0.0.1:{silent.getsockname()[1]}"))
+        t0 = time.monotonic()
+        with pytest.raises(OSError):
+            stuck.get("k")
+        assert 0.25 < time.monotonic() - t0 < 5
