@@ -303,3 +303,20 @@ def test_the_memcached_client_times_out_in_the_kernel_and_works(monkeypatch):
         with pytest.raises(OSError):
             stuck.get("k")
         assert 0.25 < time.monotonic() - t0 < 5
+
+
+def test_task_ids_are_the_version_5_uuids_of_their_names():
+    """task_id writes uuid.uuid5 out by hand (the uuid module is not imported): the same ids, for any name."""
+    import hashlib
+    import random
+
+    from cmover.state.ledger import _NS
+
+    rng = random.Random(3)
+    for _ in range(200):
+        rel = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
+        names = tuple(rng.randbytes(rng.randrange(1, 9)).replace(b"\0", b"x") for _ in range(rng.randrange(0, 3)))
+        index = rng.randrange(0, 1 << 20)
+        h = hashlib.sha1(b"\0".join(names)).hexdigest() if names else ""
+        name = "copy-x" + "\0" + "files" + "\0" + rel.hex() + "\0" + str(index) + "\0" + h
+        assert task_id("copy-x", "files", rel, index, names) == str(uuid.uuid5(uuid.UUID(bytes=_NS), name))

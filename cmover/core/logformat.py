@@ -25,7 +25,6 @@ import json
 import logging
 import socket
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import Any
 
 from cmover.core.paths import to_wire
@@ -79,6 +78,8 @@ class JsonFormatter(logging.Formatter):
         return cls._node
 
     def format(self, record: logging.LogRecord) -> str:
+        from datetime import UTC, datetime  # here: a run that logs nothing as JSON never needs it
+
         task = _task.get()
         rel = getattr(record, PATH_ATTR, None)
         if not isinstance(rel, bytes):

@@ -13,7 +13,6 @@ import enum
 import os
 import re
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cmover.core.errors import ConfigError, ConfinementError
@@ -355,7 +354,7 @@ def _list(v: Any) -> list[Any]:
 
 def new_run_id(kind: PassKind) -> str:
     """A unique, sortable pass id such as ``copy-20261121T203000-1a2b3c4d``."""
-    return f"{kind.value}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    return f"{kind.value}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(4).hex()}"
 
 
 def age_cutoffs(oldest_date: float, newest_date: float, now_ns: int) -> tuple[int, int]:
