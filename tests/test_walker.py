@@ -17,7 +17,6 @@ from collections import Counter
 import pytest
 from support.worker import InProcessWorker
 
-import cmover.app as appmod
 from cmover.core.counters import C
 from cmover.core.failure import Failure
 from cmover.core.passes import PassKind, PassSpec
@@ -29,6 +28,7 @@ from cmover.lustre.base import PosixFs
 from cmover.tasks_copy import copy_dir
 from cmover.tasks_delete import delete_dir
 from cmover.tasks_dirtime import dirtime_dir
+from cmover.worker import taskbase
 
 log = logging.getLogger("cmover.engine.test")
 
@@ -446,10 +446,12 @@ def test_jobs_compare_by_kind_and_content():
 # -- broker trouble while publishing -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("when", ["send", "settle"])
 @pytest.mark.parametrize("kind", ["copy", "delete", "dirtime"])
-def test_broker_trouble_while_publishing_requeues_the_task(tmp_path, monkeypatch, kind):
+def test_broker_trouble_while_publishing_requeues_the_task(tmp_path, monkeypatch, kind, when):
     """A publish that fails while a big directory is listed (a batch) or its subdirectories are handed on is
-    broker trouble, not a listing failure: the task is requeued (run again later), nothing is recorded."""
+    broker trouble, not a listing failure: the task is requeued (run again later), nothing is recorded. So is
+    a task whose children were sent and never confirmed (settle): it is not counted done."""
     src, dst = tmp_path / "s" / "src", tmp_path / "d" / "dst"
     for root in (src, dst):
         (root / "sub").mkdir(parents=True)
@@ -462,13 +464,19 @@ def test_broker_trouble_while_publishing_requeues_the_task(tmp_path, monkeypatch
     worker = InProcessWorker(os.fsencode(tmp_path / "s"), os.fsencode(tmp_path / "d"))
     worker.install(monkeypatch)
     try:
-        def send_task(*args, **kwargs):
-            raise ConnectionError(errno.ECONNRESET, "Connection reset by peer")
+        class Publisher:  # the worker's publisher (taskbase.publisher), its broker connection reset
+            def send(self, messages):
+                if when == "send":
+                    raise ConnectionError(errno.ECONNRESET, "Connection reset by peer")
 
-        monkeypatch.setattr(appmod.app, "send_task", send_task)
+            def settle(self):
+                raise ConnectionError(errno.ECONNRESET, "Connection reset by peer")
+
+        monkeypatch.setattr(taskbase, "publisher", Publisher)
         task = {"copy": copy_dir, "delete": delete_dir, "dirtime": dirtime_dir}[kind]
         rej = worker.deliver(task, spec, "", None)
     finally:
         worker.uninstall()
     assert rej is not None and rej.requeue is True, rej
     assert worker.failures(f"{kind}-publish") == []
+    assert not worker.ctx.ledger._done.get(f"{kind}-publish")  # the task was not counted done

@@ -30,6 +30,7 @@ from cmover.core import logformat
 from cmover.core.counters import C
 from cmover.core.errors import ConfigError, ConfinementError, PreflightError
 from cmover.core.failure import Failure
+from cmover.core.origin import pid
 from cmover.core.passes import PassSpec
 from cmover.core.paths import display, to_wire
 from cmover.core.tasknames import TASK_NAMES, Message, argsrepr, queue_name
@@ -102,7 +103,8 @@ class Emitter:
     """Publishes child jobs: counted in ``ledger`` (the run's completion ledger) first, then sent with a deterministic
     task id.
 
-    ``send``: where the messages go (None: through the Celery app, :func:`publish`).
+    ``send``: where the messages go (None: to the broker, on this process's :func:`publisher`, which does not
+    wait for the broker's confirmation of each: :meth:`settle` does, before the task is counted done).
     """
 
     def __init__(self, spec_d: dict[str, Any], spec: PassSpec, ledger: Ledger, send: Send | None = None) -> None:
@@ -110,6 +112,7 @@ class Emitter:
         self.spec = spec
         self.ledger = ledger
         self.send = send
+        self.sent = 0
 
     def __call__(self, job: Job) -> None:
         name = TASK_NAMES[(self.spec.kind.value, job.kind)]
@@ -119,7 +122,28 @@ class Emitter:
         if self.send is not None:
             self.send([message])
         else:
-            publish(_app(), [message])
+            publisher().send([message])
+        self.sent += 1
+
+    def settle(self) -> None:
+        """Return once every job sent is the broker's (confirmed); ConnectionError when that cannot be had."""
+        if self.send is None and self.sent:
+            publisher().settle()
+
+
+#: This process's publisher of task messages, and the pid it belongs to (a forked pool process makes its own).
+_publisher: tuple[int, Any] | None = None
+
+
+def publisher() -> Any:
+    """This process's :class:`cmover.state.taskmessages.Publisher`, to the broker the Celery app uses (made on
+    first use in each process: a pool process never shares its parent's connection)."""
+    global _publisher
+    if _publisher is None or _publisher[0] != pid():
+        from cmover.state.taskmessages import Publisher
+
+        _publisher = (pid(), Publisher(_app().conf.broker_url))
+    return _publisher[1]
 
 
 def publish(app: Any, messages: Sequence[Message], connection: Any = None) -> None:
@@ -238,7 +262,7 @@ def _broker_errors() -> tuple[type[BaseException], ...]:
 
 
 def _run_task(name: str, tid: str, hostname: str, spec_d: Any, rel_wire: Any, body: Body,
-              emitter: Callable[[PassSpec, WorkerContext], Callable[[Job], None]],
+              emitter: Callable[[PassSpec, WorkerContext], Emitter],
               dead_letter: Callable[[PassSpec, int], None] | None = None) -> None:
     """Run ``body`` for one delivery of task ``tid`` named ``name``; raises :class:`Rejected`."""
     ctx = get_context()
@@ -269,8 +293,9 @@ def _run_task(name: str, tid: str, hostname: str, spec_d: Any, rel_wire: Any, bo
                                 f"gave up after {delivery - 1} deliveries (it kept killing its worker); "
                                 f"message kept in {queue_name(spec.kind.value, 'dead')}"))
     else:
+        emit = emitter(spec, ctx)
         try:
-            body(spec, ctx, tally, failures.append, emitter(spec, ctx))
+            body(spec, ctx, tally, failures.append, emit)
         except _broker_errors() as exc:
             # Children may be unpublished: do not mark done; the broker hands the message out again.
             log.warning("broker trouble in %s (%s); requeued", tid, exc)
@@ -288,6 +313,11 @@ def _run_task(name: str, tid: str, hostname: str, spec_d: Any, rel_wire: Any, bo
             log.exception("unexpected error in %s (%s)", name, display(where))
             tally[C.FAILED] += 1
             failures.append(Failure(where, name, 0, f"internal error: {type(exc).__name__}: {exc}"))
+        try:
+            emit.settle()  # whatever the body did, every child it sent is the broker's before the task is done
+        except _broker_errors() as exc:
+            log.warning("broker trouble in %s (%s); requeued", tid, exc)
+            raise Rejected(str(exc), requeue=True) from None
     # Counted before the counters go out and before done: `status` waits until the workers' reported
     # tasks add up to it (every count has reached memcached), and the exact scan sees that it moved.
     _LedgerGuard.call(ctx.ledger.finished, run_id)

@@ -100,6 +100,66 @@ def test_a_lost_connection_is_replaced_and_the_rest_of_a_batch_is_sent(site: Dep
         link.close()
 
 
+def _drain(site: Deployment, queue: str) -> list[amqp.Message]:
+    link = taskmessages.Link(_url(site))
+    try:
+        ch = link.channel()
+        got = []
+        while (m := ch.basic_get(queue, no_ack=True)) is not None:
+            got.append(m)
+        return got
+    finally:
+        link.close()
+
+
+def test_a_workers_children_are_sent_at_once_and_confirmed_together(site: Deployment) -> None:
+    """A worker's publisher writes its children without waiting for each confirmation, and settle returns once
+    the broker has them all: the same messages as a command's, in order; settling with nothing sent is free."""
+    name = TASK_NAMES[("copy", "files")]
+    spec = {"run_id": "copy-3", "kind": "copy", "src_root": "/s", "dst_root": "/d"}
+    messages = [(name, [spec, f"d{i}", ["f"]], f"p{i}") for i in range(50)]
+    pub = taskmessages.Publisher(_url(site))
+    try:
+        pub.settle()
+        pub.send(messages[:1])
+        pub.send(messages[1:])
+        pub.settle()
+        assert pub._unconfirmed == {} and pub._lost == []
+    finally:
+        pub.close()
+    got = _drain(site, ROUTES[name])
+    assert [m.properties["application_headers"]["id"] for m in got] == [f"p{i}" for i in range(50)]
+    link = taskmessages.Link(_url(site))
+    try:
+        taskmessages.publish(link, messages[:1])
+    finally:
+        link.close()
+    (reference,) = _drain(site, ROUTES[name])
+    assert got[0].body == reference.body
+    assert got[0].properties["application_headers"] == reference.properties["application_headers"]
+
+
+def test_children_sent_before_a_lost_connection_are_sent_again(site: Deployment) -> None:
+    """The connection dies after the children were written and before the broker's confirmations were read:
+    settle sends every one not confirmed again on a new connection, so each reaches the queue (a duplicate is a
+    redelivery the ledger ignores); none is lost."""
+    name = TASK_NAMES[("copy", "dir")]
+    spec = {"run_id": "copy-4", "kind": "copy", "src_root": "/s", "dst_root": "/d"}
+    pub = taskmessages.Publisher(_url(site))
+    try:
+        pub.send([(name, [spec, f"d{i}", None], f"q{i}") for i in range(20)])
+        first = pub._link.connect()
+        first.transport.sock.shutdown(socket.SHUT_RDWR)
+        pub.settle()
+        assert pub._link.connect() is not first and pub._unconfirmed == {}
+        pub.send([(name, [spec, "after", None], "q-after")])
+        pub.settle()
+    finally:
+        pub.close()
+    ids = [m.properties["application_headers"]["id"] for m in _drain(site, ROUTES[name])]
+    assert set(ids) == {f"q{i}" for i in range(20)} | {"q-after"}, ids
+
+
 def test_a_bad_broker_url_is_a_config_error() -> None:
     from cmover.core.errors import ConfigError
 

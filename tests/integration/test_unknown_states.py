@@ -204,7 +204,6 @@ def test_a_task_published_uncounted_makes_the_run_unknown_for_good(
     from pymemcache.client.base import PooledClient
     from support.worker import InProcessWorker
 
-    from cmover import app as appmod
     from cmover.core.passes import PassKind, PassSpec
     from cmover.state.ledger import MemcacheLedger
     from cmover.tasks_copy import copy_dir
@@ -221,20 +220,28 @@ def test_a_task_published_uncounted_makes_the_run_unknown_for_good(
     worker = InProcessWorker(None, None)
     worker.ctx.ledger = ledger
     worker.install(monkeypatch)
-    from cmover.worker.taskbase import publish, seed
+    from cmover.worker import taskbase
 
-    seed(lambda messages: publish(appmod.app, messages), spec, worker.ctx.ledger)
+    taskbase.seed(worker.send, spec, worker.ctx.ledger)
     [(_, root_args, root)] = worker.sent
     sent: list[tuple[str, list[Any], str]] = []
 
-    def send(name: str, args: Any = None, task_id: str | None = None, **_: Any) -> None:
-        sent.append((name, list(args or []), task_id or ""))
-        if len(sent) == 1:
-            os.kill(proc.pid, signal.SIGSTOP)  # the next child's enqueue finds memcached frozen
-        elif len(sent) == 2:
-            os.kill(proc.pid, signal.SIGCONT)
+    class Publisher:
+        """The worker's publisher (taskbase.publisher): it keeps what it is given and freezes memcached after the
+        first child."""
 
-    monkeypatch.setattr(appmod.app, "send_task", send)
+        def send(self, messages: list[tuple[str, list[Any], str]]) -> None:
+            for name, args, task_id in messages:
+                sent.append((name, list(args), task_id))
+                if len(sent) == 1:
+                    os.kill(proc.pid, signal.SIGSTOP)  # the next child's enqueue finds memcached frozen
+                elif len(sent) == 2:
+                    os.kill(proc.pid, signal.SIGCONT)
+
+        def settle(self) -> None:
+            pass
+
+    monkeypatch.setattr(taskbase, "publisher", Publisher)
 
     def run(task_id: str, *args: Any) -> None:
         copy_dir.push_request(id=task_id, args=list(args), kwargs={}, delivery_info={}, retries=0,

@@ -2,7 +2,8 @@
 
 :class:`InProcessWorker` installs a :class:`cmover.worker.context.WorkerContext` with in-memory ledger, counters
 and error list and the configured mounts (so ``check_spec`` confines as on a real worker), replaces
-``app.send_task`` by a recorder (children are listed, never published) and calls a task's ``run`` inside
+the worker's publisher (:func:`cmover.worker.taskbase.publisher`) by a recorder (children are listed, never
+published) and calls a task's ``run`` inside
 a pushed request, exactly what Celery's tracer does around it. (Engine-level runs of whole passes:
 :mod:`support.runner`. Proving that nothing outside a root was written: :func:`support.snap.unchanged`.)
 
@@ -22,6 +23,7 @@ from cmover.core.failure import Failure
 from cmover.state.errorlist import MemoryErrors
 from cmover.state.ledger import MemoryLedger
 from cmover.state.stats import MemoryStats
+from cmover.worker import taskbase
 from cmover.worker.context import WorkerContext, contexts
 
 
@@ -57,7 +59,7 @@ class InProcessWorker:
         """Use this worker's context in this process (``mp``: a pytest MonkeyPatch, undone by the caller)."""
         configure_app_without_broker()
         self._building.__enter__()
-        mp.setattr(appmod.app, "send_task", self._send)
+        mp.setattr(taskbase, "publisher", lambda: self)
         root = logging.getLogger()
         root.addHandler(self.tracebacks)
 
@@ -65,8 +67,12 @@ class InProcessWorker:
         logging.getLogger().removeHandler(self.tracebacks)
         self._building.__exit__(None, None, None)
 
-    def _send(self, name: str, args: Any = None, task_id: str | None = None, **_: Any) -> None:
-        self.sent.append((name, list(args or []), task_id or ""))
+    def send(self, messages: list[tuple[str, list[Any], str]]) -> None:
+        """What the worker's publisher is asked to send (``taskbase.publisher``): kept, in order."""
+        self.sent += [(name, list(args), tid) for name, args, tid in messages]
+
+    def settle(self) -> None:
+        """Every message "sent" is taken: nothing to wait for."""
 
     def deliver(self, task: Any, *args: Any) -> Reject | None:
         """Run ``task`` on message arguments ``args``; the Reject it raised, or None when it completed.
