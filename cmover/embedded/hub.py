@@ -327,7 +327,7 @@ CONSUMER_WAIT = 0.25
 _FORK = multiprocessing.get_context("fork")
 
 #: Connections the hub's socket queues before it accepts them (a pool process connects once, as it starts).
-_BACKLOG = 64
+_BACKLOG = socket.SOMAXCONN
 
 # Address of the running hub and the directory its queues spill into: set by start_hub() before the pool forks,
 # so pool processes inherit them; each process (each thread) connects on first use.

@@ -237,11 +237,13 @@ class Publisher:
                 return
             except BrokerLost:
                 raise
-            except CONNECTION_ERRORS as exc:
+            except (*CONNECTION_ERRORS, amqp.exceptions.AMQPError) as exc:
                 self._lost = [m for _, m in sorted(self._unconfirmed.items())] + self._lost
                 self._unconfirmed = {}
                 self._link.drop()
                 self._ch = None
+                if not isinstance(exc, CONNECTION_ERRORS):  # the broker closed the channel on an error of its own
+                    raise BrokerLost(f"the broker refused task messages: {exc}") from exc
                 if attempt == RETRY_POLICY["max_retries"]:
                     raise BrokerLost(f"broker connection lost: {exc}") from exc
                 attempt += 1

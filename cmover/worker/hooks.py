@@ -44,7 +44,7 @@ from cmover.core.passes import PassKind
 from cmover.engine import walker
 from cmover.state import keys, pauses
 from cmover.state.pauses import State
-from cmover.worker import logs
+from cmover.worker import logs, taskbase
 from cmover.worker.context import contexts
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def _report_counts_at_exit(**_: Any) -> None:
     ctx = contexts.current()
     if ctx is not None:
         ctx.stats.flush()
+    taskbase.close_publisher()  # the broker sees a client leave, not a connection lost
 
 
 # -- the idle board of the worker's pool ---------------------------------------------------------------------

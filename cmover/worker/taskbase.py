@@ -146,6 +146,14 @@ def publisher() -> Any:
     return _publisher[1]
 
 
+def close_publisher() -> None:
+    """Close this process's publisher, if it made one (a pool process that exits)."""
+    global _publisher
+    if _publisher is not None and _publisher[0] == pid():
+        _publisher[1].close()
+    _publisher = None
+
+
 def publish(app: Any, messages: Sequence[Message], connection: Any = None) -> None:
     """Send task messages (each counted in the ledger already) through the Celery ``app``: on ``connection``
     when given (a command's own, :func:`cmover.ops.broker.link`), else on one of the app's pool."""

@@ -160,6 +160,29 @@ def test_children_sent_before_a_lost_connection_are_sent_again(site: Deployment)
     assert set(ids) == {f"q{i}" for i in range(20)} | {"q-after"}, ids
 
 
+def test_a_message_the_broker_refuses_is_broker_trouble_not_a_hang(site: Deployment) -> None:
+    """The broker closes the channel on an error of its own (here the task's exchange exists with another type):
+    BrokerLost at once, a ConnectionError, which a task takes for broker trouble (it runs again later)."""
+    name = TASK_NAMES[("dirtime", "dir")]
+    link = taskmessages.Link(_url(site))
+    try:
+        ch = link.channel()
+        ch.exchange_delete(ROUTES[name])
+        ch.exchange_declare(ROUTES[name], "fanout", durable=True, auto_delete=False)
+        pub = taskmessages.Publisher(_url(site))
+        spec = {"run_id": "dirtime-5", "kind": "dirtime", "src_root": "/s", "dst_root": "/d"}
+        with pytest.raises(taskmessages.BrokerLost, match="refused") as got:
+            pub.send([(name, [spec, "d", None], "r1")])
+            pub.settle()
+        assert isinstance(got.value, ConnectionError)
+        pub.close()
+    finally:
+        ch = link.channel()
+        ch.exchange_delete(ROUTES[name])
+        taskmessages.declare(ch, ROUTES[name])  # as every other test of the module expects it
+        link.close()
+
+
 def test_a_bad_broker_url_is_a_config_error() -> None:
     from cmover.core.errors import ConfigError
 
