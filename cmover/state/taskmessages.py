@@ -189,11 +189,7 @@ class Publisher:
         if qname not in self._declared:
             declare(ch, qname)
             self._declared.add(qname)
-        headers, properties, body = task_message(name, args, task_id)
-        ch.basic_publish(amqp.Message(json.dumps(body).encode(), content_type="application/json",
-                                      content_encoding="utf-8", application_headers=headers, delivery_mode=2,
-                                      priority=0, **properties),
-                         exchange="", routing_key=qname)
+        ch.basic_publish(amqp_message(name, args, task_id), exchange="", routing_key=qname)
         self._tag += 1
         self._unconfirmed[self._tag] = message
 
@@ -274,6 +270,13 @@ def task_message(name: str, args: list[Any], task_id: str) -> tuple[dict[str, An
     return headers, properties, body
 
 
+def amqp_message(name: str, args: list[Any], task_id: str) -> amqp.Message:
+    """Task ``name``'s message (:func:`task_message`) as py-amqp sends it: JSON in UTF-8, persistent, priority 0."""
+    headers, properties, body = task_message(name, args, task_id)
+    return amqp.Message(json.dumps(body).encode(), content_type="application/json", content_encoding="utf-8",
+                        application_headers=headers, delivery_mode=2, priority=0, **properties)
+
+
 def publish(link: Link, messages: Sequence[Message]) -> None:
     """Send task messages (each counted in the ledger already) on ``link``, each to its task's queue (declared
     first, as Celery does, once per channel), persistent, each confirmed by the broker before the next; when
@@ -292,16 +295,12 @@ def publish(link: Link, messages: Sequence[Message]) -> None:
             if qname not in declared:
                 declare(ch, qname)
                 declared.add(qname)
-            headers, properties, body = task_message(name, args, task_id)
-            ch.basic_publish(amqp.Message(json.dumps(body).encode(), content_type="application/json",
-                                          content_encoding="utf-8", application_headers=headers, delivery_mode=2,
-                                          priority=0, **properties),
-                             exchange="", routing_key=qname)
+            ch.basic_publish(amqp_message(name, args, task_id), exchange="", routing_key=qname)
             sent += 1
 
     if todo:
         link.retrying(send)
 
 
-__all__ = ["Link", "Publisher", "BrokerLost", "declare", "task_message", "publish", "RETRY_POLICY", "CONNECT_TIMEOUT",
-           "CONFIRM_TIMEOUT", "CONNECTION_ERRORS"]
+__all__ = ["Link", "Publisher", "BrokerLost", "declare", "task_message", "amqp_message", "publish", "RETRY_POLICY",
+           "CONNECT_TIMEOUT", "CONFIRM_TIMEOUT", "CONNECTION_ERRORS"]
