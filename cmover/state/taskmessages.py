@@ -28,7 +28,7 @@ import os
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import amqp
@@ -48,6 +48,14 @@ CONNECT_TIMEOUT = 4.0
 #: What losing the connection raises: the operation is tried again on a new one (:meth:`Link.retrying`).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, amqp.exceptions.RecoverableConnectionError,
                                                      amqp.exceptions.ConnectionForced)
+
+
+def retry_pauses() -> Iterator[float]:
+    """The pause before each retry of :data:`RETRY_POLICY`, in order; exhausted when the retries are spent."""
+    pause = float(RETRY_POLICY["interval_start"])
+    for _ in range(int(RETRY_POLICY["max_retries"])):
+        yield pause
+        pause = min(pause + float(RETRY_POLICY["interval_step"]), float(RETRY_POLICY["interval_max"]))
 
 
 class Link:
@@ -106,8 +114,7 @@ class Link:
     def retrying(self, work: Callable[[amqp.Channel], T]) -> T:
         """``work(channel)`` on a new channel, closed after; when the connection is lost on the way, again on a
         new connection, as :data:`RETRY_POLICY` retries; raises the last error once the retries are spent."""
-        pause = float(RETRY_POLICY["interval_start"])
-        attempt = 0
+        pauses = retry_pauses()
         while True:
             try:
                 ch = self.channel()
@@ -120,11 +127,10 @@ class Link:
                         pass  # closed with its connection
             except CONNECTION_ERRORS:
                 self.drop()
-                if attempt == RETRY_POLICY["max_retries"]:
+                pause = next(pauses, None)
+                if pause is None:
                     raise
-                attempt += 1
                 time.sleep(pause)
-                pause = min(pause + float(RETRY_POLICY["interval_step"]), float(RETRY_POLICY["interval_max"]))
 
 
 class BrokerLost(ConnectionError):
@@ -222,8 +228,7 @@ class Publisher:
     def _retrying(self, work: Callable[[], None]) -> None:
         """``work()``; when the connection is lost on the way, every message not yet confirmed is sent again on a
         new one, then ``work()`` again, as :data:`RETRY_POLICY` retries."""
-        pause = float(RETRY_POLICY["interval_start"])
-        attempt = 0
+        pauses = retry_pauses()
         while True:
             try:
                 while self._lost:  # each stays listed until it is written again: none is lost on the way
@@ -240,11 +245,10 @@ class Publisher:
                 self._ch = None
                 if not isinstance(exc, CONNECTION_ERRORS):  # the broker closed the channel on an error of its own
                     raise BrokerLost(f"the broker refused task messages: {exc}") from exc
-                if attempt == RETRY_POLICY["max_retries"]:
+                pause = next(pauses, None)
+                if pause is None:
                     raise BrokerLost(f"broker connection lost: {exc}") from exc
-                attempt += 1
                 time.sleep(pause)
-                pause = min(pause + float(RETRY_POLICY["interval_step"]), float(RETRY_POLICY["interval_max"]))
 
 
 def declare(ch: amqp.Channel, name: str) -> None:

@@ -269,6 +269,12 @@ def _broker_errors() -> tuple[type[BaseException], ...]:
     return kombu_errors.OperationalError, ConnectionError
 
 
+def _requeued(tid: str, exc: BaseException) -> Rejected:
+    """The rejection of task ``tid`` for broker trouble ``exc`` (said in the log): it runs again later."""
+    log.warning("broker trouble in %s (%s); requeued", tid, exc)
+    return Rejected(str(exc), requeue=True)
+
+
 def _run_task(name: str, tid: str, hostname: str, spec_d: Any, rel_wire: Any, body: Body,
               emitter: Callable[[PassSpec, WorkerContext], Emitter],
               dead_letter: Callable[[PassSpec, int], None] | None = None) -> None:
@@ -306,8 +312,7 @@ def _run_task(name: str, tid: str, hostname: str, spec_d: Any, rel_wire: Any, bo
             body(spec, ctx, tally, failures.append, emit)
         except _broker_errors() as exc:
             # Children may be unpublished: do not mark done; the broker hands the message out again.
-            log.warning("broker trouble in %s (%s); requeued", tid, exc)
-            raise Rejected(str(exc), requeue=True) from None
+            raise _requeued(tid, exc) from None
         except PreflightError as exc:
             # A safety check inside the task failed (e.g. the source root vanished): loud, no traceback.
             log.error("%s (%s): %s", name, display(where), exc)
@@ -324,8 +329,7 @@ def _run_task(name: str, tid: str, hostname: str, spec_d: Any, rel_wire: Any, bo
         try:
             emit.settle()  # whatever the body did, every child it sent is the broker's before the task is done
         except _broker_errors() as exc:
-            log.warning("broker trouble in %s (%s); requeued", tid, exc)
-            raise Rejected(str(exc), requeue=True) from None
+            raise _requeued(tid, exc) from None
     # Counted before the counters go out and before done: `status` waits until the workers' reported
     # tasks add up to it (every count has reached memcached), and the exact scan sees that it moved.
     _LedgerGuard.call(ctx.ledger.finished, run_id)
