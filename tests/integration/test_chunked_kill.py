@@ -88,10 +88,14 @@ class Watcher:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop polling, then look once more: the state the pass left (a completion can be noticed within
+        less than one poll interval of the last chunk's rename)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
             assert not self._thread.is_alive(), "watcher thread hangs"
+        if self.error is None:
+            self._poll()
 
     def _run(self) -> None:
         try:
@@ -169,7 +173,6 @@ def test_chunked_copy_survives_sigkill_mid_file(deployments: DeploymentSet, tmp_
 
         final = dep.wait_complete(run_id, timeout=60)
         elapsed = time.monotonic() - t0
-        complete_at = time.monotonic()
     finally:
         watcher.stop()
     logs = "\n".join(f"--- {w.node} ({w.log})\n{w.log_text()[-3000:]}" for w in dep.workers)
@@ -177,8 +180,7 @@ def test_chunked_copy_survives_sigkill_mid_file(deployments: DeploymentSet, tmp_
     assert watcher.error is None, f"watcher failed: {watcher.error!r}"
     assert watcher.early == [], f"target name seen before the copy was complete: {watcher.early[:10]}\n{logs}"
     assert watcher.part_without_name > 0, "never saw the part file in place of the target name"
-    assert watcher.appeared_at is not None and watcher.appeared_at <= complete_at, \
-        "target name never seen while the pass ran"
+    assert watcher.appeared_at is not None, "target name absent when the pass was complete"
     assert watcher.hash_at_appearance == src_hash, "target name appeared with other data than the source's"
 
     # The result, at the first "complete" reading.
