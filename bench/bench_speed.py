@@ -395,10 +395,10 @@ def hub_growth(tasks: int) -> list[tuple[int, int]]:
     from cmover.embedded import hub as hubmod
     from cmover.embedded.packing import pack
 
-    manager = hubmod.start_hub()
+    process = hubmod.start_hub()
     try:
         h = hubmod.hub()
-        pid = manager._process.pid  # type: ignore[attr-defined]
+        pid = process.pid
         run = "copy-bench"
         h.open_run(run)
         spec = PassSpec(run_id=run, kind=PassKind.COPY, src_root=b"/mnt/src", dst_root=b"/mnt/dst").as_dict()
@@ -410,14 +410,14 @@ def hub_growth(tasks: int) -> list[tuple[int, int]]:
             tag, _ = h.take(["cmover.copy.dirs"], 0.0, "bench")
             h.ack(tag)
             h.begin(run, tid)
-            h.stats_add(run, json.dumps({"dirs": 1, "files_scanned": 100, "files_skipped": 100}))
+            h.stats_add(run, {"dirs": 1, "files_scanned": 100, "files_skipped": 100})
             h.done(run, tid)
             if i in (mark, tasks):
                 out.append((i, _status_mib(pid, "VmRSS")))
                 mark *= 10
         return out
     finally:
-        hubmod.stop_hub(manager)
+        hubmod.stop_hub(process)
 
 
 def hub_queued(tasks: int) -> list[tuple[str, int, int]]:
@@ -429,10 +429,10 @@ def hub_queued(tasks: int) -> list[tuple[str, int, int]]:
 
     from cmover.embedded import hub as hubmod
 
-    manager = hubmod.start_hub()
+    process = hubmod.start_hub()
     try:
         h = hubmod.hub()
-        pid = manager._process.pid  # type: ignore[attr-defined]
+        pid = process.pid
         run = "copy-bench"
         h.open_run(run)
         out = [("started", _status_mib(pid, "VmRSS"), _status_mib(pid, "VmHWM"))]
@@ -449,7 +449,7 @@ def hub_queued(tasks: int) -> list[tuple[str, int, int]]:
         out.append(("all taken and done", _status_mib(pid, "VmRSS"), _status_mib(pid, "VmHWM")))
         return out
     finally:
-        hubmod.stop_hub(manager)
+        hubmod.stop_hub(process)
 
 
 def report(results: list[dict], scale: dict, hubs: list[dict]) -> str:
