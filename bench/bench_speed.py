@@ -9,7 +9,8 @@ One command, interleaved rounds on the same trees::
 For every tree: a full copy (`cp -a`, `rsync -a`, `rsync -aHAX`, cmover embedded, cmover distributed) and then
 a no-change pass (`rsync -a`, `rsync -aHAX`, cmover embedded with its clean-pass proof, cmover embedded with
 `--full-compare`, cmover distributed), each timed with a final `sync`, rounds interleaved (this disk varies
-2-4x between rounds), medians printed. Then, in separate untimed runs, the syscalls of each no-change pass
+2-4x between rounds), medians printed. Every timed full copy writes to a new XFS filesystem of its own (a
+loop-mounted image: see Targets), the no-change passes then run on it. Then, in separate untimed runs, the syscalls of each no-change pass
 (`perf stat` on the syscall tracepoint, else `strace -f -c`; the whole process tree; for the distributed pass
 the workers' processes are attached too)
 and the peak RSS (VmHWM) of every process: cmover's main process, its hub and pool children, the workers.
@@ -214,6 +215,78 @@ def embedded_peaks(cmd: list[str], env: dict[str, str]) -> dict[str, int]:
             "pool (max)": max((peaks.peak[k] for k in pool), default=0), "pool processes": len(pool)}
 
 
+# -- the targets ------------------------------------------------------------------------------------------
+
+class Targets:
+    """Where each tool's copy of a tree lives: ``path(key)``; ``new(key, size)`` empties it before a timed full copy.
+
+    ``fresh`` (the default, ``--target-fs new``): each key's copy is on an XFS filesystem of its own, made new
+    (a sparse image of ``size`` bytes, ``mkfs.xfs``, mounted with ``-o loop`` under WORKDIR/dst) before every
+    timed full copy, as a migration's target is a new filesystem. Measured on this machine's ext4 root
+    filesystem: ``open(O_CREAT)`` of 20,000 empty files in one directory took 0.26-0.46 s of system time on a
+    quiet filesystem, and 2-7 s in the minutes after a large tree had been deleted on it (``perf``: 60% of the
+    time in the inode allocator's look at recently freed inodes); a round that deleted the previous round's copy
+    and then timed the next one measured that, and in turn for each tool. Otherwise (``--target-fs same``) the
+    copies are directories of WORKDIR/dst, deleted before each timed copy, as before.
+    """
+
+    def __init__(self, work: Path, fresh: bool) -> None:
+        self.root = work / "dst"
+        self.images = work / "images"
+        self.fresh = fresh
+        self.mounted: set[Path] = set()
+        for stale in self._mounts_under(self.root):  # left by an interrupted run
+            subprocess.run(["umount", str(stale)], check=True)
+
+    def path(self, key: str) -> Path:
+        """The copy's root: it does not exist before the full copy (cp -a creates it)."""
+        return self.root / key / "copy"
+
+    def new(self, key: str, size: int) -> Path:
+        """An empty place for the copy of ``key`` (a new filesystem of at least ``size`` bytes when fresh)."""
+        mnt = self.root / key
+        if not self.fresh:
+            shutil.rmtree(mnt, ignore_errors=True)
+            mnt.mkdir(parents=True)
+            return self.path(key)
+        if mnt in self.mounted:
+            subprocess.run(["umount", str(mnt)], check=True)
+            self.mounted.discard(mnt)
+        self.images.mkdir(exist_ok=True)
+        image = self.images / f"{key}.img"
+        image.unlink(missing_ok=True)
+        with open(image, "wb") as f:
+            f.truncate(max(size, 1 << 30))
+        subprocess.run(["mkfs.xfs", "-q", "-f", str(image)], check=True)
+        mnt.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+        self.mounted.add(mnt)
+        return self.path(key)
+
+    def close(self) -> None:
+        for mnt in sorted(self.mounted):
+            subprocess.run(["umount", str(mnt)])
+        self.mounted.clear()
+        shutil.rmtree(self.images, ignore_errors=True)
+
+    @staticmethod
+    def _mounts_under(root: Path) -> list[Path]:
+        with open("/proc/self/mounts") as f:
+            points = [Path(line.split()[1].replace("\\040", " ")) for line in f]
+        return [p for p in points if root in p.parents]
+
+
+def image_size(src: Path) -> int:
+    """Room for a copy of ``src`` on XFS: twice its bytes, 4 KiB per entry and 1 GiB (a sparse file: only what is
+    written takes space)."""
+    total, n = 0, 0
+    for top, dirs, files in os.walk(src):
+        n += len(dirs) + len(files)
+        for name in files:
+            total += os.lstat(os.path.join(top, name)).st_size
+    return 2 * total + 4096 * n + (1 << 30)
+
+
 # -- the distributed site ---------------------------------------------------------------------------------
 
 class Site:
@@ -308,7 +381,7 @@ def settle(tools: list[str], command: Callable[[str], list[str]], env: Callable[
         subprocess.run(command(tool), env=env(tool), check=True, stdout=subprocess.DEVNULL)
 
 
-def run_tree(name: str, work: Path, site: Site, rounds: int, cmover: str) -> dict:
+def run_tree(name: str, work: Path, site: Site, targets: Targets, rounds: int, cmover: str) -> dict:
     src = work / "src" / re.sub(r"\W+", "_", name)
     if not src.exists():
         print(f"building {name} ...", flush=True)
@@ -319,8 +392,13 @@ def run_tree(name: str, work: Path, site: Site, rounds: int, cmover: str) -> dic
     env_emb["CMOVER_CONFIG"] = str(site.dir / "embedded.py")
     (site.dir / "embedded.py").write_text(f"STATE_DIR = {str(work / 'state')!r}\n")
 
+    size = image_size(src)
+
+    def key(tool: str) -> str:
+        return target_key(tool, src.name)
+
     def dst(tool: str) -> Path:
-        return work / "dst" / f"{re.sub(r'[^a-z]+', '_', TARGET.get(tool, tool))}-{src.name}"
+        return targets.path(key(tool))
 
     def envf(tool: str) -> dict[str, str]:
         return env if "distributed" in tool else env_emb
@@ -329,7 +407,7 @@ def run_tree(name: str, work: Path, site: Site, rounds: int, cmover: str) -> dic
     times: dict[tuple[str, str], list[float]] = {}
     for r in range(rounds):
         for tool in copy_tools:
-            shutil.rmtree(dst(tool), ignore_errors=True)
+            targets.new(key(tool), size)
             if "distributed" in tool:
                 dst(tool).mkdir()  # a distributed pass needs its target root
             subprocess.run(["sync"], check=True)
@@ -346,15 +424,20 @@ def run_tree(name: str, work: Path, site: Site, rounds: int, cmover: str) -> dic
         calls[tool] = syscalls(commands(tool, src, dst(tool), cmover), envf(tool), attach)
     peaks = {"cmover no-change": embedded_peaks(commands("cmover", src, dst("cmover"), cmover), env_emb)}
     if "cmover" in copy_tools:
-        shutil.rmtree(dst("cmover"), ignore_errors=True)
+        targets.new(key("cmover"), size)
         peaks["cmover full copy"] = embedded_peaks(commands("cmover", src, dst("cmover"), cmover), env_emb)
     return {"tree": name, "entries": n, "times": {f"{p}|{t}": v for (p, t), v in times.items()}, "calls": calls,
             "peaks": peaks}
 
 
-def scaling(work: Path, site: Site, cmover: str, rounds: int) -> dict[int, float]:
+def target_key(tool: str, tree_dir: str) -> str:
+    """The name of ``tool``'s copy of the tree in ``tree_dir`` (tools that share a copy share it: TARGET)."""
+    return f"{re.sub(r'[^a-z]+', '_', TARGET.get(tool, tool))}-{tree_dir}"
+
+
+def scaling(work: Path, site: Site, targets: Targets, cmover: str, rounds: int) -> dict[int, float]:
     src = work / "src" / "20k_files"
-    dst = work / "dst" / "cmover_distributed-20k_files"
+    dst = targets.path(target_key("cmover distributed", src.name))
     out = {}
     for n in (1, 2, 4):
         pids = site.start_workers(n)
@@ -366,10 +449,10 @@ def scaling(work: Path, site: Site, cmover: str, rounds: int) -> dict[int, float
     return out
 
 
-def hub_at(work: Path, cmover: str, name: str) -> dict:
+def hub_at(work: Path, targets: Targets, cmover: str, name: str) -> dict:
     """Peak RSS of the hub for a no-change pass with one task per directory (INLINE_ENTRIES = 0)."""
     src = work / "src" / re.sub(r"\W+", "_", name)
-    dst = work / "dst" / f"cmover-{src.name}"
+    dst = targets.path(target_key("cmover", src.name))
     cfg = work / "site" / "tasks.py"
     cfg.write_text(f"STATE_DIR = {str(work / 'state')!r}\nINLINE_ENTRIES = 0\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMOVER_")}
@@ -493,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=str(REPO / "bench" / "_work" / "speed"))
     ap.add_argument("--workers", type=int, default=2, help="pool processes of the distributed worker (default 2)")
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1/2/4 worker-process table")
+    ap.add_argument("--target-fs", choices=("new", "same"), default="new",
+                    help="new (default): every timed full copy writes to a new XFS filesystem (a loop-mounted "
+                         "image); same: to a directory of WORKDIR, the previous copy deleted first")
     ap.add_argument("--hub-tasks", type=int, metavar="N",
                     help="only this: the embedded hub's RSS as N tasks go through it (e.g. 100000)")
     ap.add_argument("--hub-queued", type=int, metavar="N",
@@ -520,17 +606,24 @@ def main(argv: list[str] | None = None) -> int:
     (work / "dst").mkdir(exist_ok=True)
     cmover = str(BIN / "cmover")
     names = a.trees.split(",") if a.trees else (list(TREES) if a.full else QUICK)
+    fresh = a.target_fs == "new"
+    if fresh and shutil.which("mkfs.xfs") is None:
+        print("bench_speed.py: mkfs.xfs not found: install xfsprogs, or give --target-fs same", file=sys.stderr)
+        return 2
+    targets = Targets(work, fresh)
     site = Site(work)
     results, hubs, scale = [], [], {}
     try:
         site.start_workers(a.workers)
         for name in names:
-            results.append(run_tree(name, work, site, a.rounds, cmover))
+            results.append(run_tree(name, work, site, targets, a.rounds, cmover))
         if "20k files" in names and not a.no_scaling:
-            scale = scaling(work, site, cmover, a.rounds)
-        hubs = [{"tree": n, **hub_at(work, cmover, n)} for n in names if n in ("20k files", "1M in 100k dirs")]
+            scale = scaling(work, site, targets, cmover, a.rounds)
+        hubs = [{"tree": n, **hub_at(work, targets, cmover, n)} for n in names
+                if n in ("20k files", "1M in 100k dirs")]
     finally:
         site.close()
+        targets.close()
     text = report(results, scale, hubs)
     print(text)
     print("\nsyscalls counted with " + ("perf stat -e " + PERF_EVENT if _perf_works() else "strace -f -c"))
