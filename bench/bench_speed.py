@@ -10,10 +10,10 @@ For every tree: a full copy (`cp -a`, `rsync -a`, `rsync -aHAX`, cmover embedded
 a no-change pass (`rsync -a`, `rsync -aHAX`, cmover embedded with its clean-pass proof, cmover embedded with
 `--full-compare`, cmover distributed), each timed with a final `sync`, rounds interleaved (this disk varies
 2-4x between rounds), medians printed. Every timed full copy writes to a new XFS filesystem of its own (a
-loop-mounted image: see Targets), the no-change passes then run on it. Then, in separate untimed runs, the syscalls of each no-change pass
-(`perf stat` on the syscall tracepoint, else `strace -f -c`; the whole process tree; for the distributed pass
-the workers' processes are attached too)
-and the peak RSS (VmHWM) of every process: cmover's main process, its hub and pool children, the workers.
+loop-mounted image: see Targets), the no-change passes then run on it. Then, in separate untimed runs, the
+syscalls of each no-change pass (`perf stat` on the syscall tracepoint, else `strace -f -c`; the whole process
+tree; for the distributed pass the workers' processes are attached too) and the peak RSS (VmHWM) of every
+process: cmover's main process, its hub and pool children, the workers.
 Last, the distributed no-change pass against the worker processes (1, 2, 4) and, in full mode, the hub's
 peak RSS for a pass of 10^5 tasks.
 
@@ -236,7 +236,7 @@ class Targets:
         self.fresh = fresh
         self.mounted: set[Path] = set()
         for stale in self._mounts_under(self.root):  # left by an interrupted run
-            subprocess.run(["umount", str(stale)], check=True)
+            self._umount(stale)
 
     def path(self, key: str) -> Path:
         """The copy's root: it does not exist before the full copy (cp -a creates it)."""
@@ -250,7 +250,7 @@ class Targets:
             mnt.mkdir(parents=True)
             return self.path(key)
         if mnt in self.mounted:
-            subprocess.run(["umount", str(mnt)], check=True)
+            self._umount(mnt)
             self.mounted.discard(mnt)
         self.images.mkdir(exist_ok=True)
         image = self.images / f"{key}.img"
@@ -263,9 +263,19 @@ class Targets:
         self.mounted.add(mnt)
         return self.path(key)
 
+    @staticmethod
+    def _umount(mnt: Path) -> None:
+        """Unmount ``mnt`` once nothing uses it: a distributed worker keeps a pass root open for about 2 s after
+        its last task (IDLE_ROOT_SECONDS)."""
+        deadline = time.monotonic() + 30
+        while subprocess.run(["umount", str(mnt)], stderr=subprocess.PIPE).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{mnt} still busy after 30 s")
+            time.sleep(0.5)
+
     def close(self) -> None:
         for mnt in sorted(self.mounted):
-            subprocess.run(["umount", str(mnt)])
+            self._umount(mnt)
         self.mounted.clear()
         shutil.rmtree(self.images, ignore_errors=True)
 
