@@ -551,3 +551,76 @@ def test_a_failing_task_imports_no_kombu_where_none_is_loaded() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "False", "True"]
+
+
+def _exits_with(how: str) -> None:
+    if how == "return":
+        return
+    if how == "exit 3":
+        raise SystemExit(3)
+    if how == "exit None":
+        sys.exit()
+    if how == "exit text":
+        raise SystemExit("bye")
+    if how == "raise":
+        raise RuntimeError("boom in the child")
+    if how == "stdin":
+        print(repr(os.read(0, 10)), flush=True)  # /dev/null: b''
+        return
+    time.sleep(30)
+
+
+@pytest.mark.parametrize("how, code", [("return", 0), ("exit 3", 3), ("exit None", 0), ("exit text", 1),
+                                       ("raise", 1), ("stdin", 0)])
+def test_a_forked_function_ends_its_process_with_its_exit_code(capfd, how: str, code: int) -> None:
+    """Forked: the child's exit code is 0 on return, a SystemExit's code (1 for a message), 1 after the traceback
+    of any other exception; it reads /dev/null on standard input, and never comes back into the caller."""
+    from cmover.embedded.forked import Forked
+
+    child = Forked(_exits_with, (how,), "test-child")
+    child.start()
+    assert child.pid > 0 and child.pid != os.getpid()
+    child.join(TIMEOUT)
+    assert child.exitcode == code and not child.is_alive()
+    out, err = capfd.readouterr()
+    if how == "raise":
+        assert "Process test-child:" in err and "RuntimeError: boom in the child" in err, err
+    else:
+        assert "Traceback" not in err, err
+    assert out == ("b''\n" if how == "stdin" else ""), out
+    with pytest.raises(ChildProcessError):  # reaped
+        os.waitpid(child.pid, os.WNOHANG)
+
+
+def test_a_forked_process_can_be_waited_for_with_a_bound_and_killed() -> None:
+    """join(timeout) returns after about the timeout while the child runs; a SIGKILLed child's exit code is -9."""
+    from cmover.embedded.forked import Forked
+
+    child = Forked(_exits_with, ("sleep",))
+    child.start()
+    t0 = time.monotonic()
+    child.join(0.3)
+    waited = time.monotonic() - t0
+    assert child.is_alive() and child.exitcode is None
+    assert 0.25 <= waited < 5, waited
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(TIMEOUT)
+    assert child.exitcode == -signal.SIGKILL
+    child.join()  # once ended: returns at once, whatever the bound
+
+
+def test_an_embedded_pass_imports_no_multiprocessing(tmp_path: Path) -> None:
+    """The embedded command forks its hub and pool itself (cmover.embedded.forked): a copy that starts both
+    loads neither multiprocessing nor pickle (their import was 5 ms of every command's start)."""
+    src = tmp_path / "src"
+    random_tree(src, seed=21, n_files=300, n_dirs=30, max_size=1024)
+    # One task per directory: the pool runs them.
+    (tmp_path / "config.py").write_text(f"INLINE_ENTRIES = 0\nSTATE_DIR = {str(tmp_path / 'state')!r}\n")
+    # -X importtime lists every module the command imports (it ends with os._exit: no code runs after it).
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "cmover", "copy", "-q", "-j", "2", str(src),
+                        str(tmp_path / "dst")], capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "cmover.embedded.pool" in imported and "cmover.worker.bodies" in imported
+    assert sorted(m for m in imported if m.split(".")[0] in ("multiprocessing", "pickle")) == []
+    assert compare_trees(src, tmp_path / "dst") == []

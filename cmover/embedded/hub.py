@@ -20,7 +20,6 @@ its runner: a runner killed with SIGKILL takes the hub with it).
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import select
 import shutil
@@ -39,6 +38,7 @@ from cmover.core.failure import Failure
 from cmover.core.hsmrecord import HsmRecord, hsm_list
 from cmover.core.settings import Settings
 from cmover.embedded import wire
+from cmover.embedded.forked import Forked
 from cmover.state.errorlist import MEMORY_LIMIT, MemoryErrors, Records, deleted_list, differences_list
 from cmover.state.hsmlist import HsmFile
 from cmover.state.ledger import MemoryLedger
@@ -324,8 +324,6 @@ _MAX_WAIT = 0.5
 CONSUMER_WAIT = 0.25
 
 
-_FORK = multiprocessing.get_context("fork")
-
 #: Connections the hub's socket queues before it accepts them (a pool process connects once, as it starts).
 _BACKLOG = socket.SOMAXCONN
 
@@ -349,8 +347,8 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def start_hub(spill_under: str | None = None) -> Any:
-    """Start the hub process for this run and return it (a :class:`multiprocessing.Process`); the caller ends
+def start_hub(spill_under: str | None = None) -> Forked:
+    """Start the hub process for this run and return it (a :class:`~cmover.embedded.forked.Forked`); the caller ends
     it with :func:`stop_hub`.
 
     Its queues spill (:class:`SpillQueue`) into a private directory made under ``spill_under`` (created if
@@ -382,7 +380,7 @@ def start_hub(spill_under: str | None = None) -> Any:
     try:
         listener.bind(_address)
         listener.listen(_BACKLOG)
-        process = _FORK.Process(target=_serve, args=(listener, os.getpid()), name="cmover-hub", daemon=True)
+        process = Forked(_serve, (listener, os.getpid()), "cmover-hub")
         process.start()
     finally:
         listener.close()  # the hub's now: a pool process forked later must not hold it
@@ -439,7 +437,7 @@ def _answer(hub: Hub, conn: socket.socket) -> None:
                 return
 
 
-def stop_hub(process: Any) -> None:
+def stop_hub(process: Forked) -> None:
     """End the run's hub (after its pool: see :mod:`cmover.embedded.runner`).
 
     The hub keeps nothing that outlives the run (its spill files are removed here), so it is killed rather than

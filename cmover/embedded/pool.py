@@ -22,7 +22,6 @@ written is removed), then the process. A process whose runner is gone (killed) e
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import time
@@ -35,6 +34,7 @@ from cmover.core.errors import FatalError
 from cmover.core.idle import IdleBoard
 from cmover.core.passes import PassKind, PassSpec
 from cmover.core.tasknames import ROUTES, pass_queues, queue_name
+from cmover.embedded.forked import Forked
 from cmover.embedded.hub import CONSUMER_WAIT, hub
 from cmover.embedded.packing import pack, unpack
 from cmover.engine import walker
@@ -55,8 +55,6 @@ QUEUES = [q for kind in PassKind for q in pass_queues(kind.value)]
 _EARLY = 1.0
 _EARLY_DEATHS = 3
 
-_FORK = multiprocessing.get_context("fork")
-
 #: Bound on each wait of the teardown (a process stuck in I/O after SIGTERM); not reached in a normal run.
 _STOP_SECONDS = 10.0
 
@@ -75,7 +73,7 @@ class Pool:
     def __init__(self, jobs: int) -> None:
         self.jobs = jobs
         # pid -> (process, its name in the hub, its start, its slot in the idle board)
-        self.procs: dict[int, tuple[Any, str, float, int]] = {}
+        self.procs: dict[int, tuple[Forked, str, float, int]] = {}
         self.idle = IdleBoard(jobs)  # which processes wait for work (cmover.core.idle)
         self._spawned = 0
         self._early = 0  # processes in a row that died as they started
@@ -93,12 +91,9 @@ class Pool:
             self._spawned += 1
             owner = f"{os.getpid()}.{self._spawned}"  # never reused within the run, unlike a pid
             self.idle.busy(slot)  # a process that died waiting left its byte set
-            # multiprocessing's fork, not a bare os.fork(): the child starts with its after-fork hooks run, stdin
-            # closed, and a sentinel the runner can wait on; its hub client is its own (hub._after_fork_in_child).
-            proc = _FORK.Process(target=_serve, args=(owner, os.getpid(), self.idle, slot),
-                                 name=f"cmover-pool-{self._spawned}", daemon=True)
+            # Its hub client is its own (hub._after_fork_in_child); the runner waits on it through a pidfd.
+            proc = Forked(_serve, (owner, os.getpid(), self.idle, slot), f"cmover-pool-{self._spawned}")
             proc.start()
-            assert proc.pid is not None
             self.procs[proc.pid] = (proc, owner, time.monotonic(), slot)
 
     def lost(self) -> list[int]:
@@ -138,7 +133,7 @@ class Pool:
                     pass
             deadline = time.monotonic() + _STOP_SECONDS
             for proc in procs:
-                proc.join(max(0.0, deadline - time.monotonic()))  # wakes as it ends (its sentinel), and reaps it
+                proc.join(max(0.0, deadline - time.monotonic()))  # wakes as it ends (its pidfd), and reaps it
             procs = [proc for proc in procs if proc.exitcode is None]
             if not procs:
                 return
@@ -147,7 +142,7 @@ class Pool:
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)  # unwinds the task it interrupts; multiprocessing ends the process with code 0
+    raise SystemExit(0)  # unwinds the task it interrupts; the process then ends with code 0 (forked)
 
 
 def _serve(owner: str, parent: int, idle: IdleBoard, slot: int) -> None:
