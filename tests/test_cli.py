@@ -411,6 +411,15 @@ def test_help_says_which_config_file_is_read_and_what_jobs_0_means(site):
     assert res.returncode == 0, res.stderr
 
 
+
+@pytest.mark.parametrize("columns", [60, 150])
+def test_help_is_as_wide_as_columns_says(site, columns: int) -> None:
+    """Help text fills $COLUMNS (the width the command reads once, without shutil) and never runs past it."""
+    tmp, work, cfg, src = site
+    lines = run(["copy", "--help"], work, COLUMNS=str(columns)).stdout.splitlines()
+    widest = max(len(line) for line in lines)
+    assert columns - 25 <= widest <= columns, (widest, lines)
+
 # -- noise: the Lustre line and the rates of a tiny pass (issue 12) ----------------------------------------
 
 def test_tiny_pass_summary_shows_no_rates(site):

@@ -354,6 +354,15 @@ def lstat_at(dir_fd: int, name: str | bytes) -> os.stat_result | None:
         return None
 
 
+def remove_tree(name: str, dir_fd: int) -> None:
+    """Remove directory ``name`` of ``dir_fd`` and all it holds, through descriptors: no symlink is followed
+    (``shutil.rmtree`` with ``dir_fd``). shutil is imported when a pass first needs it: its import (with bz2 and
+    lzma) was 2 ms of every command's start, for a directory a pass rarely removes."""
+    import shutil
+
+    shutil.rmtree(name, dir_fd=dir_fd)
+
+
 _cfr_ok = hasattr(os, "copy_file_range")
 
 

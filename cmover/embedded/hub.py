@@ -22,11 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import select
-import shutil
 import signal
 import socket
 import struct
-import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -155,7 +153,7 @@ class Hub:
         self._taken: dict[str, tuple[str, bytes | str, str]] = {}
         self._tags = 0
         self._dead: set[str] = set()  # pool processes that died: handed nothing more
-        self._spill_dir = _spill_dir or tempfile.mkdtemp(prefix="cmover-hub-")
+        self._spill_dir = _spill_dir or private_dir(temp_root(), "cmover-hub-")
         # The embedded run's state is the in-memory ledger, counters and error list, shared here.
         self._ledger = MemoryLedger()
         self._stats = MemoryStats()
@@ -363,13 +361,13 @@ def start_hub(spill_under: str | None = None) -> Forked:
     global _address, _spill_dir, _proxy
     with _proxy_lock:
         _proxy = None  # a client of an earlier hub of this process would talk to a socket that is gone
-    sockdir = tempfile.mkdtemp(prefix="cmover-")  # mode 0700: only this user can reach the socket
+    sockdir = private_dir(temp_root(), "cmover-")  # mode 0700: only this user can reach the socket
     _address = os.path.join(sockdir, "hub")
     _spill_dir = os.path.join(sockdir, "spill")
     if spill_under:
         try:
             os.makedirs(spill_under, mode=0o700, exist_ok=True)
-            _spill_dir = tempfile.mkdtemp(prefix="cmover-hub-", dir=spill_under)
+            _spill_dir = private_dir(spill_under, "cmover-hub-")
         except OSError as exc:
             # Where the spill goes is the hub's own business: a STATE_DIR that cannot be written (a user with
             # no home) leaves it in the socket's private directory, and the pass goes on.
@@ -450,10 +448,45 @@ def stop_hub(process: Forked) -> None:
     if process.is_alive():
         os.kill(process.pid, signal.SIGKILL)
     process.join()
-    if _address is not None:
-        shutil.rmtree(os.path.dirname(_address), ignore_errors=True)
     if _spill_dir is not None:
-        shutil.rmtree(_spill_dir, ignore_errors=True)
+        _remove_dir(_spill_dir)  # inside the socket's directory when it could not go under STATE_DIR
+    if _address is not None:
+        try:
+            os.unlink(_address)
+        except FileNotFoundError:
+            pass
+        _remove_dir(os.path.dirname(_address))
+
+
+def temp_root() -> str:
+    """Where the hub's socket directory goes: $TMPDIR, else /tmp."""
+    return os.environ.get("TMPDIR") or "/tmp"
+
+
+def private_dir(under: str, prefix: str) -> str:
+    """A new directory under ``under`` that only this user can enter (mode 0700), its name ``prefix`` and 12 random
+    hex digits; OSError when it cannot be made. (What ``tempfile.mkdtemp`` does; importing tempfile, with shutil
+    and random, was 3 ms of every embedded command's start.)"""
+    while True:
+        path = os.path.join(under, prefix + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:  # 48 random bits: another name
+            continue
+
+
+def _remove_dir(path: str) -> None:
+    """Remove directory ``path``: at once when it is empty (a pass whose queues never spilled), else with its
+    contents (spill files)."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        import shutil  # only for a hub whose queues spilled to files
+
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def hub() -> Client:

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import enum
 import os
-import secrets
-import shutil
 import stat
 from collections import Counter
 
@@ -217,7 +215,7 @@ class Copier:
             return
         if rel is not None and self._chunked(src) and action in (Action.CREATE, Action.REPLACE, Action.CLEAR_DIR):
             if action is Action.CLEAR_DIR:
-                shutil.rmtree(name, dir_fd=dst_dir_fd)
+                fsio.remove_tree(name, dst_dir_fd)
             # The target name keeps its old version (or stays absent) until the last chunk renames over it.
             assert self.chunker is not None
             self.chunker.split(src_dir_fd, dst_dir_fd, name, rel, src)
@@ -241,7 +239,7 @@ class Copier:
         elif action is Action.CLEAR_DIR:
             # Positive proof: the source holds a non-directory under this name right now, so the
             # target directory tree has no source counterpart. Removed with descriptors, no symlink followed.
-            shutil.rmtree(name, dir_fd=dst_dir_fd)
+            fsio.remove_tree(name, dst_dir_fd)
             self._create(src_dir_fd, dst_dir_fd, name, src)
         else:  # RETYPE_TO_DIR is handled by the directory walker, never reached for a non-directory
             raise AssertionError(action)
@@ -271,7 +269,7 @@ class Copier:
 
     def _replace(self, src_dir_fd: int, dst_dir_fd: int, name: str, src: Record) -> None:
         # Fixed length, so that a 255-byte name still gets a valid temporary name.
-        tmp = ".cmover." + secrets.token_hex(8) + ".tmp"
+        tmp = ".cmover." + os.urandom(8).hex() + ".tmp"
         try:
             self._build(src_dir_fd, dst_dir_fd, name, tmp, src)
             os.rename(tmp, name, src_dir_fd=dst_dir_fd, dst_dir_fd=dst_dir_fd)

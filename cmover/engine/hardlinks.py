@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import stat
 import time
 from collections.abc import Callable
@@ -75,8 +73,8 @@ class HardLinker:
                 return False
             if dst is not None and stat.S_ISDIR(dst.st_mode):
                 # Positive proof: the source holds a file under this name now.
-                shutil.rmtree(name, dir_fd=dst_dir_fd)
-            tmp = ".cmover." + secrets.token_hex(8) + ".tmp"
+                fsio.remove_tree(name, dst_dir_fd)
+            tmp = ".cmover." + os.urandom(8).hex() + ".tmp"
             os.link(leader_name, tmp, src_dir_fd=leader_dir, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
             try:
                 os.rename(tmp, name, src_dir_fd=dst_dir_fd, dst_dir_fd=dst_dir_fd)

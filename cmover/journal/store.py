@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,7 +63,7 @@ class SegmentWriter:
 
     def __init__(self, directory: Path, header: dict[str, Any]) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.generation = secrets.token_hex(8)
+        self.generation = os.urandom(8).hex()
         self.started_ns = time.time_ns()
         self.path = directory / f"seg-{self.started_ns}-{self.generation}.jsonl"
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
