@@ -287,14 +287,15 @@ class Targets:
 
 
 def image_size(src: Path) -> int:
-    """Room for a copy of ``src`` on XFS: twice its bytes, 4 KiB per entry and 1 GiB (a sparse file: only what is
-    written takes space)."""
+    """Room for a copy of ``src`` on XFS, with room to spare: four times its bytes, 16 KiB per entry and 4 GiB (a
+    sparse file: only what is written takes space). Twice its bytes, 4 KiB per entry and 1 GiB was too little
+    for the 100k tree's second round: ENOSPC."""
     total, n = 0, 0
     for top, dirs, files in os.walk(src):
         n += len(dirs) + len(files)
         for name in files:
             total += os.lstat(os.path.join(top, name)).st_size
-    return 2 * total + 4096 * n + (1 << 30)
+    return 4 * total + 16384 * n + (4 << 30)
 
 
 # -- the distributed site ---------------------------------------------------------------------------------

@@ -624,3 +624,25 @@ def test_an_embedded_pass_imports_no_multiprocessing(tmp_path: Path) -> None:
     assert "cmover.embedded.pool" in imported and "cmover.worker.bodies" in imported
     assert sorted(m for m in imported if m.split(".")[0] in ("multiprocessing", "pickle")) == []
     assert compare_trees(src, tmp_path / "dst") == []
+
+
+def test_the_hub_socket_goes_under_tmpdir_else_tmp(tmp_path: Path, monkeypatch) -> None:
+    """The hub's private socket directory (mode 0700) is made under $TMPDIR, and under /tmp when $TMPDIR cannot
+    hold one; a run with such a $TMPDIR works and leaves no directory behind."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    made = hubmod._socket_dir()
+    assert os.path.dirname(made) == str(tmp_path) and os.stat(made).st_mode & 0o777 == 0o700
+    os.rmdir(made)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
+    made = hubmod._socket_dir()
+    assert os.path.dirname(made) == "/tmp" and os.stat(made).st_mode & 0o777 == 0o700
+    os.rmdir(made)
+
+    src = tmp_path / "src"
+    random_tree(src, seed=22, n_files=20, n_dirs=3, max_size=100)
+    before = {p for p in os.listdir("/tmp") if p.startswith("cmover-")}
+    r = subprocess.run([*CMOVER, "copy", "-q", str(src), str(tmp_path / "dst")], capture_output=True, text=True,
+                       timeout=TIMEOUT, cwd=tmp_path, env=dict(os.environ, TMPDIR=str(tmp_path / "missing")))
+    assert r.returncode == 0, r.stderr
+    assert compare_trees(src, tmp_path / "dst") == []
+    assert {p for p in os.listdir("/tmp") if p.startswith("cmover-")} <= before

@@ -153,7 +153,7 @@ class Hub:
         self._taken: dict[str, tuple[str, bytes | str, str]] = {}
         self._tags = 0
         self._dead: set[str] = set()  # pool processes that died: handed nothing more
-        self._spill_dir = _spill_dir or private_dir(temp_root(), "cmover-hub-")
+        self._spill_dir = _spill_dir or _socket_dir()
         # The embedded run's state is the in-memory ledger, counters and error list, shared here.
         self._ledger = MemoryLedger()
         self._stats = MemoryStats()
@@ -361,7 +361,7 @@ def start_hub(spill_under: str | None = None) -> Forked:
     global _address, _spill_dir, _proxy
     with _proxy_lock:
         _proxy = None  # a client of an earlier hub of this process would talk to a socket that is gone
-    sockdir = private_dir(temp_root(), "cmover-")  # mode 0700: only this user can reach the socket
+    sockdir = _socket_dir()  # mode 0700: only this user can reach the socket
     _address = os.path.join(sockdir, "hub")
     _spill_dir = os.path.join(sockdir, "spill")
     if spill_under:
@@ -458,9 +458,18 @@ def stop_hub(process: Forked) -> None:
         _remove_dir(os.path.dirname(_address))
 
 
-def temp_root() -> str:
-    """Where the hub's socket directory goes: $TMPDIR, else /tmp."""
-    return os.environ.get("TMPDIR") or "/tmp"
+def _socket_dir() -> str:
+    """A new private directory for the hub's socket: under $TMPDIR, else (unset, or no directory can be made
+    there) /tmp, else /var/tmp, as ``tempfile`` would choose; the error of the last one when none can be made."""
+    error: OSError | None = None
+    for root in (os.environ.get("TMPDIR"), "/tmp", "/var/tmp"):
+        if root:
+            try:
+                return private_dir(root, "cmover-")
+            except OSError as exc:
+                error = exc
+    assert error is not None
+    raise error
 
 
 def private_dir(under: str, prefix: str) -> str:
