@@ -354,6 +354,12 @@ def lstat_at(dir_fd: int, name: str | bytes) -> os.stat_result | None:
         return None
 
 
+def temp_name() -> str:
+    """A new name for a file built beside its target and renamed over it: ``.cmover.<16 hex digits>.tmp``, fixed
+    length, so that a 255-byte name still gets a valid temporary name."""
+    return ".cmover." + os.urandom(8).hex() + ".tmp"
+
+
 def remove_tree(name: str, dir_fd: int) -> None:
     """Remove directory ``name`` of ``dir_fd`` and all it holds, through descriptors: no symlink is followed
     (``shutil.rmtree`` with ``dir_fd``). shutil is imported when a pass first needs it: its import (with bz2 and

@@ -69,8 +69,7 @@ class Forked:
         if self._code is None and self.pid:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
-                self._code = os.waitstatus_to_exitcode(status)
-                self._close_pidfd()
+                self._ended(status)
         return self._code
 
     def is_alive(self) -> bool:
@@ -81,9 +80,7 @@ class Forked:
         if self._code is not None or not self.pid:
             return
         if timeout is None:
-            _, status = os.waitpid(self.pid, 0)
-            self._code = os.waitstatus_to_exitcode(status)
-            self._close_pidfd()
+            self._ended(os.waitpid(self.pid, 0)[1])
             return
         deadline = time.monotonic() + timeout
         while self.exitcode is None:
@@ -95,7 +92,9 @@ class Forked:
             else:
                 time.sleep(min(left, 0.01))
 
-    def _close_pidfd(self) -> None:
+    def _ended(self, status: int) -> None:
+        """It has been reaped with wait status ``status``."""
+        self._code = os.waitstatus_to_exitcode(status)
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None

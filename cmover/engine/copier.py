@@ -268,8 +268,7 @@ class Copier:
             self._replace(src_dir_fd, dst_dir_fd, name, src)
 
     def _replace(self, src_dir_fd: int, dst_dir_fd: int, name: str, src: Record) -> None:
-        # Fixed length, so that a 255-byte name still gets a valid temporary name.
-        tmp = ".cmover." + os.urandom(8).hex() + ".tmp"
+        tmp = fsio.temp_name()
         try:
             self._build(src_dir_fd, dst_dir_fd, name, tmp, src)
             os.rename(tmp, name, src_dir_fd=dst_dir_fd, dst_dir_fd=dst_dir_fd)

@@ -74,7 +74,7 @@ class HardLinker:
             if dst is not None and stat.S_ISDIR(dst.st_mode):
                 # Positive proof: the source holds a file under this name now.
                 fsio.remove_tree(name, dst_dir_fd)
-            tmp = ".cmover." + os.urandom(8).hex() + ".tmp"
+            tmp = fsio.temp_name()
             os.link(leader_name, tmp, src_dir_fd=leader_dir, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
             try:
                 os.rename(tmp, name, src_dir_fd=dst_dir_fd, dst_dir_fd=dst_dir_fd)

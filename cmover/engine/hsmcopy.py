@@ -232,13 +232,13 @@ class HsmCopier:
             src_x = self.idmap.xattrs(xattrs.read_all(fin, self.can))
             src_fid = self.hsm.fid(fin)
             size, count, pool = self.fs.import_striping(fin)
-            into = ".cmover." + os.urandom(8).hex() + ".tmp" if dst_exists else name
+            into = fsio.temp_name() if dst_exists else name
             try:
                 dst_fid = self.hsm.import_stub(dst_dir_fd, into, fin, state.archive_id, size, count, pool)
             except FileExistsError:
                 if into != name:
                     raise
-                into = ".cmover." + os.urandom(8).hex() + ".tmp"  # created meanwhile: replace it
+                into = fsio.temp_name()  # created meanwhile: replace it
                 dst_fid = self.hsm.import_stub(dst_dir_fd, into, fin, state.archive_id, size, count, pool)
             try:
                 fd = os.open(into, _OPEN, dir_fd=dst_dir_fd)
