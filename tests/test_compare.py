@@ -155,6 +155,9 @@ _VARIANTS = [{}, {"size": 11}, {"mtime_ns": 1_600_000_000_123_456_790}, {"uid": 
 def test_record_from_synthetic_stat_round_trips():
     r = rec(Kind.CHR, rdev=0x103)
     assert Record.from_stat(as_stat(r)) == r
+    # Every field a value of its own: from_stat builds the record positionally, and no two may trade places.
+    r = Record(Kind.FIFO, 0o1640, 11, 12, 13, 14_000_000_001, 15_000_000_002, 16_000_000_003, 17, 18, 19, 20, 21)
+    assert Record.from_stat(as_stat(r))._asdict() == r._asdict()
 
 
 @pytest.mark.parametrize("variant", _VARIANTS, ids=str)

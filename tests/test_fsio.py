@@ -207,3 +207,41 @@ def test_a_scope_refuses_a_link_on_the_way_and_goes_on_from_what_it_could_open(t
             assert _ino(fsio.open_dir(broot, b"c", source=False)) == (root / "c").stat().st_ino
         assert fsio._shared.chains is not None
     assert fsio._shared.chains is None
+
+
+def test_copy_file_range_is_not_tried_again_between_filesystems_where_it_failed(tmp_path, monkeypatch):
+    """Between two filesystems where ``copy_file_range`` fails with EXDEV (this test's directory and a tmpfs
+    of /dev/shm), the first file finds out and the next ones go straight to the next method, with the same
+    data; without the devices, every file tries it again."""
+    import errno
+    import tempfile
+
+    attempts: list[int] = []
+    real = os.copy_file_range
+
+    def counted(*args, **kw):
+        try:
+            return real(*args, **kw)
+        except OSError as exc:
+            attempts.append(exc.errno)
+            raise
+
+    monkeypatch.setattr(os, "copy_file_range", counted)
+    monkeypatch.setattr(fsio, "_cross", set())
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+        data = os.urandom(20000)
+        (tmp_path / "src").write_bytes(data)
+        fin = os.open(tmp_path / "src", os.O_RDONLY)
+        try:
+            dev_in = os.fstat(fin).st_dev
+            for i, devices in enumerate([True, True, True, None, None]):
+                fout = os.open(os.path.join(shm, f"out{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    pair = (dev_in, os.fstat(fout).st_dev) if devices else None
+                    assert fsio.copy_data(fin, fout, len(data), devices=pair) == len(data)
+                finally:
+                    os.close(fout)
+                assert Path(shm, f"out{i}").read_bytes() == data
+        finally:
+            os.close(fin)
+    assert attempts == [errno.EXDEV] * 3, "once with the devices known, then once per file without them"

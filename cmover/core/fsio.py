@@ -370,9 +370,13 @@ def remove_tree(name: str, dir_fd: int) -> None:
 
 
 _cfr_ok = hasattr(os, "copy_file_range")
+#: (source, target) ``st_dev`` pairs on which ``copy_file_range`` failed with EXDEV: between two filesystems that
+#: cannot copy in the server it fails so for every file, and an attempt costs a syscall and an exception each.
+_cross: set[tuple[int, int]] = set()
 
 
-def copy_data(src_fd: int, dst_fd: int, size: int, *, sparse: bool = False) -> int:
+def copy_data(src_fd: int, dst_fd: int, size: int, *, sparse: bool = False,
+              devices: tuple[int, int] | None = None) -> int:
     """Copy the first ``size`` bytes of ``src_fd`` to ``dst_fd`` in the kernel; return the bytes copied.
 
     With ``sparse``, only the data ranges (``SEEK_DATA``/``SEEK_HOLE``) are copied and the file is
@@ -382,28 +386,31 @@ def copy_data(src_fd: int, dst_fd: int, size: int, *, sparse: bool = False) -> i
     Uses ``copy_file_range`` (server-side copy on filesystems that offer it, no user-space buffer), then
     ``sendfile``, then a read/write loop, each only when the previous one is unsupported for this pair
     of files. Stops at ``size`` (one syscall per small file) or at an early EOF; a file that grew or
-    shrank meanwhile is caught by the caller's re-stat.
+    shrank meanwhile is caught by the caller's re-stat. ``devices``: the ``st_dev`` of both files, so that
+    ``copy_file_range`` is not tried again between two filesystems where it failed with EXDEV.
     """
     if sparse:
-        return _copy_sparse(src_fd, dst_fd, size)
-    return _copy_range(src_fd, dst_fd, 0, size)
+        return _copy_sparse(src_fd, dst_fd, size, devices)
+    return _copy_range(src_fd, dst_fd, 0, size, devices)
 
 
-def _copy_sparse(src_fd: int, dst_fd: int, size: int) -> int:
-    got = copy_extent(src_fd, dst_fd, 0, size, sparse=True)
+def _copy_sparse(src_fd: int, dst_fd: int, size: int, devices: tuple[int, int] | None) -> int:
+    got = copy_extent(src_fd, dst_fd, 0, size, sparse=True, devices=devices)
     if got == size:
         os.ftruncate(dst_fd, size)
     return got
 
 
-def copy_extent(src_fd: int, dst_fd: int, offset: int, length: int, *, sparse: bool) -> int:
+def copy_extent(src_fd: int, dst_fd: int, offset: int, length: int, *, sparse: bool,
+                devices: tuple[int, int] | None = None) -> int:
     """Copy bytes ``[offset, offset + length)`` to the same offsets of ``dst_fd``; return the bytes covered.
 
     With ``sparse``, holes inside the range are skipped (not written), so the caller must make the target
     long enough itself (``ftruncate``). A return value below ``length`` means the source ended early.
+    ``devices``: as for :func:`copy_data`.
     """
     if not sparse:
-        return _copy_range(src_fd, dst_fd, offset, length)
+        return _copy_range(src_fd, dst_fd, offset, length, devices)
     end_all = offset + length
     pos = offset
     while pos < end_all:
@@ -416,19 +423,19 @@ def copy_extent(src_fd: int, dst_fd: int, offset: int, length: int, *, sparse: b
         if start >= end_all:
             break
         end = min(os.lseek(src_fd, start, os.SEEK_HOLE), end_all)
-        got = _copy_range(src_fd, dst_fd, start, end - start)
+        got = _copy_range(src_fd, dst_fd, start, end - start, devices)
         if got != end - start:
             return start + got - offset  # shrank meanwhile: the caller's re-stat reports it
         pos = end
     return length
 
 
-def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> int:
+def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int, devices: tuple[int, int] | None = None) -> int:
     """Copy ``length`` bytes at ``offset`` (same offset on both sides); return the bytes copied."""
     global _cfr_ok
     size = offset + length
     total = offset
-    if _cfr_ok:
+    if _cfr_ok and devices not in _cross:
         try:
             while total < size:
                 n = os.copy_file_range(src_fd, dst_fd, size - total, total, total)
@@ -441,6 +448,8 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> int:
                 raise
             if exc.errno == errno.ENOSYS:
                 _cfr_ok = False
+            elif exc.errno == errno.EXDEV and devices is not None:
+                _cross.add(devices)
     try:
         os.lseek(dst_fd, offset, os.SEEK_SET)  # sendfile writes at the target's file position
         while total < size:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 # linux/fs.h: struct fsxattr { u32 xflags, extsize, nextents, projid, cowextsize; u8 pad[8]; }
 _FSXATTR = struct.Struct("=5I8x")
+_BLANK = bytes(_FSXATTR.size)  # the ioctl's argument: immutable, so fcntl.ioctl copies it and returns the result
 FS_IOC_FSGETXATTR = 0x801C581F  # _IOR('X', 31, struct fsxattr)
 FS_IOC_FSSETXATTR = 0x401C5820  # _IOW('X', 32, struct fsxattr)
 FS_XFLAG_PROJINHERIT = 0x00000200
@@ -57,12 +58,14 @@ def read(fd: int) -> Project | None:
     Other errors (EBADF, EIO, ...) raise OSError.
     """
     try:
-        raw = fcntl.ioctl(fd, FS_IOC_FSGETXATTR, bytes(_FSXATTR.size))
+        raw = fcntl.ioctl(fd, FS_IOC_FSGETXATTR, _BLANK)
     except OSError as exc:
         if exc.errno in _NO_SUPPORT:
             return None
         raise
     fields = _FSXATTR.unpack(raw)
+    if not fields[_PROJID] and not fields[0] & FS_XFLAG_PROJINHERIT:
+        return NONE  # most inodes: no project, and no new tuple for it
     return Project(fields[_PROJID], bool(fields[0] & FS_XFLAG_PROJINHERIT))
 
 
@@ -71,7 +74,7 @@ def write(fd: int, want: Project, is_dir: bool) -> bool:
     other attributes; False when its filesystem cannot store project ids. Other errors raise OSError
     (EPERM: the process may not change it)."""
     try:
-        fields = list(_FSXATTR.unpack(fcntl.ioctl(fd, FS_IOC_FSGETXATTR, bytes(_FSXATTR.size))))
+        fields = list(_FSXATTR.unpack(fcntl.ioctl(fd, FS_IOC_FSGETXATTR, _BLANK)))
         fields[_PROJID] = want.id
         if is_dir:
             fields[0] = fields[0] | FS_XFLAG_PROJINHERIT if want.inherit else fields[0] & ~FS_XFLAG_PROJINHERIT
@@ -101,7 +104,7 @@ def sync(src_fd: int, dst_fd: int, is_dir: bool) -> str:
     """Bring the project of target ``dst_fd`` in line with source ``src_fd`` (:func:`decide`); returns
     what was done: :data:`SAME`, :data:`SET` or :data:`UNSUPPORTED`."""
     src = read(src_fd)
-    if src is None or not src.present:
+    if src is None or src is NONE or not src.present:
         return SAME
     action = decide(src, read(dst_fd))
     if action == SET and not write(dst_fd, src, is_dir):

@@ -26,6 +26,7 @@ class Kind(enum.Enum):
         return _KIND_BY_FMT[stat.S_IFMT(mode)]
 
 
+_S_IFMT, _S_IMODE = stat.S_IFMT, stat.S_IMODE
 _KIND_BY_FMT = {
     stat.S_IFREG: Kind.REG,
     stat.S_IFDIR: Kind.DIR,
@@ -35,6 +36,9 @@ _KIND_BY_FMT = {
     stat.S_IFBLK: Kind.BLK,
     stat.S_IFSOCK: Kind.SOCK,
 }
+
+
+_new_record = tuple.__new__
 
 
 class Record(NamedTuple):
@@ -60,21 +64,11 @@ class Record(NamedTuple):
 
     @classmethod
     def from_stat(cls, st: os.stat_result) -> Record:
-        return cls(
-            kind=Kind.of_mode(st.st_mode),
-            perm=stat.S_IMODE(st.st_mode),
-            uid=st.st_uid,
-            gid=st.st_gid,
-            size=st.st_size,
-            atime_ns=st.st_atime_ns,
-            mtime_ns=st.st_mtime_ns,
-            ctime_ns=st.st_ctime_ns,
-            ino=st.st_ino,
-            dev=st.st_dev,
-            nlink=st.st_nlink,
-            rdev=st.st_rdev,
-            blocks=st.st_blocks,
-        )
+        # Positional, through tuple.__new__: a third of the time of the keyword call (on every copied entry).
+        mode = st.st_mode
+        return _new_record(cls, (_KIND_BY_FMT[_S_IFMT(mode)], _S_IMODE(mode), st.st_uid, st.st_gid, st.st_size,
+                                 st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_nlink,
+                                 st.st_rdev, st.st_blocks))
 
     @property
     def is_dir(self) -> bool:

@@ -86,6 +86,8 @@ def apply(target: int | str, wanted: dict[str, bytes], can: Privileges = ALL) ->
     extra ones); ``wanted`` holds only such names (read with the same ``can``)."""
     follow = isinstance(target, int)
     have = read_all(target, can)
+    if not have and not wanted:
+        return  # the common case (a new file with no attributes): no set to build
     for n, v in wanted.items():
         if have.get(n) != v:
             os.setxattr(target, n, v, follow_symlinks=follow)

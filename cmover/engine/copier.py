@@ -314,9 +314,13 @@ class Copier:
             src_x = self.idmap.xattrs(xattrs.read_all(fin, self.can))
             fout = self.fs.create_file(dst_dir_fd, into, fin)
             try:
+                # Taken before the data, for the copy method and for apply_fd: writing changes neither the
+                # owner nor the mode of a file created 0600 (no set-id bit to clear).
+                out = os.fstat(fout)
                 # Fewer allocated blocks than the size means holes: copy only the data ranges.
-                copied = fsio.copy_data(fin, fout, src.size, sparse=src.blocks * 512 < src.size)
-                metadata.apply_fd(fout, src, xattrs=src_x, times=False, can=self.can)
+                copied = fsio.copy_data(fin, fout, src.size, sparse=src.blocks * 512 < src.size,
+                                        devices=(before.st_dev, out.st_dev))
+                metadata.apply_fd(fout, src, xattrs=src_x, times=False, can=self.can, st=out)
                 projid.count(self.tally, projid.sync(fin, fout, False), name)
                 after = os.fstat(fin)
                 if (after.st_mtime_ns, after.st_size, after.st_ctime_ns) != (src.mtime_ns, src.size, src.ctime_ns) \
