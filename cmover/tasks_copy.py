@@ -1,8 +1,9 @@
 """Copy-pass tasks: thin adapters from messages to :class:`cmover.engine.copypass.CopyPass`.
 
 ``cmover.copy.dir(spec, rel, mdt[, also])`` handles a directory (and small subtrees inline) and publishes the
-rest; ``cmover.copy.files(spec, rel, names[, also])`` copies one batch of a large directory (with ``also``,
-the few changed names of further directories: journal-driven passes);
+rest; ``cmover.copy.files(spec, rel, names[, also[, made]])`` copies one batch of a large directory (with
+``also``, the few changed names of further directories: journal-driven passes; with ``made`` true, the names of
+a target directory its directory task has just created, not looked up there first);
 ``cmover.copy.chunk(spec, rel, index, chunk)`` writes one chunk of a huge file (see :mod:`cmover.engine.chunks`).
 Arguments are JSON: the pass spec, wire-encoded relative paths (see :mod:`cmover.core.paths`), an MDT index
 or null, a chunk index and the file's chunk description.
@@ -24,8 +25,8 @@ def copy_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None, also: Any = N
 
 
 @app.task(name="cmover.copy.files", base=PassTask, bind=True)
-def copy_files(self: PassTask, spec: Any, rel: Any, names: Any, also: Any = None) -> None:
-    run_pass_task(self, spec, rel, bodies.copy_files(self.request.id, rel, names, also))
+def copy_files(self: PassTask, spec: Any, rel: Any, names: Any, also: Any = None, made: Any = False) -> None:
+    run_pass_task(self, spec, rel, bodies.copy_files(self.request.id, rel, names, also, made))
 
 
 @app.task(name="cmover.copy.chunk", base=PassTask, bind=True)

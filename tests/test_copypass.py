@@ -483,6 +483,82 @@ def test_redelivered_dir_with_a_different_split_loses_nothing(roots, make_spec, 
     assert set(os.listdir(os.path.join(src, b"big"))) <= set(os.listdir(os.path.join(dst, b"big")))
 
 
+def _target_lookups(monkeypatch, dst: bytes) -> list[bytes]:
+    """The names looked up (``lstat`` relative to a directory descriptor) in target directories from now on."""
+    looked: list[bytes] = []
+    real, under = os.stat, os.fsdecode(dst)
+
+    def lstat(path, *, dir_fd=None, follow_symlinks=True):
+        if dir_fd is not None and not follow_symlinks and os.readlink(f"/proc/self/fd/{dir_fd}").startswith(under):
+            looked.append(os.fsencode(path))
+        return real(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+
+    monkeypatch.setattr(os, "stat", lstat)
+    return looked
+
+
+def test_a_target_directory_made_by_the_pass_is_filled_without_lookups(roots, make_spec, monkeypatch):
+    """A first copy looks up no name of a target directory it has just created, inline or in the batches it
+    published for it (FilesJob.made); a file with several names is looked up still (a rebuild of one name must
+    not split its group), and so is every name of a directory that was there. The next pass looks every name
+    up: its no-change path."""
+    from support.runner import Run
+
+    src, dst = roots
+    plain = {b"f%02d" % i for i in range(25)}  # (a symlink's own lstat after its creation sets its owner and times)
+    for i in range(25):
+        build(src, {b"big/f%02d" % i: File(b"%d" % i, atime_ns=T_ATIME, mtime_ns=T_MTIME)})
+    build(src, {b"big/link": Link(b"f00"), b"big/h1": File(b"h"), b"top": File(b"t")})
+    os.link(os.path.join(src, b"big/h1"), os.path.join(src, b"big/h2"))
+    looked = _target_lookups(monkeypatch, dst)
+    spec = make_spec(batch=10)
+    run = Run(spec)
+    batches = run.deliver(DirJob(b""))
+    assert len(batches) == 2 and all(j.kind == "files" and j.made for j in batches)
+    for job in batches:
+        assert run.deliver(job) == []
+    assert run.report.failures == []
+    assert diff(snapshot(src), snapshot(dst)) == []
+    assert _ino(dst, b"big/h1") == _ino(dst, b"big/h2")
+    assert b"top" in looked, "the target root was there: its names are looked up"
+    assert not plain & set(looked), "no plain name of the new directory was looked up"
+    looked.clear()
+    again = Run(spec)
+    for job in again.deliver(DirJob(b"")):
+        assert not job.made
+        again.deliver(job)
+    assert again.report.tally[C.COPIED] == 0 and plain <= set(looked)
+
+
+def test_a_made_batch_delivered_again_leaves_an_exact_copy(roots, make_spec):
+    """A batch of a new directory delivered again (its process died before its acknowledgement), with a
+    target file changed by someone in between: the second delivery finds the names its first made (exclusive
+    creation fails) and rebuilds them under temporary names; the copy is exact, and the hard-link group is
+    whole (its names are looked up: a rebuild of its first name would have split it)."""
+    from support.runner import Run
+
+    from cmover.engine.jobs import FilesJob
+
+    src, dst = roots
+    for i in range(12):
+        build(src, {b"big/f%02d" % i: File(b"%d" % i * 100, atime_ns=T_ATIME, mtime_ns=T_MTIME)})
+    build(src, {b"big/link": Link(b"f00")})
+    os.link(os.path.join(src, b"big/f01"), os.path.join(src, b"big/g01"))
+    run = Run(make_spec(batch=5))
+    batches = run.deliver(DirJob(b""))
+    assert len(batches) == 2 and all(j.made for j in batches)
+    for job in batches:
+        run.deliver(job)
+    with open(os.path.join(dst, b"big/f03"), "wb") as fh:
+        fh.write(b"someone else")
+    # Whichever batch held them, each name is delivered again as part of a batch of the made directory.
+    run.deliver(FilesJob(b"big", tuple(sorted(os.listdir(os.path.join(src, b"big")))), made=True))
+    assert run.report.failures == []
+    assert diff(snapshot(src), snapshot(dst)) == []
+    assert _ino(dst, b"big/f01") == _ino(dst, b"big/g01")
+    assert not [n for n in os.listdir(os.path.join(dst, b"big")) if n.startswith(b".cmover.")]
+
+
 def test_directory_gone_before_its_task_ran_is_vanished_not_failed(roots, make_spec, run_copy):
     """A directory listed by its parent and removed (or renamed) before its own task runs is a race on a
     live source: counted as vanished, no failure; the pass root itself missing stays a failure."""

@@ -46,6 +46,17 @@ def test_task_ids_and_message_arguments_never_change(job, tid, retry_tid, wire):
     assert json.loads(json.dumps(job.wire_args())) == wire
 
 
+def test_a_batch_of_a_directory_just_made_says_so_last_and_keeps_its_task_id():
+    from cmover.worker.bodies import batch_groups
+
+    plain, made = FilesJob(b"a", (b"x", b"\xfe"), 2), FilesJob(b"a", (b"x", b"\xfe"), 2, made=True)
+    assert json.loads(json.dumps(made.wire_args())) == ["a", ["x", {"b64": "/g=="}], None, True]
+    assert job_task_id(SPEC, made) == job_task_id(SPEC, plain), "a redelivery is the same task, made or not"
+    assert batch_groups(*made.wire_args()[:3]) == [(b"a", [b"x", b"\xfe"])]
+    with pytest.raises(ValueError, match="no further directories"):
+        FilesJob(b"a", (b"x",), 0, ((b"b", (b"y",)),), made=True)
+
+
 def test_each_job_kind_names_its_task():
     assert [type(c[0]).kind for c in CASES] == ["dir", "dir", "dir", "files", "files", "chunk", "purge"]
     assert [c[0].index for c in CASES] == [0, 0, 0, 2, 0, 7, 0]

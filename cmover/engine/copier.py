@@ -129,6 +129,15 @@ class Copier:
             return Seen.SKIPPED
         return dst_st
 
+    def absent(self, dst_dir_fd: int, name: str, st: os.stat_result) -> os.stat_result | None | Seen:
+        """:meth:`try_skip` in a target directory that this pass has just created, whose names are all its own
+        to create: None (no entry; creation is exclusive, and a name made meanwhile, by an earlier delivery of
+        the same task, is rebuilt and renamed over). :data:`UNSEEN` (looked up as usual) for a regular file with
+        several names, whose group a rebuild of one name would split, and for an HSM source."""
+        if self.hsm is not None or (st.st_nlink > 1 and stat.S_ISREG(st.st_mode)):
+            return Seen.UNSEEN
+        return None
+
     def _src(self, st: os.stat_result) -> Record:
         """The record of source entry ``st`` as its copy should be: owner and group mapped."""
         return self.idmap.record(Record.from_stat(st))

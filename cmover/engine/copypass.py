@@ -109,11 +109,13 @@ class CopyPass:
             if dst_parent is not None:
                 os.close(dst_parent)
 
-    def run_files(self, rel: bytes, names: Iterable[bytes]) -> None:
+    def run_files(self, rel: bytes, names: Iterable[bytes], made: bool = False) -> None:
         """Copy the listed entries of directory ``rel`` (a batch published by its directory task).
 
         In a journal-driven pass (``spec.changes``) an entry that is a directory is handled shallowly
-        (:meth:`_shallow_dir`), and a batch with no names is the directory ``rel`` itself."""
+        (:meth:`_shallow_dir`), and a batch with no names is the directory ``rel`` itself. ``made``: the
+        directory task created the target directory, and these names are not looked up there first (see
+        :meth:`_entries`)."""
         chain = _Chain(self.proof)
         with self.walk.pair(rel, src_missing=self._src_missing(rel), dst_missing=None, on_open=chain.hook) as fds:
             if fds is None:
@@ -125,11 +127,12 @@ class CopyPass:
             if not todo and self.spec.changes:
                 self._repair_itself(rel, src_fd, dst_fd)
                 return
+            try_skip = self.copier.absent if made else self.copier.try_skip
             deadline = time.monotonic() + self.spec.batch_seconds
             for pos, bname in enumerate(todo):
                 if pos and time.monotonic() > deadline:
                     # Long enough for one task (consumer timeout): the rest becomes a batch of its own.
-                    self.emit(FilesJob(rel, tuple(todo[pos:])))
+                    self.emit(FilesJob(rel, tuple(todo[pos:]), made=made))
                     break
                 name = os.fsdecode(bname)
                 try:
@@ -145,7 +148,7 @@ class CopyPass:
                         self._shallow_dir(join(rel, bname), src_fd, dst_fd)
                     continue  # became a directory since listing; its parent's next pass walks it
                 self.tally[C.SCANNED] += 1
-                seen = self.copier.try_skip(dst_fd, name, st)
+                seen = try_skip(dst_fd, name, st)
                 if seen is not Seen.SKIPPED:
                     self._entry(rel, src_fd, dst_fd, name, st, seen)
 
@@ -164,8 +167,8 @@ class CopyPass:
         if src_fd is None:
             return
         try:
-            dst_fd = self._ensure_target_dir(rel, dst_parent, Record.from_stat(os.fstat(src_fd)), None,
-                                             src_fd=src_fd)
+            dst_fd, _made = self._ensure_target_dir(rel, dst_parent, Record.from_stat(os.fstat(src_fd)), None,
+                                                    src_fd=src_fd)
             os.close(dst_fd)
             self.tally[C.DIRS] += 1
         except OSError as exc:
@@ -179,7 +182,7 @@ class CopyPass:
         if rel:
             raise ConfinementError(f"a batch with no names for {display(rel)}, not the root")
         try:
-            os.close(self._ensure_target_dir(rel, None, Record.from_stat(os.fstat(src_fd)), None, src_fd=src_fd))
+            os.close(self._ensure_target_dir(rel, None, Record.from_stat(os.fstat(src_fd)), None, src_fd=src_fd)[0])
             self.tally[C.DIRS] += 1
         except OSError as exc:
             self.walk.fail(rel, "set directory metadata", exc, side="target")
@@ -215,7 +218,7 @@ class CopyPass:
         try:
             src_rec = self.idmap.record(Record.from_stat(os.fstat(src_fd)))
             proven = cleanpass.dir_proven(self.proof, proven, src_rec.ctime_ns)
-            dst_fd = self._ensure_target_dir(rel, dst_parent, src_rec, mdt, src_fd=src_fd, proven=proven)
+            dst_fd, made = self._ensure_target_dir(rel, dst_parent, src_rec, mdt, src_fd=src_fd, proven=proven)
         except OSError as exc:
             self.walk.fail(rel, "create target directory", exc, side="target")
             return
@@ -223,7 +226,7 @@ class CopyPass:
             self.copier.projects = self._dir_project(rel, src_fd, dst_fd)
             self.tally[C.DIRS] += 1
             self.copier.proof = self.proof if proven else None
-            subdirs = self._entries(rel, src_fd, dst_fd)
+            subdirs = self._entries(rel, src_fd, dst_fd, made)
             self.tally[C.DIRS_FOUND] += len(subdirs)
             mdts = self.spec.mdt_list if not rel and self.spec.mds_striped else ()  # first level: placed on MDTs
             children = [DirJob(join(rel, bname), mdts[i % len(mdts)] if mdts else None)
@@ -239,11 +242,20 @@ class CopyPass:
         finally:
             os.close(dst_fd)
 
-    def _entries(self, rel: bytes, src_fd: int, dst_fd: int) -> list[bytes]:
-        """List directory ``rel``, copy its entries (beyond one batch: as batch jobs), return its subdirectories."""
+    def _entries(self, rel: bytes, src_fd: int, dst_fd: int, made: bool) -> list[bytes]:
+        """List directory ``rel``, copy its entries (beyond one batch: as batch jobs), return its subdirectories.
+
+        ``made``: this task has just created the target directory ``dst_fd`` (its ``mkdir`` succeeded), so it
+        held no name then and each name in it is this pass's to create: its entries are not looked up on the
+        target first, here or in the batches published for them (:attr:`FilesJob.made`), but for those
+        :meth:`~cmover.engine.copier.Copier.absent` names. Creation is exclusive all the same (``O_EXCL``,
+        ``symlink``, ``mknod``): a name made meanwhile -- by the first delivery of a batch delivered again, or
+        by someone else -- is rebuilt under a temporary name and renamed over, as after any lookup that found
+        a stale entry.
+        """
 
         def publish(batch: Entries, index: int) -> None:
-            self.emit(FilesJob(rel, tuple(os.fsencode(e.name) for e in batch), index))
+            self.emit(FilesJob(rel, tuple(os.fsencode(e.name) for e in batch), index, made=made))
 
         listing = self.walk.scan(rel, src_fd, on_batch=publish,
                                  excluded=self.filt.excluded if self.filt.excludes else None)
@@ -251,7 +263,9 @@ class CopyPass:
         self.walk.charge(len(listing.entries) + len(subdirs))
         # The loop a final pass runs once per entry: an unchanged entry costs its two lstats and no more (no
         # path, no guard, no call beyond try_skip); the target's lstat is not made twice whatever the outcome.
-        try_skip, skipped, is_dir = self.copier.try_skip, Seen.SKIPPED, stat.S_ISDIR
+        # In a target directory just made there is nothing to look up: a first copy saves a lookup per entry
+        # (a metadata server round trip on Lustre).
+        try_skip, skipped, is_dir = (self.copier.absent if made else self.copier.try_skip), Seen.SKIPPED, stat.S_ISDIR
         scanned = 0
         try:
             for entry in listing.entries:
@@ -325,7 +339,7 @@ class CopyPass:
                     nfd = fsio.open_subdir(fd, name, source=False)
                 except FileNotFoundError:
                     src_rec = self.idmap.record(Record.from_stat(os.lstat(src_path)))
-                    nfd = self._ensure_target_dir(b"/".join(parts[:i + 1]), fd, src_rec, None)
+                    nfd = self._ensure_target_dir(b"/".join(parts[:i + 1]), fd, src_rec, None)[0]
                 os.close(fd)
                 fd = nfd
         except BaseException:
@@ -334,8 +348,9 @@ class CopyPass:
         return fd
 
     def _ensure_target_dir(self, rel: bytes, dst_parent: int | None, src: Record, mdt: int | None,
-                           src_fd: int | None = None, proven: bool = False) -> int:
-        """Return an open descriptor of the target directory for ``rel``, creating or repairing it.
+                           src_fd: int | None = None, proven: bool = False) -> tuple[int, bool]:
+        """Return an open descriptor of the target directory for ``rel``, creating or repairing it, and whether
+        this call created it (its ``mkdir`` succeeded: it held nothing then).
 
         A non-directory in its place is removed first: the source holds a directory under that name
         right now, which is the positive proof that the target entry is stale. Owner and mode are
@@ -348,6 +363,7 @@ class CopyPass:
         ``src_fd`` its attributes are compared too, unless the directory is ``proven`` and its target was not
         changed since the clean pass (:meth:`cmover.core.cleanpass.Proof.covers`).
         """
+        made = False
         if dst_parent is None:
             fd = fsio.open_root(self.spec.dst_root, source=False)
         else:
@@ -359,6 +375,7 @@ class CopyPass:
             if st is None:
                 try:
                     self.fs.mkdir(dst_parent, name, mdt)
+                    made = True
                     self.tally[C.DIRS_CREATED] += 1
                     if self.can.loses(src.uid, src.gid):
                         self.tally[C.NOT_PRESERVED] += 1
@@ -380,7 +397,7 @@ class CopyPass:
         except BaseException:
             os.close(fd)
             raise
-        return fd
+        return fd, made
 
 
 class _Chain:

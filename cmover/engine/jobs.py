@@ -139,20 +139,29 @@ class FilesJob(Frozen):
     (:func:`cmover.engine.changeplan.gather`); the walk's batches name one directory.
 
     A batch's task id covers its names, not only its position (see :func:`cmover.state.ledger.task_id`).
+
+    ``made``: a copy pass's directory task created the target directory ``rel`` (empty then), so this batch's
+    names are created there without a lookup first (:meth:`cmover.engine.copypass.CopyPass.run_files`); only
+    with no ``also``.
     """
 
-    __slots__ = ("rel", "names", "index", "also")
+    __slots__ = ("rel", "names", "index", "also", "made")
     kind: ClassVar[str] = "files"
     rel: bytes
     names: tuple[bytes, ...]
     index: int
     also: Groups
+    made: bool
 
-    def __init__(self, rel: bytes, names: tuple[bytes, ...], index: int = 0, also: Groups = ()) -> None:
+    def __init__(self, rel: bytes, names: tuple[bytes, ...], index: int = 0, also: Groups = (),
+                 made: bool = False) -> None:
+        if made and also:
+            raise ValueError("a batch of a directory just made names no further directories")
         object.__setattr__(self, "rel", rel)
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "index", index)
         object.__setattr__(self, "also", also)
+        object.__setattr__(self, "made", made)
 
     def ident(self) -> tuple[bytes, ...]:
         if not self.also:
@@ -164,6 +173,8 @@ class FilesJob(Frozen):
         args: list[Any] = [to_wire(self.rel), [to_wire(n) for n in self.names]]
         if self.also:
             args.append([[to_wire(rel), [to_wire(n) for n in names]] for rel, names in self.also])
+        elif self.made:
+            args += [None, True]
         return args
 
 

@@ -93,11 +93,16 @@ def copy_dir(tid: str, rel: Any, mdt: Any = None, also: Any = None) -> Body:
     return body
 
 
-def copy_files(tid: str, rel: Any, names: Any, also: Any = None) -> Body:
+def copy_files(tid: str, rel: Any, names: Any, also: Any = None, made: Any = False) -> Body:
     def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
         groups = batch_groups(rel, names, also)
+        if not isinstance(made, bool) or (made and len(groups) > 1):
+            raise ConfinementError(f"'made' of a batch message is not true or false for one directory: {made!r}")
         with copy_engine(spec_, ctx, tally, fail, emit) as engine:
-            engine.run_groups(groups)
+            if made:
+                engine.run_files(*groups[0], made=True)
+            else:
+                engine.run_groups(groups)
     return body
 
 

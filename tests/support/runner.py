@@ -131,7 +131,7 @@ class Run:
             if isinstance(job, DirJob):
                 cp.run_dir(job.rel, job.mdt)
             elif isinstance(job, FilesJob):
-                cp.run_files(job.rel, job.names)
+                cp.run_files(job.rel, job.names, made=job.made)
             elif isinstance(job, ChunkJob):
                 cp.run_chunk(job.rel, job.index, job.cs, task_id or job_key(self.spec, job))
             else:
