@@ -1,9 +1,10 @@
 """Copy-pass tasks: thin adapters from messages to :class:`cmover.engine.copypass.CopyPass`.
 
-``cmover.copy.dir(spec, rel, mdt[, also])`` handles a directory (and small subtrees inline) and publishes the
-rest; ``cmover.copy.files(spec, rel, names[, also[, made]])`` copies one batch of a large directory (with
-``also``, the few changed names of further directories: journal-driven passes; with ``made`` true, the names of
-a target directory its directory task has just created, not looked up there first);
+``cmover.copy.dir(spec, rel, mdt[, also[, made]])`` handles a directory (and small subtrees inline) and publishes
+the rest; ``cmover.copy.files(spec, rel, names[, also[, made]])`` copies one batch of a large directory (with
+``also``, the few changed names of further directories: journal-driven passes). ``made`` true: the target
+directory was created by the pass just before (the root task of a new target root, the batches of a directory
+its task created), and its names are not looked up there first;
 ``cmover.copy.chunk(spec, rel, index, chunk)`` writes one chunk of a huge file (see :mod:`cmover.engine.chunks`).
 Arguments are JSON: the pass spec, wire-encoded relative paths (see :mod:`cmover.core.paths`), an MDT index
 or null, a chunk index and the file's chunk description.
@@ -20,8 +21,8 @@ from cmover.worker.taskbase import run_pass_task
 
 
 @app.task(name="cmover.copy.dir", base=PassTask, bind=True)
-def copy_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None, also: Any = None) -> None:
-    run_pass_task(self, spec, rel, bodies.copy_dir(self.request.id, rel, mdt, also))
+def copy_dir(self: PassTask, spec: Any, rel: Any, mdt: Any = None, also: Any = None, made: Any = False) -> None:
+    run_pass_task(self, spec, rel, bodies.copy_dir(self.request.id, rel, mdt, also, made))
 
 
 @app.task(name="cmover.copy.files", base=PassTask, bind=True)

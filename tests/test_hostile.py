@@ -197,14 +197,17 @@ def test_hostile_batch_names_are_refused(site: Site, task: Any, names_index: int
     assert unchanged(target, site.target()) == [], "the whole batch is refused: not even its good names are handled"
 
 
+@pytest.mark.parametrize("task", [copy_files, copy_dir], ids=["copy.files", "copy.dir"])
 @pytest.mark.parametrize("also, made", [(None, "yes"), (None, 1), (None, None), (None, [True]), ([["b", ["g"]]], True)],
                          ids=["string", "int", "null", "list", "with-further-directories"])
-def test_a_forged_made_flag_of_a_batch_is_refused(site: Site, also: Any, made: Any) -> None:
+def test_a_forged_made_flag_is_refused(site: Site, task: Any, also: Any, made: Any) -> None:
     """``made`` (the target directory was just created: no lookups) is true or false, for one directory only."""
     (site.dst / "a").mkdir()
     (site.dst / "a" / "victim").write_bytes(b"a target entry the source lacks")
     before, target = site.state(), site.target()
-    out = site.deliver(copy_files, site.spec("copy"), "a", ["f"], also, made)
+    if task is copy_dir and also:
+        also = [["b", None]]
+    out = site.deliver(task, site.spec("copy"), "a", ["f"] if task is copy_files else None, also, made)
     assert out.failed_as_rejected(), (out.reject, out.failures)
     assert unchanged(before, site.state()) == []
     assert unchanged(target, site.target()) == []

@@ -57,6 +57,21 @@ def test_a_batch_of_a_directory_just_made_says_so_last_and_keeps_its_task_id():
         FilesJob(b"a", (b"x",), 0, ((b"b", (b"y",)),), made=True)
 
 
+def test_the_root_task_of_a_target_just_made_says_so_last_and_keeps_its_task_id():
+    from cmover.core.errors import ConfinementError
+    from cmover.worker.bodies import dir_job
+
+    made = DirJob(b"", made=True)
+    assert json.loads(json.dumps(made.wire_args())) == ["", None, None, True]
+    assert job_task_id(SPEC, made) == job_task_id(SPEC, DirJob(b""))
+    assert dir_job(*made.wire_args()) == made and dir_job("", None, None).made is False
+    with pytest.raises(ValueError, match="no further directories"):
+        DirJob(b"a", None, ((b"b", None),), made=True)
+    for flag, also in (("true", None), (1, None), (None, None), (True, [["b", None]])):
+        with pytest.raises(ConfinementError):
+            dir_job("a", None, also, flag)
+
+
 def test_each_job_kind_names_its_task():
     assert [type(c[0]).kind for c in CASES] == ["dir", "dir", "dir", "files", "files", "chunk", "purge"]
     assert [c[0].index for c in CASES] == [0, 0, 0, 2, 0, 7, 0]

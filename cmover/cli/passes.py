@@ -205,8 +205,9 @@ def pass_embedded(kind: PassKind, args: argparse.Namespace, settings: Settings, 
     preflight, so a refused pass starts nothing); print its report; return the exit code and the totals."""
     spec = plan(kind, settings, args.src, args.dst, options=options)
     preflight(spec, create_target=True)
+    made = False  # the target root created here: its names need no lookup (a pass from a sub-path creates its own)
     if kind is PassKind.COPY:
-        create_target_root(spec)
+        made = create_target_root(spec) and not spec.start
         _say_layouts(spec, settings, args.verbose)
     verify_cli.prepare(spec)
     j = prepare(kind, spec, settings, getattr(args, "changes", None))
@@ -215,7 +216,8 @@ def pass_embedded(kind: PassKind, args: argparse.Namespace, settings: Settings, 
     _say_maps(spec)
     running = session()
     with Progress(sys.stderr.isatty() and not args.quiet and not args.json) as progress:
-        result = running.run(j.spec, on_progress=progress.update, stop_event=stop, jobs=j.jobs)
+        result = running.run(j.spec, on_progress=progress.update, stop_event=stop, jobs=j.jobs,
+                             made=made and j.jobs is None)
     if j.jobs is None:  # a journal-driven pass looked at changed entries only: it proves nothing of the rest
         cleanrecord.record(settings, spec, result.state, result.failure_count, result.totals)
     record_if_clean(settings, j, result.state, result.totals, result.failure_count)

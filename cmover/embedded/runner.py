@@ -102,9 +102,11 @@ class EmbeddedSession:
             stop_hub(self._hub)
 
     def run(self, spec: PassSpec, on_progress: Progress | None = None,
-            stop_event: threading.Event | None = None, jobs: Sequence[Job] | None = None) -> RunResult:
+            stop_event: threading.Event | None = None, jobs: Sequence[Job] | None = None,
+            made: bool = False) -> RunResult:
         """Run pass ``spec`` and return its result once every task is done (``jobs``: a journal-driven
-        pass's, seeded instead of the root directory task).
+        pass's, seeded instead of the root directory task; ``made``: the command has just created the target
+        root, :attr:`cmover.engine.jobs.DirJob.made`).
 
         ``stop_event`` set by the caller (Ctrl-C) ends the pass early: the pool processes are ended (a task cut
         short leaves at most a file without its final mtime, which the next pass copies again); the result's
@@ -146,7 +148,7 @@ class EmbeddedSession:
                 walker.share_with(None)
 
         here = jobs is None and _root_is_small(spec)
-        seed(run_here if here else pool.send, spec, ctx.ledger, jobs)
+        seed(run_here if here else pool.send, spec, ctx.ledger, jobs, made)
         if here and stop_event is not None and stop_event.is_set():
             # Ctrl-C while this process walked: the pass ends here, whatever the pool has done meanwhile.
             pool.stop(idle=False)

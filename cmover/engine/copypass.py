@@ -76,21 +76,22 @@ class CopyPass:
 
     # -- entry points -------------------------------------------------------------------------------
 
-    def run_dir(self, rel: bytes, mdt: int | None = None) -> None:
-        """Process directory ``rel``: create it on the target, handle its entries, fan out or inline subdirs."""
+    def run_dir(self, rel: bytes, mdt: int | None = None, made: bool = False) -> None:
+        """Process directory ``rel``: create it on the target, handle its entries, fan out or inline subdirs.
+        ``made``: its target has just been created empty by the pass's command (:attr:`DirJob.made`)."""
         self.walk.start()
-        self._run_dir(rel, mdt)
+        self._run_dir(rel, mdt, made)
 
     def run_dirs(self, job: DirJob) -> None:
         """Process each directory of ``job`` (:attr:`DirJob.also`) as :meth:`run_dir` does, within one budget: the
         ones it does not reach are handed out again (:meth:`Walker.members`)."""
         for one in self.walk.members(job.members(), self.emit, self._group):
-            self._run_dir(one.rel, one.mdt)
+            self._run_dir(one.rel, one.mdt, one.made)
 
     def _group(self, jobs: list[DirJob]) -> None:
         self.emit(DirJob.group(jobs))
 
-    def _run_dir(self, rel: bytes, mdt: int | None) -> None:
+    def _run_dir(self, rel: bytes, mdt: int | None, made: bool) -> None:
         chain = _Chain(self.proof)
         src_fd = self.walk.open_dir(rel, source=True, missing=self._src_missing(rel), on_open=chain.hook)
         if src_fd is None:
@@ -103,7 +104,7 @@ class CopyPass:
             except OSError as exc:
                 self.walk.fail(rel, "open target parent", exc, side="target")
                 return
-            self._dir(rel, src_fd, dst_parent, mdt, chain.proven)
+            self._dir(rel, src_fd, dst_parent, mdt, chain.proven, made)
         finally:
             os.close(src_fd)
             if dst_parent is not None:
@@ -211,14 +212,16 @@ class CopyPass:
 
     # -- walking ------------------------------------------------------------------------------------
 
-    def _dir(self, rel: bytes, src_fd: int, dst_parent: int | None, mdt: int | None, proven: bool) -> None:
+    def _dir(self, rel: bytes, src_fd: int, dst_parent: int | None, mdt: int | None, proven: bool,
+             made: bool = False) -> None:
         """Handle directory ``rel`` whose source is open as ``src_fd``; ``dst_parent`` is its target parent.
         ``proven``: the source directories above it and (as far as known) this one are proven unchanged
-        since the last clean pass (:func:`cmover.core.cleanpass.dir_proven`)."""
+        since the last clean pass (:func:`cmover.core.cleanpass.dir_proven`). ``made``: its target was created
+        empty by the pass's command (:attr:`DirJob.made`); one that this call creates is known made too."""
         try:
             src_rec = self.idmap.record(Record.from_stat(os.fstat(src_fd)))
             proven = cleanpass.dir_proven(self.proof, proven, src_rec.ctime_ns)
-            dst_fd, made = self._ensure_target_dir(rel, dst_parent, src_rec, mdt, src_fd=src_fd, proven=proven)
+            dst_fd, created = self._ensure_target_dir(rel, dst_parent, src_rec, mdt, src_fd=src_fd, proven=proven)
         except OSError as exc:
             self.walk.fail(rel, "create target directory", exc, side="target")
             return
@@ -226,7 +229,7 @@ class CopyPass:
             self.copier.projects = self._dir_project(rel, src_fd, dst_fd)
             self.tally[C.DIRS] += 1
             self.copier.proof = self.proof if proven else None
-            subdirs = self._entries(rel, src_fd, dst_fd, made)
+            subdirs = self._entries(rel, src_fd, dst_fd, made or created)
             self.tally[C.DIRS_FOUND] += len(subdirs)
             mdts = self.spec.mdt_list if not rel and self.spec.mds_striped else ()  # first level: placed on MDTs
             children = [DirJob(join(rel, bname), mdts[i % len(mdts)] if mdts else None)

@@ -73,18 +73,27 @@ class DirJob(Frozen):
     ``also``: further directories, each with its MDT, walked by the same task after ``rel``, in this order
     (sibling directories handed out together: :meth:`cmover.engine.walker.Walker.subdirs`), so that a tree of
     many small directories costs a task per share of work, not per directory. Its task id covers them.
+
+    ``made``: the pass's command has just created the target of ``rel`` (the root directory task of a copy
+    into a new target root, :func:`cmover.engine.planner.create_target_root`), so its names are created there
+    without a lookup first, as in a directory the walk creates (:meth:`cmover.engine.copypass.CopyPass._entries`);
+    only with no ``also``.
     """
 
-    __slots__ = ("rel", "mdt", "also")
+    __slots__ = ("rel", "mdt", "also", "made")
     kind: ClassVar[str] = "dir"
     rel: bytes
     mdt: int | None
     also: Dirs
+    made: bool
 
-    def __init__(self, rel: bytes, mdt: int | None = None, also: Dirs = ()) -> None:
+    def __init__(self, rel: bytes, mdt: int | None = None, also: Dirs = (), made: bool = False) -> None:
+        if made and also:
+            raise ValueError("a directory job for a target just made names no further directories")
         object.__setattr__(self, "rel", rel)
         object.__setattr__(self, "mdt", mdt)
         object.__setattr__(self, "also", also)
+        object.__setattr__(self, "made", made)
 
     @classmethod
     def group(cls, jobs: Sequence[DirJob]) -> DirJob:
@@ -110,6 +119,8 @@ class DirJob(Frozen):
         args: list[Any] = [to_wire(self.rel), self.mdt]
         if self.also:
             args.append([[to_wire(rel), mdt] for rel, mdt in self.also])
+        elif self.made:
+            args += [None, True]
         return args
 
 

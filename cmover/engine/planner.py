@@ -236,16 +236,18 @@ def preflight_copy(spec: PassSpec, *, create_target: bool) -> None:
             raise PreflightError(f"start path {os.fsdecode(start)} is not a directory; give a directory")
 
 
-def create_target_root(spec: PassSpec) -> None:
-    """Create the target root (only its last component) when missing, after preflight passed.
+def create_target_root(spec: PassSpec) -> bool:
+    """Create the target root (only its last component) when missing, after preflight passed; True when this
+    call created it (empty: its names need no lookup, :attr:`cmover.engine.jobs.DirJob.made`).
 
     PreflightError (nothing written) when it cannot be created, e.g. a parent this user may not write.
     """
     try:
         os.mkdir(spec.dst_root, 0o700)
     except FileExistsError:
-        pass
+        return False
     except OSError as exc:
         parent = os.fsdecode(os.path.dirname(spec.dst_root))
         raise PreflightError(f"cannot create target {os.fsdecode(spec.dst_root)} ({exc.strerror}); create it "
                              f"first or give a target whose parent {parent} this user may write") from None
+    return True

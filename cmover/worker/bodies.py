@@ -79,15 +79,23 @@ def batch_groups(rel: Any, names: Any, also: Any) -> list[tuple[bytes, list[byte
     return [(rel_from_wire(rel), names_from_wire(names)), *groups_from_wire(also)]
 
 
-def dir_job(rel: Any, mdt: Any, also: Any) -> DirJob:
-    """The directory job of a directory message: its directory and MDT, then those of ``also`` (None: none);
-    every path and MDT checked before any is handled (ConfinementError)."""
-    return DirJob(rel_from_wire(rel), mdt_from_wire(mdt), tuple(dirs_from_wire(also)))
+def dir_job(rel: Any, mdt: Any, also: Any, made: Any = False) -> DirJob:
+    """The directory job of a directory message: its directory and MDT, then those of ``also`` (None: none),
+    and whether the command has just made its target (:attr:`DirJob.made`, a copy pass's root task only);
+    every path, MDT and flag checked before any is handled (ConfinementError)."""
+    return DirJob(rel_from_wire(rel), mdt_from_wire(mdt), tuple(dirs_from_wire(also)), made_from_wire(made, also))
 
 
-def copy_dir(tid: str, rel: Any, mdt: Any = None, also: Any = None) -> Body:
+def made_from_wire(made: Any, also: Any) -> bool:
+    """The ``made`` flag of a copy pass's directory or batch message: true or false, true for one directory."""
+    if not isinstance(made, bool) or (made and also):
+        raise ConfinementError(f"'made' of a message is not true or false for one directory: {made!r}")
+    return made
+
+
+def copy_dir(tid: str, rel: Any, mdt: Any = None, also: Any = None, made: Any = False) -> Body:
     def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
-        job = dir_job(rel, mdt, also)
+        job = dir_job(rel, mdt, also, made)
         with copy_engine(spec_, ctx, tally, fail, emit) as engine:
             engine.run_dirs(job)
     return body
@@ -96,10 +104,9 @@ def copy_dir(tid: str, rel: Any, mdt: Any = None, also: Any = None) -> Body:
 def copy_files(tid: str, rel: Any, names: Any, also: Any = None, made: Any = False) -> Body:
     def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
         groups = batch_groups(rel, names, also)
-        if not isinstance(made, bool) or (made and len(groups) > 1):
-            raise ConfinementError(f"'made' of a batch message is not true or false for one directory: {made!r}")
+        made_ = made_from_wire(made, also)
         with copy_engine(spec_, ctx, tally, fail, emit) as engine:
-            if made:
+            if made_:
                 engine.run_files(*groups[0], made=True)
             else:
                 engine.run_groups(groups)

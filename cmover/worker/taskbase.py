@@ -32,9 +32,9 @@ from cmover.core.errors import ConfigError, ConfinementError, PreflightError
 from cmover.core.failure import Failure
 from cmover.core.origin import pid
 from cmover.core.passes import PassSpec
-from cmover.core.paths import display, to_wire
+from cmover.core.paths import display
 from cmover.core.tasknames import TASK_NAMES, Message, argsrepr, queue_name
-from cmover.engine.jobs import Job
+from cmover.engine.jobs import DirJob, Job
 from cmover.state.ledger import Ledger, task_id
 from cmover.worker.context import WorkerContext, get_context
 
@@ -178,11 +178,12 @@ def job_task_id(spec: PassSpec, job: Job) -> str:
     return task_id(spec.run_id, kind, job.rel, job.index, job.ident())
 
 
-def seed(send: Send, spec: PassSpec, ledger: Ledger, jobs: Sequence[Job] | None = None) -> str:
+def seed(send: Send, spec: PassSpec, ledger: Ledger, jobs: Sequence[Job] | None = None, made: bool = False) -> str:
     """Open the run in ``ledger`` and send (``send``) the pass's root directory task; return its task id.
 
     With ``jobs`` (a journal-driven pass, :mod:`cmover.engine.changeplan`) those are sent instead,
     each counted in the ledger before it is sent, and "" is returned: a pass with no job is complete at once.
+    ``made``: the command has just created the target root (:attr:`DirJob.made`).
     """
     ledger.open_run(spec.run_id)
     if jobs is not None:
@@ -192,7 +193,7 @@ def seed(send: Send, spec: PassSpec, ledger: Ledger, jobs: Sequence[Job] | None 
         return ""
     tid = task_id(spec.run_id, "dir", spec.start, 0)
     ledger.enqueue(spec.run_id, tid)
-    send([(TASK_NAMES[(spec.kind.value, "dir")], [spec.as_dict(), to_wire(spec.start), None], tid)])
+    send([(TASK_NAMES[(spec.kind.value, "dir")], [spec.as_dict(), *DirJob(spec.start, made=made).wire_args()], tid)])
     return tid
 
 

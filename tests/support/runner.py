@@ -129,7 +129,7 @@ class Run:
             fs = self.fs(out.tally) if self.fs else PosixFs()
             cp = CopyPass(self.spec, fs, out.tally, out.failures.append, emitted.append, self.claims)
             if isinstance(job, DirJob):
-                cp.run_dir(job.rel, job.mdt)
+                cp.run_dir(job.rel, job.mdt, made=job.made)
             elif isinstance(job, FilesJob):
                 cp.run_files(job.rel, job.names, made=job.made)
             elif isinstance(job, ChunkJob):
