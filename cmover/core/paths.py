@@ -67,10 +67,11 @@ def rel_from_wire(obj: object) -> bytes:
 
 
 def name_from_wire(obj: object) -> bytes:
-    """A single path component from a message (a batch entry): no slash, not empty, not '.' or '..'."""
-    name = rel_from_wire(obj)
-    if b"/" in name or not name:
-        raise ConfinementError(f"batch entry {name!r} is not a single file name")
+    """A single path component from a message (a batch entry): no slash, not empty, not '.' or '..', no NUL
+    (what :func:`check_rel` refuses, for one component: without its split, on every name of every batch)."""
+    name = from_wire(obj)
+    if not name or b"/" in name or b"\0" in name or name == b"." or name == b".." or len(name) > MAX_REL:
+        raise ConfinementError(f"batch entry {display(name[:200])} is not a single file name")
     return name
 
 
