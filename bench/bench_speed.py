@@ -546,10 +546,20 @@ def hub_queued(tasks: int) -> list[tuple[str, int, int]]:
         hubmod.stop_hub(process)
 
 
+def _by_round(times: dict[str, list[float]], ref: str, key: str, name: str = "") -> str:
+    """The ratio ``ref``/``key`` of each round (both timed in it, back to back) as "median (lowest-highest)":
+    the comparison within a round, which the machine's drift between rounds does not touch."""
+    if ref not in times or key not in times:
+        return ""
+    each = sorted(a / b for a, b in zip(times[ref], times[key], strict=True))
+    label = f" of {name}" if name else ""
+    return f"{statistics.median(each):.2f}x{label} ({each[0]:.2f}-{each[-1]:.2f})"
+
+
 def report(results: list[dict], scale: dict, hubs: list[dict]) -> str:
     """The tables: times, ratios (the reference tool's seconds / this tool's: above 1 is faster), syscalls."""
-    lines = ["| tree (entries) | phase | tool | seconds (median) | entries/s | ratio | syscalls/entry | beyond the "
-             "fixed cost |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| tree (entries) | phase | tool | seconds (median) | entries/s | ratio | round by round | "
+             "syscalls/entry | beyond the fixed cost |", "|---|---|---|---|---|---|---|---|---|"]
     # The fixed cost of a tool: its syscalls on the 10-file tree (start-up, imports, pool, hub, workers' idle loops).
     fixed = next((r["calls"] for r in results if r["tree"] == "10 files"), {})
     for res in results:
@@ -561,10 +571,13 @@ def report(results: list[dict], scale: dict, hubs: list[dict]) -> str:
             ratio = f"{med[f'{phase}|{ref}'] / secs:.2f}x {ref}" if f"{phase}|{ref}" in med and tool != ref else ""
             if phase == "no-change" and tool == "cmover" and "no-change|rsync -aHAX" in med:
                 ratio += f", {med['no-change|rsync -aHAX'] / secs:.2f}x rsync -aHAX"
+            rounds = _by_round(res["times"], f"{phase}|{ref}", key) if tool != ref else ""
+            if tool == "cmover distributed":
+                rounds += "; " + _by_round(res["times"], f"{phase}|cmover", key, "cmover")
             calls = res["calls"].get(tool) if phase == "no-change" else None
             marginal = f"{(calls - fixed[tool]) / (n - 10):.2f}" if calls and tool in fixed and n > 10 else ""
             lines.append(f"| {res['tree']} ({n:,}) | {phase} | {tool} | {secs:.3f} | {n / secs:,.0f} | {ratio} | "
-                         + (f"{calls / n:.2f} | {marginal} |" if calls else "| |"))
+                         f"{rounds} | " + (f"{calls / n:.2f} | {marginal} |" if calls else "| |"))
     lines += ["", "| tree | run: process | peak RSS (MiB) |", "|---|---|---|"]
     for res in results:
         for what, pk in res["peaks"].items():
