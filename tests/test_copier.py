@@ -14,7 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from support.tree import File, build
+from support.tree import File, Link, build
 
 from cmover.core import fsio
 from cmover.core.counters import C
@@ -498,3 +498,19 @@ def test_a_retried_entry_looks_at_its_target_again(make_spec, monkeypatch):
     CopyPass(spec, PosixFs(), tally, lambda f: pytest.fail(str(f)), lambda job: None).run_dir(b"")
     assert calls == [None, copiermod.Seen.UNSEEN] and tally[C.COPIED] == 1
     assert Path(os.fsdecode(os.path.join(dst, b"f"))).read_bytes() == b"data"
+
+
+def test_absent_looks_up_only_what_a_rebuild_must_not_touch(env):
+    """Copier.absent (in a directory the pass has just made): a plain file and a symlink are not looked up; a
+    file with several names (a rebuild of one would split its group) and one for the chunker are."""
+    from cmover.engine.copier import Seen
+
+    build(env.src, {"plain": File(b"p", **T), "big": File(b"b" * 8192, **T), "one": File(b"1", **T),
+                    "ln": Link(b"plain")})
+    os.link(env.s("one"), env.s("two"))
+    chunking = Copier(PosixFs(), env.filt, env.tally, chunker=object(), chunk_threshold=4096)  # type: ignore[arg-type]
+    plain = Copier(PosixFs(), env.filt, env.tally)
+    seen = {name: (chunking.absent(-1, name, os.lstat(env.s(name))), plain.absent(-1, name, os.lstat(env.s(name))))
+            for name in ("plain", "big", "one", "ln")}
+    assert seen == {"plain": (None, None), "big": (Seen.UNSEEN, None), "one": (Seen.UNSEEN, Seen.UNSEEN),
+                    "ln": (None, None)}

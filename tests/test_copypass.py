@@ -508,8 +508,9 @@ def test_a_target_directory_made_by_the_pass_is_filled_without_lookups(roots, ma
     plain = {b"f%02d" % i for i in range(25)}  # (a symlink's own lstat after its creation sets its owner and times)
     for i in range(25):
         build(src, {b"big/f%02d" % i: File(b"%d" % i, atime_ns=T_ATIME, mtime_ns=T_MTIME)})
-    build(src, {b"big/link": Link(b"f00"), b"big/h1": File(b"h"), b"top": File(b"t")})
+    build(src, {b"big/link": Link(b"f00"), b"big/h1": File(b"h"), b"top": File(b"t"), b"big/sub/deeper/x": File(b"x")})
     os.link(os.path.join(src, b"big/h1"), os.path.join(src, b"big/h2"))
+    plain |= {b"sub", b"deeper", b"x"}  # directories walked inline in a new directory are not looked up either
     looked = _target_lookups(monkeypatch, dst)
     spec = make_spec(batch=10)
     run = Run(spec)
@@ -520,7 +521,7 @@ def test_a_target_directory_made_by_the_pass_is_filled_without_lookups(roots, ma
     assert run.report.failures == []
     assert diff(snapshot(src), snapshot(dst)) == []
     assert _ino(dst, b"big/h1") == _ino(dst, b"big/h2")
-    assert b"top" in looked, "the target root was there: its names are looked up"
+    assert b"top" in looked and b"big" in looked, "the target root was there: its names are looked up"
     assert not plain & set(looked), "no plain name of the new directory was looked up"
     looked.clear()
     again = Run(spec)
@@ -557,6 +558,22 @@ def test_a_made_batch_delivered_again_leaves_an_exact_copy(roots, make_spec):
     assert diff(snapshot(src), snapshot(dst)) == []
     assert _ino(dst, b"big/f01") == _ino(dst, b"big/g01")
     assert not [n for n in os.listdir(os.path.join(dst, b"big")) if n.startswith(b".cmover.")]
+
+
+def test_a_made_directory_delivered_again_repairs_what_it_finds(roots, make_spec):
+    """A root task of a new target root delivered again, after someone put a file where the source has a
+    directory, and a directory where it has a file: neither name is looked up first, exclusive creation finds
+    each taken, and the stale entry is replaced as a looked-up one would have been."""
+    from support.runner import Run
+
+    src, dst = roots
+    build(src, {b"d/f": File(b"in d", atime_ns=T_ATIME, mtime_ns=T_MTIME),
+                b"g": File(b"g", atime_ns=T_ATIME, mtime_ns=T_MTIME)})
+    build(dst, {b"d": File(b"a file where the source has a directory"), b"g/inside": File(b"stale")})
+    run = Run(make_spec())
+    assert run.deliver(DirJob(b"", made=True)) == []
+    assert run.report.failures == []
+    assert diff(snapshot(src), snapshot(dst)) == []
 
 
 def test_directory_gone_before_its_task_ran_is_vanished_not_failed(roots, make_spec, run_copy):

@@ -132,9 +132,13 @@ class Copier:
     def absent(self, dst_dir_fd: int, name: str, st: os.stat_result) -> os.stat_result | None | Seen:
         """:meth:`try_skip` in a target directory that this pass has just created, whose names are all its own
         to create: None (no entry; creation is exclusive, and a name made meanwhile, by an earlier delivery of
-        the same task, is rebuilt and renamed over). :data:`UNSEEN` (looked up as usual) for a regular file with
-        several names, whose group a rebuild of one name would split, and for an HSM source."""
-        if self.hsm is not None or (st.st_nlink > 1 and stat.S_ISREG(st.st_mode)):
+        the same task, is rebuilt and renamed over, see :meth:`_create`). :data:`UNSEEN` (looked up as usual) for
+        a regular file with several names, whose group a rebuild of one name would split, for a file that goes
+        to the chunker (its chunks rename over the name at the end: a lookup costs nothing beside its copy),
+        and for an HSM source."""
+        if self.hsm is not None:
+            return Seen.UNSEEN
+        if stat.S_ISREG(st.st_mode) and (st.st_nlink > 1 or self._to_chunker(st.st_size, st.st_blocks)):
             return Seen.UNSEEN
         return None
 
@@ -273,7 +277,12 @@ class Copier:
         try:
             self._build(src_dir_fd, dst_dir_fd, name, name, src)
         except FileExistsError:
-            # Another delivery of this task (or a user) created it meanwhile: rebuild and rename over.
+            # Another delivery of this task (or a user) created it meanwhile, or it was not looked up (a directory
+            # this pass has just made, see absent): rebuild and rename over. A directory in its place is removed
+            # first, as for CLEAR_DIR: the source holds a non-directory under this name.
+            now = fsio.lstat_at(dst_dir_fd, name)
+            if now is not None and stat.S_ISDIR(now.st_mode):
+                fsio.remove_tree(name, dst_dir_fd)
             self._replace(src_dir_fd, dst_dir_fd, name, src)
 
     def _replace(self, src_dir_fd: int, dst_dir_fd: int, name: str, src: Record) -> None:
@@ -369,10 +378,13 @@ class Copier:
             os.close(fin)
 
     def _chunked(self, src: Record) -> bool:
-        """Whether the copy of ``src`` goes to the chunker. Allocated bytes decide, not the size: a
-        sparse file with little data is one quick task."""
-        return self.chunker is not None and self.chunk_threshold > 0 and src.kind is Kind.REG \
-            and min(src.size, src.blocks * 512) >= self.chunk_threshold
+        """Whether the copy of ``src`` goes to the chunker."""
+        return src.kind is Kind.REG and self._to_chunker(src.size, src.blocks)
+
+    def _to_chunker(self, size: int, blocks: int) -> bool:
+        """Whether a regular file of ``size`` bytes and ``blocks`` 512-byte blocks goes to the chunker. Allocated
+        bytes decide, not the size: a sparse file with little data is one quick task."""
+        return self.chunker is not None and self.chunk_threshold > 0 and min(size, blocks * 512) >= self.chunk_threshold
 
     def _update_meta(self, src_dir_fd: int, dst_dir_fd: int, name: str, src: Record) -> None:
         src_x = self.idmap.xattrs(xattrs.read_all(xattrs.at(src_dir_fd, name), self.can))

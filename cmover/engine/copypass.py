@@ -213,15 +213,17 @@ class CopyPass:
     # -- walking ------------------------------------------------------------------------------------
 
     def _dir(self, rel: bytes, src_fd: int, dst_parent: int | None, mdt: int | None, proven: bool,
-             made: bool = False) -> None:
+             made: bool = False, in_new: bool = False) -> None:
         """Handle directory ``rel`` whose source is open as ``src_fd``; ``dst_parent`` is its target parent.
         ``proven``: the source directories above it and (as far as known) this one are proven unchanged
         since the last clean pass (:func:`cmover.core.cleanpass.dir_proven`). ``made``: its target was created
-        empty by the pass's command (:attr:`DirJob.made`); one that this call creates is known made too."""
+        empty by the pass's command (:attr:`DirJob.made`); one that this call creates is known made too.
+        ``in_new``: its target parent is such a directory (see :meth:`_ensure_target_dir`)."""
         try:
             src_rec = self.idmap.record(Record.from_stat(os.fstat(src_fd)))
             proven = cleanpass.dir_proven(self.proof, proven, src_rec.ctime_ns)
-            dst_fd, created = self._ensure_target_dir(rel, dst_parent, src_rec, mdt, src_fd=src_fd, proven=proven)
+            dst_fd, created = self._ensure_target_dir(rel, dst_parent, src_rec, mdt, src_fd=src_fd, proven=proven,
+                                                      in_new=in_new)
         except OSError as exc:
             self.walk.fail(rel, "create target directory", exc, side="target")
             return
@@ -229,7 +231,8 @@ class CopyPass:
             self.copier.projects = self._dir_project(rel, src_fd, dst_fd)
             self.tally[C.DIRS] += 1
             self.copier.proof = self.proof if proven else None
-            subdirs = self._entries(rel, src_fd, dst_fd, made or created)
+            new = made or created
+            subdirs = self._entries(rel, src_fd, dst_fd, new)
             self.tally[C.DIRS_FOUND] += len(subdirs)
             mdts = self.spec.mdt_list if not rel and self.spec.mds_striped else ()  # first level: placed on MDTs
             children = [DirJob(join(rel, bname), mdts[i % len(mdts)] if mdts else None)
@@ -239,7 +242,7 @@ class CopyPass:
                 child_fd = self.walk.open_child(src_fd, child)
                 if child_fd is not None:
                     try:
-                        self._dir(child, child_fd, dst_fd, child_mdt, proven)
+                        self._dir(child, child_fd, dst_fd, child_mdt, proven, in_new=new)
                     finally:
                         os.close(child_fd)
         finally:
@@ -351,9 +354,13 @@ class CopyPass:
         return fd
 
     def _ensure_target_dir(self, rel: bytes, dst_parent: int | None, src: Record, mdt: int | None,
-                           src_fd: int | None = None, proven: bool = False) -> tuple[int, bool]:
+                           src_fd: int | None = None, proven: bool = False, in_new: bool = False) -> tuple[int, bool]:
         """Return an open descriptor of the target directory for ``rel``, creating or repairing it, and whether
         this call created it (its ``mkdir`` succeeded: it held nothing then).
+
+        ``in_new``: the target parent was created by this task (or, for the root, by the command): the name is
+        not looked up before its ``mkdir``, which says whether it is taken (by an earlier delivery of this task,
+        or by another writer); only then is it looked at, as below.
 
         A non-directory in its place is removed first: the source holds a directory under that name
         right now, which is the positive proof that the target entry is stale. Owner and mode are
@@ -371,20 +378,15 @@ class CopyPass:
             fd = fsio.open_root(self.spec.dst_root, source=False)
         else:
             name = os.fsdecode(components(rel)[-1])
-            st = fsio.lstat_at(dst_parent, name)
-            if st is not None and not stat.S_ISDIR(st.st_mode):
-                os.unlink(name, dir_fd=dst_parent)
-                st = None
-            if st is None:
-                try:
-                    self.fs.mkdir(dst_parent, name, mdt)
-                    made = True
-                    self.tally[C.DIRS_CREATED] += 1
-                    if self.can.loses(src.uid, src.gid):
-                        self.tally[C.NOT_PRESERVED] += 1
-                except FileExistsError:
-                    pass  # a concurrent delivery created it; opening below checks it is a directory
-            fd = fsio.open_subdir(dst_parent, name, source=False)
+            st = None if in_new else fsio.lstat_at(dst_parent, name)
+            made = st is None and self._mkdir(dst_parent, name, src, mdt)
+            if not made:
+                # The name was there (looked up), or mkdir found it taken (another delivery, another writer).
+                st = st if st is not None else fsio.lstat_at(dst_parent, name)
+                if st is not None and not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=dst_parent)
+                    made = self._mkdir(dst_parent, name, src, mdt)
+            fd = fsio.open_subdir(dst_parent, name, source=False)  # a directory, or ENOTDIR
         try:
             if src_fd is not None:
                 self.fs.sync_dir_layout(src_fd, fd)
@@ -401,6 +403,18 @@ class CopyPass:
             os.close(fd)
             raise
         return fd, made
+
+
+    def _mkdir(self, dst_parent: int, name: str, src: Record, mdt: int | None) -> bool:
+        """Create target directory ``name`` (counted); False when the name is taken."""
+        try:
+            self.fs.mkdir(dst_parent, name, mdt)
+        except FileExistsError:
+            return False
+        self.tally[C.DIRS_CREATED] += 1
+        if self.can.loses(src.uid, src.gid):
+            self.tally[C.NOT_PRESERVED] += 1
+        return True
 
 
 class _Chain:
