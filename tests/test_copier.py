@@ -19,6 +19,7 @@ from support.tree import File, Link, build
 from cmover.core import fsio
 from cmover.core.counters import C
 from cmover.core.errors import SourceChangedError
+from cmover.engine import metadata
 from cmover.engine.copier import Copier
 from cmover.engine.filters import Filter
 from cmover.lustre.base import PosixFs
@@ -65,6 +66,43 @@ def test_regular_file_created(env):
     assert (st.st_uid, st.st_gid) == (1234, 5678)
     assert (st.st_atime_ns, st.st_mtime_ns) == (T_ATIME, T_MTIME)
     assert env.tally[C.COPIED] == 1 and env.tally[C.BYTES] == len(data)
+
+
+def test_create_mode_grants_nobody_more_while_the_data_is_written():
+    """Every mode: a file created with create_mode(perm) gives no one, until its final chown and chmod, more than
+    the finished copy gives them. Until then anyone (the final owner and the final group's members among them)
+    may be a member of the group of the moment (the creator's, or a set-group-ID directory's) or a named entry
+    of an ACL inherited from the directory's default ACL, limited by the group bits: at most group | other bits.
+    At the end the final owner has the owner bits, a member of the final group the group bits, anyone else the
+    other bits. And it is the file's own mode whenever that is safe: the chmod is saved for every such file."""
+    own = 0
+    for perm in range(0o10000):
+        made = metadata.create_mode(perm)
+        assert made in (perm, metadata.PRIVATE)
+        during = (made >> 3 | made) & 0o7
+        after = {"owner": perm >> 6 & 0o7, "group": perm >> 3 & 0o7, "other": perm & 0o7}
+        safe = made <= 0o777 and all(during & ~bits == 0 for bits in after.values())
+        assert safe, oct(perm)
+        if perm <= 0o777 and all((perm >> 3 | perm) & 0o7 & ~bits == 0 for bits in after.values()):
+            assert made == perm, oct(perm)  # safe as it is: created with it
+            own += 1
+    assert own == 27  # group bits = other bits, within the owner bits: each bit of the 3 in none, o+g+u, or u alone
+    assert [metadata.create_mode(m) for m in (0o644, 0o755, 0o600, 0o700, 0o444, 0o555, 0o666, 0o777)] == \
+        [0o644, 0o755, 0o600, 0o700, 0o444, 0o555, 0o666, 0o777]
+    assert {metadata.create_mode(m) for m in (0o640, 0o664, 0o750, 0o604, 0o4755, 0o2755, 0o1777, 0o044)} == {0o600}
+
+
+@pytest.mark.parametrize("mode,chmods", [(0o644, 0), (0o755, 0), (0o640, 1), (0o4755, 1)])
+def test_new_file_is_chmodded_only_when_created_private_or_set_id(env, monkeypatch, mode, chmods):
+    """A new file whose mode create_mode allows is created with it, chowned, and never chmodded (on Lustre, one
+    metadata round trip less per file); a file created 0600, or one whose set-id bits the chown cleared, is."""
+    build(env.src, {"f": File(b"data", mode=mode, uid=1234, gid=5678, **T)})
+    real, calls = os.fchmod, []
+    monkeypatch.setattr(os, "fchmod", lambda fd, m: (calls.append(m), real(fd, m)))
+    env.copy("f")
+    st = os.lstat(env.d("f"))
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, 1234, 5678)
+    assert calls == [mode] * chmods
 
 
 @pytest.mark.parametrize("mode", [0o2750, 0o1777, 0o6711, 0o000])

@@ -626,11 +626,11 @@ def test_target_file_symlink_swapped_in_before_create(site: Site, monkeypatch: p
     real = PosixFs.create_file
     planted: list[str] = []
 
-    def plant_then_create(self: PosixFs, dir_fd: int, name: str, src_fd: int) -> int:
+    def plant_then_create(self: PosixFs, dir_fd: int, name: str, src_fd: int, mode: int = 0o600) -> int:
         if name == "f" and not planted:
             planted.append(name)
             os.symlink(site.outside / "victim", name, dir_fd=dir_fd)
-        return real(self, dir_fd, name, src_fd)
+        return real(self, dir_fd, name, src_fd, mode)
 
     monkeypatch.setattr(PosixFs, "create_file", plant_then_create)
     before = site.state()

@@ -388,12 +388,12 @@ class FlakyFs(PosixFs):
     def __init__(self, name: str, n: int, err: int) -> None:
         self.name, self.n, self.err, self.calls = name, n, err, 0
 
-    def create_file(self, dir_fd: int, name: str, src_fd: int) -> int:
+    def create_file(self, dir_fd: int, name: str, src_fd: int, mode: int = 0o600) -> int:
         if name == self.name:
             self.calls += 1
             if self.calls <= self.n:
                 raise OSError(self.err, os.strerror(self.err))
-        return super().create_file(dir_fd, name, src_fd)
+        return super().create_file(dir_fd, name, src_fd, mode)
 
 
 @pytest.mark.parametrize("err", [errno.ESTALE, errno.ETIMEDOUT], ids=errno.errorcode.get)

@@ -78,3 +78,22 @@ def test_sparse_file_with_trailing_hole(roots, make_spec, run_copy):
     assert os.lstat(q).st_blocks <= os.lstat(p).st_blocks + 64
     with open(q, "rb") as a, open(p, "rb") as b:
         assert a.read() == b.read()
+
+
+def test_files_created_under_a_default_acl_keep_only_their_own(roots, make_spec, run_copy):
+    """Target files are created inside a directory whose default ACL names a user: each inherits an access ACL
+    from it, whatever mode it is created with (its own, 0644 here, or 0600: metadata.create_mode). The copy
+    ends with the source's attributes exactly: the inherited ACL removed where the source file has none."""
+    src, dst = roots
+    build(src, {b"d": Dir(default_acl="u:4321:rwx"), b"d/open": File(b"o", mode=0o644),
+                b"d/grp": File(b"g", mode=0o640), b"d/acl": File(b"a", mode=0o644, acl="u:99:r--")})
+    for name in (b"open", b"grp"):
+        subprocess.run(["setfacl", "-b", os.fsdecode(os.path.join(src, b"d", name))], check=True)
+        os.chmod(os.path.join(src, b"d", name), 0o644 if name == b"open" else 0o640)
+    res = run_copy(make_spec())
+    assert not res.failures and res.tally["files_copied"] == 3
+    for name in (b"d", b"d/open", b"d/grp", b"d/acl"):
+        s, d = os.path.join(src, name), os.path.join(dst, name)
+        assert _getfacl(d) == _getfacl(s), name
+        assert os.lstat(d).st_mode == os.lstat(s).st_mode, name
+    assert "user:4321" not in _getfacl(os.path.join(dst, b"d/open"))

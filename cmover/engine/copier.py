@@ -330,10 +330,11 @@ class Copier:
             if not stat.S_ISREG(before.st_mode) or before.st_ino != src.ino or before.st_dev != src.dev:
                 raise SourceChangedError("source replaced between listing and copy", op="open")
             src_x = self.idmap.xattrs(xattrs.read_all(fin, self.can))
-            fout = self.fs.create_file(dst_dir_fd, into, fin)
+            fout = self.fs.create_file(dst_dir_fd, into, fin,
+                                       metadata.create_mode(self.can.perm(src.perm, src.uid, src.gid)))
             try:
                 # Taken before the data, for the copy method and for apply_fd: writing changes neither the
-                # owner nor the mode of a file created 0600 (no set-id bit to clear).
+                # owner nor the mode of a file created without a set-id bit (metadata.create_mode).
                 out = os.fstat(fout)
                 # Fewer allocated blocks than the size means holes: copy only the data ranges.
                 copied = fsio.copy_data(fin, fout, src.size, sparse=src.blocks * 512 < src.size,

@@ -20,6 +20,29 @@ from cmover.core.privileges import ALL, Privileges
 from cmover.core.record import Kind, Record
 
 _OWNER_RWX = stat.S_IRWXU
+_SET_ID = stat.S_ISUID | stat.S_ISGID
+
+#: The mode a new file is created with when its own would grant too much while it is written.
+PRIVATE = 0o600
+
+
+def create_mode(perm: int) -> int:
+    """The mode to create a regular file with whose final permission bits are ``perm``: ``perm`` itself when
+    holding it from the creation on grants nobody anything the finished copy does not, else :data:`PRIVATE`.
+
+    While its data is written, the file belongs to this process's user and group (or a set-group-ID
+    directory's group), and may carry the access ACL inherited from the directory's default ACL, whose named
+    entries are limited by the group bits. ``perm`` is safe when its group bits equal its other bits (the
+    group of the moment and the named entries get what everyone gets, which everyone keeps) and the other
+    bits are within the owner's (the final owner, one of "everyone" until the chown, loses nothing). No
+    set-id or sticky bit: set-id bits are given after the chown, which clears them. Then the final
+    :func:`apply_fd` finds the mode right and makes no ``chmod``: a file created 0644 or 0755 costs one
+    metadata operation less (one server round trip on Lustre) than one created 0600 and changed.
+    """
+    other = perm & stat.S_IRWXO
+    if perm & ~0o777 or (perm >> 3) & 0o7 != other or (perm >> 6) & other != other:
+        return PRIVATE
+    return perm
 
 
 def apply_fd(fd: int, src: Record, *, xattrs: dict[str, bytes] | None = None, times: bool = True,
@@ -39,11 +62,13 @@ def apply_fd(fd: int, src: Record, *, xattrs: dict[str, bytes] | None = None, ti
     chowned = (uid >= 0 and st.st_uid != uid) or (gid >= 0 and st.st_gid != gid)
     if chowned:
         os.fchown(fd, uid, gid)
-    # Always chmod after a chown: the kernel clears set-id bits on chown even when the mode looked right.
+    # A chown clears the set-id bits (for a directory, the kernel keeps them, and the chmod changes nothing):
+    # with such bits wanted, the mode is set again after it, even when it looked right before.
     perm = can.perm(src.perm, src.uid, src.gid)
     have = stat.S_IMODE(st.st_mode)
+    cleared = chowned and bool(perm & _SET_ID)
     if can.dac:
-        if chowned or have != perm:
+        if cleared or have != perm:
             os.fchmod(fd, perm)
         if xattrs is not None:
             xattr_mod.apply(fd, xattrs, can)
@@ -57,7 +82,7 @@ def apply_fd(fd: int, src: Record, *, xattrs: dict[str, bytes] | None = None, ti
         except PermissionError:  # not readable with the mode it has now: set them as below, which reads again
             change_x = True
         first = final | stat.S_IWUSR if change_x else final
-        if chowned or have != first:
+        if cleared or have != first:
             os.fchmod(fd, first)
         if change_x:
             assert xattrs is not None

@@ -26,8 +26,9 @@ class FsApi(Protocol):
     name: str
     compares_layouts: bool  # whether :meth:`layout_differs` can ever be true (worth calling)
 
-    def create_file(self, dir_fd: int, name: str, src_fd: int) -> int:
-        """Create ``name`` in ``dir_fd`` exclusively (``O_EXCL``, mode 0600) and return a write descriptor.
+    def create_file(self, dir_fd: int, name: str, src_fd: int, mode: int = 0o600) -> int:
+        """Create ``name`` in ``dir_fd`` exclusively (``O_EXCL``, with ``mode``, as the umask and a default ACL
+        of ``dir_fd`` leave it) and return a write descriptor.
 
         ``src_fd`` is the open source file, whose layout an implementation may reproduce before any data
         is written. Raises ``FileExistsError`` when the name exists (the caller decides what to do).
@@ -84,8 +85,8 @@ class PosixFs:
     name = "posix"
     compares_layouts = False
 
-    def create_file(self, dir_fd: int, name: str, src_fd: int) -> int:
-        return os.open(name, CREATE_FLAGS, 0o600, dir_fd=dir_fd)
+    def create_file(self, dir_fd: int, name: str, src_fd: int, mode: int = 0o600) -> int:
+        return os.open(name, CREATE_FLAGS, mode, dir_fd=dir_fd)
 
     def mkdir(self, dir_fd: int, name: str, mdt: int | None) -> None:
         os.mkdir(name, 0o700, dir_fd=dir_fd)

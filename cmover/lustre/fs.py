@@ -69,8 +69,8 @@ class LustreFs:
 
     # -- files ------------------------------------------------------------------------------------
 
-    def create_file(self, dir_fd: int, name: str, src_fd: int) -> int:
-        fd = os.open(name, CREATE_FLAGS | O_LOV_DELAY_CREATE, 0o600, dir_fd=dir_fd)
+    def create_file(self, dir_fd: int, name: str, src_fd: int, mode: int = 0o600) -> int:
+        fd = os.open(name, CREATE_FLAGS | O_LOV_DELAY_CREATE, mode, dir_fd=dir_fd)
         if self.reads_source:
             try:
                 want = self._wanted(src_fd, lambda: _where(dir_fd, name))
