@@ -552,3 +552,70 @@ def test_absent_looks_up_only_what_a_rebuild_must_not_touch(env):
             for name in ("plain", "big", "one", "ln")}
     assert seen == {"plain": (None, None), "big": (Seen.UNSEEN, None), "one": (Seen.UNSEEN, Seen.UNSEEN),
                     "ln": (None, None)}
+
+
+def _no_lstat(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record every os.stat / os.lstat call (a lookup by name) from now on."""
+    calls: list[object] = []
+    real_stat, real_lstat = os.stat, os.lstat
+    monkeypatch.setattr(os, "stat", lambda *a, **k: (calls.append(a[0]), real_stat(*a, **k))[1])
+    monkeypatch.setattr(os, "lstat", lambda *a, **k: (calls.append(a[0]), real_lstat(*a, **k))[1])
+    return calls
+
+
+def _new(env: SimpleNamespace, name: str, copier: Copier | None = None) -> os.stat_result | None:
+    sfd = os.open(env.src, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = os.open(env.dst, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return (copier or Copier(PosixFs(), env.filt, env.tally)).copy_new(sfd, dfd, name)
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+
+
+def test_copy_new_copies_a_plain_file_without_looking_it_up(env, monkeypatch):
+    """Copier.copy_new (a regular file by its listing, in a directory the pass has just made): opened, its fstat
+    taken for its lstat; no lookup by name on either side, and the copy is the one copy_entry makes."""
+    data = os.urandom(50_000)
+    build(env.src, {"f": File(data, mode=0o640, uid=1234, gid=5678, xattrs={"user.k": b"v"}, **T)})
+    looked = _no_lstat(monkeypatch)
+    assert _new(env, "f") is None
+    monkeypatch.undo()
+    assert looked == []
+    s, d = os.lstat(env.s("f")), os.lstat(env.d("f"))
+    assert (d.st_mode, d.st_uid, d.st_gid, d.st_size, d.st_atime_ns, d.st_mtime_ns) == \
+        (s.st_mode, 1234, 5678, len(data), T_ATIME, T_MTIME)
+    assert Path(os.fsdecode(env.d("f"))).read_bytes() == data and os.getxattr(env.d("f"), "user.k") == b"v"
+    assert env.tally[C.COPIED] == 1 and env.tally[C.BYTES] == len(data)
+
+
+def test_copy_new_leaves_what_is_not_a_new_plain_file_to_copy_entry(env):
+    """A name listed as a regular file that is now a symlink, a FIFO (opened without blocking, closed at once)
+    or gone; a file with several names; one for the chunker: copy_new creates nothing, returns the entry's
+    lstat (FileNotFoundError for the one gone) and counts nothing."""
+    build(env.src, {"ln": Link(b"elsewhere"), "one": File(b"1", **T), "big": File(b"b" * 8192, **T)})
+    os.mkfifo(env.s("fifo"))
+    os.link(env.s("one"), env.s("two"))
+    chunking = Copier(PosixFs(), env.filt, env.tally, chunker=object(), chunk_threshold=4096)  # type: ignore[arg-type]
+    for name, kind in (("ln", stat.S_ISLNK), ("fifo", stat.S_ISFIFO), ("one", stat.S_ISREG), ("big", stat.S_ISREG)):
+        st = _new(env, name, chunking)
+        assert st is not None and kind(st.st_mode) and st.st_ino == os.lstat(env.s(name)).st_ino, name
+        assert not os.path.lexists(env.d(name)), name
+    with pytest.raises(FileNotFoundError):
+        _new(env, "gone")
+    assert sum(env.tally.values()) == 0
+
+
+@pytest.mark.parametrize("there", ["file", "dir"])
+def test_copy_new_over_a_name_made_meanwhile_rebuilds_it(env, there):
+    """The target name exists after all (a batch delivered again, another writer): rebuilt under a temporary
+    name and renamed over, a directory in its place removed first, as when copy_entry finds it so."""
+    build(env.src, {"f": File(b"source data", **T)})
+    if there == "file":
+        Path(os.fsdecode(env.d("f"))).write_bytes(b"stale")
+    else:
+        os.makedirs(os.path.join(env.d("f"), b"inside"))
+    assert _new(env, "f") is None
+    assert Path(os.fsdecode(env.d("f"))).read_bytes() == b"source data"
+    assert os.lstat(env.d("f")).st_mtime_ns == T_MTIME and no_temp_files(env.dst)
+    assert env.tally[C.COPIED] == 1

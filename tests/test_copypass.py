@@ -531,6 +531,44 @@ def test_a_target_directory_made_by_the_pass_is_filled_without_lookups(roots, ma
     assert again.report.tally[C.COPIED] == 0 and plain <= set(looked)
 
 
+def test_new_plain_files_listed_inline_are_opened_before_any_lookup(roots, make_spec, monkeypatch):
+    """In a directory whose target the pass has just made, a file its listing calls regular goes through
+    Copier.copy_new (opened, no lstat) when the directory's own task handles it; a symlink, a FIFO and a
+    subdirectory are looked at as before, a file with several names after copy_new has handed it back. The
+    names of batches (no type on the wire) and of a directory that was there are looked up as before."""
+    from support.runner import Run
+
+    from cmover.engine.copier import Copier
+
+    src, dst = roots
+    build(src, {b"new/a": File(b"a", mode=0o644, **{"atime_ns": T_ATIME, "mtime_ns": T_MTIME}),
+                b"new/b": File(b"b" * 70_000, mode=0o600, uid=7, gid=8), b"new/ln": Link(b"a"), b"new/p": Fifo(),
+                b"new/h1": File(b"h"), b"new/sub/c": File(b"c"), b"top": File(b"t")})
+    os.link(os.path.join(src, b"new/h1"), os.path.join(src, b"new/h2"))
+    opened: list[str] = []
+    entries: list[str] = []
+    real_new, real_entry = Copier.copy_new, Copier.copy_entry
+
+    def copy_new(self, s, d, name):
+        opened.append(name)
+        return real_new(self, s, d, name)
+
+    def copy_entry(self, s, d, name, *more):
+        entries.append(name)
+        return real_entry(self, s, d, name, *more)
+
+    monkeypatch.setattr(Copier, "copy_new", copy_new)
+    monkeypatch.setattr(Copier, "copy_entry", copy_entry)
+    run = Run(make_spec())  # the target root is there: its names are looked up (no copy_new)
+    assert run.deliver(DirJob(b"")) == []
+    assert run.report.failures == []
+    assert diff(snapshot(src), snapshot(dst)) == []
+    assert _ino(dst, b"new/h1") == _ino(dst, b"new/h2")
+    assert sorted(opened) == ["a", "b", "c", "h1", "h2"]
+    assert sorted(entries) == ["h1", "h2", "ln", "p", "top"]
+    assert run.report.tally[C.SCANNED] == 8 and run.report.tally[C.COPIED] + run.report.tally[C.LINKED] == 8
+
+
 def test_a_made_batch_delivered_again_leaves_an_exact_copy(roots, make_spec):
     """A batch of a new directory delivered again (its process died before its acknowledgement), with a
     target file changed by someone in between: the second delivery finds the names its first made (exclusive

@@ -70,7 +70,7 @@ class Copier:
     """
 
     __slots__ = ("fs", "filt", "tally", "links", "chunker", "chunk_threshold", "can", "idmap", "projects", "hsm",
-                 "_proof", "_cut", "_fast_map", "_size_window", "_plain")
+                 "_proof", "_cut", "_fast_map", "_size_window", "_plain", "opens_first")
 
     def __init__(self, fs: FsApi, filt: Filter, tally: Counter[str], links: HardLinker | None = None,
                  chunker: Chunker | None = None, chunk_threshold: int = 0, can: Privileges | None = None,
@@ -93,6 +93,9 @@ class Copier:
         self._size_window = filt.has_size_window
         # Whether an entry may be skipped by try_skip: no filter, HSM source or layout comparison to consult first.
         self._plain = not (self._size_window or filt.has_age_window or hsm is not None or fs.compares_layouts)
+        # Whether a new regular file may be opened before it is looked at (copy_new): no filter or HSM source
+        # to consult on its lstat first.
+        self.opens_first = not (self._size_window or filt.has_age_window or hsm is not None)
         self.proof = proof
 
     @property
@@ -140,6 +143,41 @@ class Copier:
             return Seen.UNSEEN
         if stat.S_ISREG(st.st_mode) and (st.st_nlink > 1 or self._to_chunker(st.st_size, st.st_blocks)):
             return Seen.UNSEEN
+        return None
+
+    def copy_new(self, src_dir_fd: int, dst_dir_fd: int, name: str) -> os.stat_result | None:
+        """Copy ``name``, listed as a regular file in a source directory whose target this pass has just made
+        (:meth:`absent`), opening it before any ``lstat``: the ``fstat`` of the open file stands for the
+        ``lstat`` that :meth:`copy_entry` needs first, and serves as the check that the file opened is the
+        one copied. One lookup less per new file (a metadata server round trip on Lustre); only
+        :data:`opens_first` copiers may (no filter, no HSM source).
+
+        Returns None once it is copied. What is not a new plain file -- a file with several names, one for the
+        chunker, an entry that is no longer a regular file (opened, it is closed at once: ``O_NONBLOCK``, and
+        ``O_NOFOLLOW`` fails on a symlink) or cannot be opened -- is left alone and its ``lstat`` returned, for
+        the caller to handle as any listed entry. Raises as :meth:`copy_entry` does; FileNotFoundError when the
+        entry is gone.
+        """
+        try:
+            fin = fsio.open_noatime(name, _READ_FLAGS, dir_fd=src_dir_fd)
+        except FileNotFoundError:
+            raise
+        except OSError:  # ELOOP (a symlink now), ENXIO (a socket), EACCES...: looked at as any entry
+            return os.stat(name, dir_fd=src_dir_fd, follow_symlinks=False)
+        src = None
+        try:
+            st = os.fstat(fin)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and not self._to_chunker(st.st_size, st.st_blocks):
+                src = self._src(st)
+                self._write_file(fin, st, dst_dir_fd, name, name, src)
+                return None
+        except FileExistsError:
+            pass  # made meanwhile: rebuilt below, as _create does
+        finally:
+            os.close(fin)
+        if src is None:
+            return st if stat.S_ISREG(st.st_mode) else os.stat(name, dir_fd=src_dir_fd, follow_symlinks=False)
+        self._taken(src_dir_fd, dst_dir_fd, name, src)
         return None
 
     def _src(self, st: os.stat_result) -> Record:
@@ -277,13 +315,16 @@ class Copier:
         try:
             self._build(src_dir_fd, dst_dir_fd, name, name, src)
         except FileExistsError:
-            # Another delivery of this task (or a user) created it meanwhile, or it was not looked up (a directory
-            # this pass has just made, see absent): rebuild and rename over. A directory in its place is removed
-            # first, as for CLEAR_DIR: the source holds a non-directory under this name.
-            now = fsio.lstat_at(dst_dir_fd, name)
-            if now is not None and stat.S_ISDIR(now.st_mode):
-                fsio.remove_tree(name, dst_dir_fd)
-            self._replace(src_dir_fd, dst_dir_fd, name, src)
+            self._taken(src_dir_fd, dst_dir_fd, name, src)
+
+    def _taken(self, src_dir_fd: int, dst_dir_fd: int, name: str, src: Record) -> None:
+        """Creating ``name`` found it taken: another delivery of this task (or a user) created it meanwhile, or
+        it was not looked up (a directory this pass has just made, see :meth:`absent`). Rebuild and rename over;
+        a directory in its place is removed first, as for CLEAR_DIR: the source holds a non-directory there."""
+        now = fsio.lstat_at(dst_dir_fd, name)
+        if now is not None and stat.S_ISDIR(now.st_mode):
+            fsio.remove_tree(name, dst_dir_fd)
+        self._replace(src_dir_fd, dst_dir_fd, name, src)
 
     def _replace(self, src_dir_fd: int, dst_dir_fd: int, name: str, src: Record) -> None:
         tmp = fsio.temp_name()
@@ -329,27 +370,33 @@ class Copier:
             before = os.fstat(fin)
             if not stat.S_ISREG(before.st_mode) or before.st_ino != src.ino or before.st_dev != src.dev:
                 raise SourceChangedError("source replaced between listing and copy", op="open")
-            src_x = self.idmap.xattrs(xattrs.read_all(fin, self.can))
-            fout = self.fs.create_file(dst_dir_fd, into, fin,
-                                       metadata.create_mode(self.can.perm(src.perm, src.uid, src.gid)))
-            try:
-                # Taken before the data, for the copy method and for apply_fd: writing changes neither the
-                # owner nor the mode of a file created without a set-id bit (metadata.create_mode).
-                out = os.fstat(fout)
-                # Fewer allocated blocks than the size means holes: copy only the data ranges.
-                copied = fsio.copy_data(fin, fout, src.size, sparse=src.blocks * 512 < src.size,
-                                        devices=(before.st_dev, out.st_dev))
-                metadata.apply_fd(fout, src, xattrs=src_x, times=False, can=self.can, st=out)
-                projid.count(self.tally, projid.sync(fin, fout, False), name)
-                after = os.fstat(fin)
-                if (after.st_mtime_ns, after.st_size, after.st_ctime_ns) != (src.mtime_ns, src.size, src.ctime_ns) \
-                        or copied != src.size:
-                    raise SourceChangedError("source changed during copy", op="copy")
-                os.utime(fout, ns=(src.atime_ns, src.mtime_ns))  # last: marks the copy complete
-            finally:
-                os.close(fout)
+            self._write_file(fin, before, dst_dir_fd, name, into, src)
         finally:
             os.close(fin)
+
+    def _write_file(self, fin: int, before: os.stat_result, dst_dir_fd: int, name: str, into: str,
+                    src: Record) -> None:
+        """Create ``into`` as a copy of open source file ``fin`` (``before``: its ``fstat`` since it was opened,
+        ``src``: the record to copy, taken from it or from the ``lstat`` of the same file); ``fin`` stays open."""
+        src_x = self.idmap.xattrs(xattrs.read_all(fin, self.can))
+        fout = self.fs.create_file(dst_dir_fd, into, fin,
+                                   metadata.create_mode(self.can.perm(src.perm, src.uid, src.gid)))
+        try:
+            # Taken before the data, for the copy method and for apply_fd: writing changes neither the
+            # owner nor the mode of a file created without a set-id bit (metadata.create_mode).
+            out = os.fstat(fout)
+            # Fewer allocated blocks than the size means holes: copy only the data ranges.
+            copied = fsio.copy_data(fin, fout, src.size, sparse=src.blocks * 512 < src.size,
+                                    devices=(before.st_dev, out.st_dev))
+            metadata.apply_fd(fout, src, xattrs=src_x, times=False, can=self.can, st=out)
+            projid.count(self.tally, projid.sync(fin, fout, False), name)
+            after = os.fstat(fin)
+            if (after.st_mtime_ns, after.st_size, after.st_ctime_ns) != (src.mtime_ns, src.size, src.ctime_ns) \
+                    or copied != src.size:
+                raise SourceChangedError("source changed during copy", op="copy")
+            os.utime(fout, ns=(src.atime_ns, src.mtime_ns))  # last: marks the copy complete
+        finally:
+            os.close(fout)
         self.tally[C.COPIED] += 1
         self.tally[C.BYTES] += copied
         self._count_lost(src)

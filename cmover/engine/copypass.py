@@ -271,18 +271,28 @@ class CopyPass:
         # path, no guard, no call beyond try_skip); the target's lstat is not made twice whatever the outcome.
         # In a target directory just made there is nothing to look up: a first copy saves a lookup per entry
         # (a metadata server round trip on Lustre).
+        # There, a file the listing calls regular is opened before any lstat (Copier.copy_new): one more lookup
+        # saved per new file.
         try_skip, skipped, is_dir = (self.copier.absent if made else self.copier.try_skip), Seen.SKIPPED, stat.S_ISDIR
+        opens_first = made and self.copier.opens_first
         scanned = 0
         try:
             for entry in listing.entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError as exc:
-                    found = self.walk.lstat_error(join(rel, os.fsencode(entry.name)), exc,
-                                                  partial(entry.stat, follow_symlinks=False))
-                    if found is None:
+                if opens_first and entry.is_file(follow_symlinks=False):  # the listing's type: no syscall
+                    left = self._new_file(rel, src_fd, dst_fd, entry.name)
+                    if left is None:
+                        scanned += 1
                         continue
-                    st = found
+                    st = left
+                else:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError as exc:
+                        found = self.walk.lstat_error(join(rel, os.fsencode(entry.name)), exc,
+                                                      partial(entry.stat, follow_symlinks=False))
+                        if found is None:
+                            continue
+                        st = found
                 if is_dir(st.st_mode):
                     subdirs.append(os.fsencode(entry.name))
                     continue
@@ -293,6 +303,22 @@ class CopyPass:
         finally:
             self.tally[C.SCANNED] += scanned
         return subdirs
+
+    def _new_file(self, rel: bytes, src_fd: int, dst_fd: int, name: str) -> os.stat_result | None:
+        """Copy ``name``, a regular file by its listing, in a directory whose target is new
+        (:meth:`~cmover.engine.copier.Copier.copy_new`), under the per-entry guard. Returns its ``lstat`` when
+        it is to be handled as any listed entry (not a plain new file, or no longer a regular file); None when it
+        is done: copied, or counted (vanished, changed, failed) by the guard."""
+        left: list[os.stat_result] = []
+
+        def work() -> None:
+            left.clear()  # a retry after a transient errno starts again
+            st = self.copier.copy_new(src_fd, dst_fd, name)
+            if st is not None:
+                left.append(st)
+
+        self.walk.guard(join(rel, os.fsencode(name)), src_fd, name, work)
+        return left[0] if left else None
 
     def _entry(self, rel: bytes, src_fd: int, dst_fd: int, name: str, st: os.stat_result,
                seen: os.stat_result | None | Seen) -> None:

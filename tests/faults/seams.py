@@ -1,7 +1,8 @@
 """Run ``celery`` with test-only fault seams: ``python tests/faults/seams.py CELERY_SCRIPT ARGS...``.
 
 The fault tests start every worker through this file. It wraps :meth:`cmover.engine.copier.Copier.copy_entry`
-(the engine's "handle one non-directory entry") before Celery starts, so the prefork pool children
+and :meth:`cmover.engine.copypass.CopyPass._new_file` (the engine's "handle one non-directory entry", the
+second for a new file in a directory the pass has just made) before Celery starts, so the prefork pool children
 inherit the wrapper; with no ``CMFAULT_*`` variable set it changes nothing. Nothing of this lives in
 cmover itself.
 
@@ -28,7 +29,7 @@ def install() -> None:
     pace = float(os.environ.get("CMFAULT_PACE") or 0)
     if not poison and not slow and not pace:
         return
-    from cmover.engine import copier
+    from cmover.engine import copier, copypass
 
     poison_rel = os.fsencode(poison) if poison else None
     slow_rel, slow_s = None, 0.0
@@ -36,9 +37,8 @@ def install() -> None:
         rel, _, secs = slow.rpartition("=")
         slow_rel, slow_s = os.fsencode(rel), float(secs)
     log = logging.getLogger("cmover.faultseam")
-    original = copier.Copier.copy_entry
 
-    def copy_entry(self, src_dir_fd, dst_dir_fd, name, st, rel=None, *more):  # type: ignore[no-untyped-def]
+    def before(rel: bytes | None) -> None:
         if rel is not None and rel == poison_rel:
             log.warning("fault seam: %r kills its worker process %d", rel, os.getpid())
             for h in logging.getLogger().handlers:
@@ -49,10 +49,23 @@ def install() -> None:
             time.sleep(slow_s)
         if pace:
             time.sleep(pace)
+
+    original = copier.Copier.copy_entry
+
+    def copy_entry(self, src_dir_fd, dst_dir_fd, name, st, rel=None, *more):  # type: ignore[no-untyped-def]
+        before(rel)
         return original(self, src_dir_fd, dst_dir_fd, name, st, rel, *more)
 
     copier.Copier.copy_entry = copy_entry  # type: ignore[method-assign]
 
+    # A new file of a directory the pass has just made is copied through CopyPass._new_file instead.
+    new_file = copypass.CopyPass._new_file
+
+    def _new_file(self, rel, src_fd, dst_fd, name):  # type: ignore[no-untyped-def]
+        before((rel + b"/" if rel else b"") + os.fsencode(name))
+        return new_file(self, rel, src_fd, dst_fd, name)
+
+    copypass.CopyPass._new_file = _new_file  # type: ignore[method-assign]
 
 def main() -> None:
     install()
