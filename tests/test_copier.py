@@ -563,11 +563,12 @@ def _no_lstat(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     return calls
 
 
-def _new(env: SimpleNamespace, name: str, copier: Copier | None = None) -> os.stat_result | None:
+def _new(env: SimpleNamespace, name: str, copier: Copier | None = None,
+         st: os.stat_result | None = None) -> os.stat_result | None:
     sfd = os.open(env.src, os.O_RDONLY | os.O_DIRECTORY)
     dfd = os.open(env.dst, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return (copier or Copier(PosixFs(), env.filt, env.tally)).copy_new(sfd, dfd, name)
+        return (copier or Copier(PosixFs(), env.filt, env.tally)).copy_new(sfd, dfd, name, st)
     finally:
         os.close(sfd)
         os.close(dfd)
@@ -619,3 +620,17 @@ def test_copy_new_over_a_name_made_meanwhile_rebuilds_it(env, there):
     assert Path(os.fsdecode(env.d("f"))).read_bytes() == b"source data"
     assert os.lstat(env.d("f")).st_mtime_ns == T_MTIME and no_temp_files(env.dst)
     assert env.tally[C.COPIED] == 1
+
+
+def test_copy_new_with_an_lstat_copies_only_that_file(env):
+    """copy_new given the caller's lstat (a batch's name): the file opened must be the one looked at; a file
+    put in its place since is not copied (SourceChangedError, left for the next pass)."""
+    build(env.src, {"f": File(b"first", **T), "g": File(b"second", **T)})
+    st = os.lstat(env.s("f"))
+    assert _new(env, "f", st=st) is None
+    assert Path(os.fsdecode(env.d("f"))).read_bytes() == b"first" and env.tally[C.COPIED] == 1
+    os.unlink(env.d("f"))
+    os.rename(env.s("g"), env.s("f"))
+    with pytest.raises(SourceChangedError):
+        _new(env, "f", st=st)
+    assert not os.path.lexists(env.d("f"))

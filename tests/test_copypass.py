@@ -549,9 +549,9 @@ def test_new_plain_files_listed_inline_are_opened_before_any_lookup(roots, make_
     entries: list[str] = []
     real_new, real_entry = Copier.copy_new, Copier.copy_entry
 
-    def copy_new(self, s, d, name):
+    def copy_new(self, s, d, name, st=None):
         opened.append(name)
-        return real_new(self, s, d, name)
+        return real_new(self, s, d, name, st)
 
     def copy_entry(self, s, d, name, *more):
         entries.append(name)
@@ -567,6 +567,37 @@ def test_new_plain_files_listed_inline_are_opened_before_any_lookup(roots, make_
     assert sorted(opened) == ["a", "b", "c", "h1", "h2"]
     assert sorted(entries) == ["h1", "h2", "ln", "p", "top"]
     assert run.report.tally[C.SCANNED] == 8 and run.report.tally[C.COPIED] + run.report.tally[C.LINKED] == 8
+
+
+def test_new_plain_files_of_batches_take_the_short_way_after_their_lstat(roots, make_spec, monkeypatch):
+    """The batches of a new directory: a name's lstat first (no type on the wire), then a plain file goes through
+    Copier.copy_new with it; a symlink and a FIFO are never opened, and the copy is exact."""
+    from support.runner import Run
+
+    from cmover.engine.copier import Copier
+
+    src, dst = roots
+    plain = {f"f{i}" for i in range(7)}
+    build(src, {os.fsencode("new/" + n): File(n.encode() * 1000, mode=0o644) for n in plain})
+    build(src, {b"new/ln": Link(b"f0"), b"new/p": Fifo()})
+    opened: list[tuple[str, bool]] = []
+    real_new = Copier.copy_new
+
+    def copy_new(self, s, d, name, st=None):
+        opened.append((name, st is not None))
+        return real_new(self, s, d, name, st)
+
+    monkeypatch.setattr(Copier, "copy_new", copy_new)
+    run = Run(make_spec(batch=2))
+    batches = run.deliver(DirJob(b""))
+    assert batches and all(job.kind == "files" and job.made for job in batches)
+    for job in batches:
+        assert run.deliver(job) == []
+    assert run.report.failures == []
+    assert diff(snapshot(src), snapshot(dst)) == []
+    in_batches = {os.fsdecode(n) for job in batches for n in job.names}
+    assert in_batches & plain, "some plain files went out in batches"
+    assert {(n, n in in_batches) for n in plain} == set(opened)  # inline: opened first; batches: with the lstat
 
 
 def test_a_made_batch_delivered_again_leaves_an_exact_copy(roots, make_spec):

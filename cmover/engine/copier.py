@@ -139,44 +139,58 @@ class Copier:
         a regular file with several names, whose group a rebuild of one name would split, for a file that goes
         to the chunker (its chunks rename over the name at the end: a lookup costs nothing beside its copy),
         and for an HSM source."""
-        if self.hsm is not None:
-            return Seen.UNSEEN
-        if stat.S_ISREG(st.st_mode) and (st.st_nlink > 1 or self._to_chunker(st.st_size, st.st_blocks)):
+        if self.hsm is not None or (stat.S_ISREG(st.st_mode) and not self.plain_new(st)):
             return Seen.UNSEEN
         return None
 
-    def copy_new(self, src_dir_fd: int, dst_dir_fd: int, name: str) -> os.stat_result | None:
-        """Copy ``name``, listed as a regular file in a source directory whose target this pass has just made
-        (:meth:`absent`), opening it before any ``lstat``: the ``fstat`` of the open file stands for the
-        ``lstat`` that :meth:`copy_entry` needs first, and serves as the check that the file opened is the
-        one copied. One lookup less per new file (a metadata server round trip on Lustre); only
+    def plain_new(self, st: os.stat_result) -> bool:
+        """Whether source entry ``st`` may be copied by :meth:`copy_new` into a directory this pass has just made:
+        a regular file with one name (a rebuild of one name of several would split their group, see
+        :meth:`absent`) that is not for the chunker."""
+        return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and not self._to_chunker(st.st_size, st.st_blocks)
+
+    def copy_new(self, src_dir_fd: int, dst_dir_fd: int, name: str,
+                 st: os.stat_result | None = None) -> os.stat_result | None:
+        """Copy new file ``name`` of a source directory whose target this pass has just made (:meth:`absent`:
+        nothing is looked up there) the short way: no decision to take, the file is created. Only
         :data:`opens_first` copiers may (no filter, no HSM source).
 
-        Returns None once it is copied. What is not a new plain file -- a file with several names, one for the
-        chunker, an entry that is no longer a regular file (opened, it is closed at once: ``O_NONBLOCK``, and
-        ``O_NOFOLLOW`` fails on a symlink) or cannot be opened -- is left alone and its ``lstat`` returned, for
-        the caller to handle as any listed entry. Raises as :meth:`copy_entry` does; FileNotFoundError when the
-        entry is gone.
+        Without ``st``, ``name`` is a regular file by its directory's listing, and it is opened before any
+        ``lstat``: the ``fstat`` of the open file stands for the ``lstat`` :meth:`copy_entry` needs first. One
+        lookup less per new file (a metadata server round trip on Lustre). What is then not a
+        :meth:`plain_new` file -- a file with several names, one for the chunker, an entry that is no longer a
+        regular file (opened, it is closed at once: ``O_NONBLOCK``, and ``O_NOFOLLOW`` fails on a symlink) or
+        cannot be opened -- is left alone and its ``lstat`` returned, for the caller to handle as any listed
+        entry. With ``st``, the caller's ``lstat`` of a :meth:`plain_new` file (a batch's names carry no type),
+        the file opened must be that one (:class:`SourceChangedError` otherwise, as in :meth:`copy_entry`).
+
+        Returns None once it is copied. Raises as :meth:`copy_entry` does; FileNotFoundError when the entry is
+        gone.
         """
         try:
             fin = fsio.open_noatime(name, _READ_FLAGS, dir_fd=src_dir_fd)
-        except FileNotFoundError:
-            raise
-        except OSError:  # ELOOP (a symlink now), ENXIO (a socket), EACCES...: looked at as any entry
+        except OSError as exc:
+            if st is not None or isinstance(exc, FileNotFoundError):
+                raise
+            # ELOOP (a symlink now), ENXIO (a socket), EACCES...: looked at as any entry
             return os.stat(name, dir_fd=src_dir_fd, follow_symlinks=False)
-        src = None
         try:
-            st = os.fstat(fin)
-            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and not self._to_chunker(st.st_size, st.st_blocks):
+            now = os.fstat(fin)
+            if st is not None:
+                if not stat.S_ISREG(now.st_mode) or now.st_ino != st.st_ino or now.st_dev != st.st_dev:
+                    raise SourceChangedError("source replaced between listing and copy", op="open")
                 src = self._src(st)
-                self._write_file(fin, st, dst_dir_fd, name, name, src)
+            elif self.plain_new(now):
+                src = self._src(now)
+            else:
+                return now if stat.S_ISREG(now.st_mode) else os.stat(name, dir_fd=src_dir_fd, follow_symlinks=False)
+            try:
+                self._write_file(fin, now, dst_dir_fd, name, name, src)
                 return None
-        except FileExistsError:
-            pass  # made meanwhile: rebuilt below, as _create does
+            except FileExistsError:
+                pass  # made meanwhile: rebuilt below, as _create does
         finally:
             os.close(fin)
-        if src is None:
-            return st if stat.S_ISREG(st.st_mode) else os.stat(name, dir_fd=src_dir_fd, follow_symlinks=False)
         self._taken(src_dir_fd, dst_dir_fd, name, src)
         return None
 

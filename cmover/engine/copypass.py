@@ -129,6 +129,9 @@ class CopyPass:
                 self._repair_itself(rel, src_fd, dst_fd)
                 return
             try_skip = self.copier.absent if made else self.copier.try_skip
+            # A new plain file of a new directory takes the short way (Copier.copy_new), after its lstat: a
+            # batch's names carry no type, and nothing that is not a regular file is ever opened.
+            plain = self.copier.plain_new if made and self.copier.opens_first else None
             deadline = time.monotonic() + self.spec.batch_seconds
             for pos, bname in enumerate(todo):
                 if pos and time.monotonic() > deadline:
@@ -149,6 +152,9 @@ class CopyPass:
                         self._shallow_dir(join(rel, bname), src_fd, dst_fd)
                     continue  # became a directory since listing; its parent's next pass walks it
                 self.tally[C.SCANNED] += 1
+                if plain is not None and plain(st):
+                    self._new_file(rel, src_fd, dst_fd, name, st)
+                    continue
                 seen = try_skip(dst_fd, name, st)
                 if seen is not Seen.SKIPPED:
                     self._entry(rel, src_fd, dst_fd, name, st, seen)
@@ -304,18 +310,19 @@ class CopyPass:
             self.tally[C.SCANNED] += scanned
         return subdirs
 
-    def _new_file(self, rel: bytes, src_fd: int, dst_fd: int, name: str) -> os.stat_result | None:
-        """Copy ``name``, a regular file by its listing, in a directory whose target is new
-        (:meth:`~cmover.engine.copier.Copier.copy_new`), under the per-entry guard. Returns its ``lstat`` when
-        it is to be handled as any listed entry (not a plain new file, or no longer a regular file); None when it
-        is done: copied, or counted (vanished, changed, failed) by the guard."""
+    def _new_file(self, rel: bytes, src_fd: int, dst_fd: int, name: str,
+                  st: os.stat_result | None = None) -> os.stat_result | None:
+        """Copy new file ``name`` of a directory whose target is new (:meth:`~cmover.engine.copier.Copier.copy_new`:
+        a regular file by its listing, or ``st``, its ``lstat``), under the per-entry guard. Returns its ``lstat``
+        when it is to be handled as any listed entry (not a plain new file, or no longer a regular file); None
+        when it is done: copied, or counted (vanished, changed, failed) by the guard."""
         left: list[os.stat_result] = []
 
         def work() -> None:
             left.clear()  # a retry after a transient errno starts again
-            st = self.copier.copy_new(src_fd, dst_fd, name)
-            if st is not None:
-                left.append(st)
+            found = self.copier.copy_new(src_fd, dst_fd, name, st)
+            if found is not None:
+                left.append(found)
 
         self.walk.guard(join(rel, os.fsencode(name)), src_fd, name, work)
         return left[0] if left else None

@@ -61,9 +61,9 @@ def install() -> None:
     # A new file of a directory the pass has just made is copied through CopyPass._new_file instead.
     new_file = copypass.CopyPass._new_file
 
-    def _new_file(self, rel, src_fd, dst_fd, name):  # type: ignore[no-untyped-def]
+    def _new_file(self, rel, src_fd, dst_fd, name, *more):  # type: ignore[no-untyped-def]
         before((rel + b"/" if rel else b"") + os.fsencode(name))
-        return new_file(self, rel, src_fd, dst_fd, name)
+        return new_file(self, rel, src_fd, dst_fd, name, *more)
 
     copypass.CopyPass._new_file = _new_file  # type: ignore[method-assign]
 
