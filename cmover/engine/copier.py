@@ -167,6 +167,9 @@ class Copier:
         Returns None once it is copied. Raises as :meth:`copy_entry` does; FileNotFoundError when the entry is
         gone.
         """
+        # Without st, the type is the one this task's own listing read: an entry replaced by a device node since
+        # then would be opened, as one replaced between an lstat and its open would be. The window is longer
+        # (up to the handling of the directory's entries listed before it), the risk of the same kind.
         try:
             fin = fsio.open_noatime(name, _READ_FLAGS, dir_fd=src_dir_fd)
         except OSError as exc:
