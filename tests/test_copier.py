@@ -517,6 +517,7 @@ def test_a_retried_entry_looks_at_its_target_again(make_spec, monkeypatch):
     spec = make_spec()
     src, dst = spec.src_root, spec.dst_root
     build(src, {"f": File(b"data", **T)})
+    build(dst, {"other": File(b"x")})  # a target root that holds something: its names are looked up
     monkeypatch.setattr(jobs, "TRANSIENT_PAUSES", (0.0,))
     calls: list[object] = []
     real = copiermod.Copier.copy_entry

@@ -497,14 +497,19 @@ def _target_lookups(monkeypatch, dst: bytes) -> list[bytes]:
     return looked
 
 
-def test_a_target_directory_made_by_the_pass_is_filled_without_lookups(roots, make_spec, monkeypatch):
+@pytest.mark.parametrize("root", ["holding", "empty"])
+def test_a_target_directory_made_by_the_pass_is_filled_without_lookups(roots, make_spec, monkeypatch, root):
     """A first copy looks up no name of a target directory it has just created, inline or in the batches it
     published for it (FilesJob.made); a file with several names is looked up still (a rebuild of one name must
-    not split its group), and so is every name of a directory that was there. The next pass looks every name
+    not split its group), and so is every name of a directory that was there holding something (here the target
+    root with an older copy of one file). A target root there but empty is as new. The next pass looks every name
     up: its no-change path."""
     from support.runner import Run
 
     src, dst = roots
+    if root == "holding":
+        with open(os.path.join(dst, b"top"), "wb") as f:
+            f.write(b"an older top")
     plain = {b"f%02d" % i for i in range(25)}  # (a symlink's own lstat after its creation sets its owner and times)
     for i in range(25):
         build(src, {b"big/f%02d" % i: File(b"%d" % i, atime_ns=T_ATIME, mtime_ns=T_MTIME)})
@@ -521,7 +526,10 @@ def test_a_target_directory_made_by_the_pass_is_filled_without_lookups(roots, ma
     assert run.report.failures == []
     assert diff(snapshot(src), snapshot(dst)) == []
     assert _ino(dst, b"big/h1") == _ino(dst, b"big/h2")
-    assert b"top" in looked and b"big" in looked, "the target root was there: its names are looked up"
+    if root == "holding":
+        assert b"top" in looked and b"big" in looked, "the target root held something: its names are looked up"
+    else:
+        assert b"top" not in looked and b"big" not in looked, "the target root was empty: nothing to look up"
     assert not plain & set(looked), "no plain name of the new directory was looked up"
     looked.clear()
     again = Run(spec)
@@ -559,7 +567,9 @@ def test_new_plain_files_listed_inline_are_opened_before_any_lookup(roots, make_
 
     monkeypatch.setattr(Copier, "copy_new", copy_new)
     monkeypatch.setattr(Copier, "copy_entry", copy_entry)
-    run = Run(make_spec())  # the target root is there: its names are looked up (no copy_new)
+    with open(os.path.join(dst, b"top"), "wb") as f:  # the target root holds something: its names are looked up
+        f.write(b"an older top")
+    run = Run(make_spec())
     assert run.deliver(DirJob(b"")) == []
     assert run.report.failures == []
     assert diff(snapshot(src), snapshot(dst)) == []

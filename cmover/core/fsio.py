@@ -354,6 +354,13 @@ def lstat_at(dir_fd: int, name: str | bytes) -> os.stat_result | None:
         return None
 
 
+def empty_dir(fd: int) -> bool:
+    """Whether open directory ``fd`` holds no entry, read as far as its first one (one or two ``getdents``).
+    ``fd`` keeps its place: the listing reads a duplicate, rewound when it is closed."""
+    with os.scandir(fd) as it:
+        return next(it, None) is None
+
+
 def temp_name() -> str:
     """A new name for a file built beside its target and renamed over it: ``.cmover.<16 hex digits>.tmp``, fixed
     length, so that a 255-byte name still gets a valid temporary name."""

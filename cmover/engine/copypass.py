@@ -223,7 +223,8 @@ class CopyPass:
         """Handle directory ``rel`` whose source is open as ``src_fd``; ``dst_parent`` is its target parent.
         ``proven``: the source directories above it and (as far as known) this one are proven unchanged
         since the last clean pass (:func:`cmover.core.cleanpass.dir_proven`). ``made``: its target was created
-        empty by the pass's command (:attr:`DirJob.made`); one that this call creates is known made too.
+        empty by the pass's command (:attr:`DirJob.made`); one that this call creates is known made too, and so
+        is the pass's start directory when its target is found empty.
         ``in_new``: its target parent is such a directory (see :meth:`_ensure_target_dir`)."""
         try:
             src_rec = self.idmap.record(Record.from_stat(os.fstat(src_fd)))
@@ -238,6 +239,10 @@ class CopyPass:
             self.tally[C.DIRS] += 1
             self.copier.proof = self.proof if proven else None
             new = made or created
+            if not new and rel == self.spec.start:
+                # The pass's own target root, there before it (a distributed pass needs it; an operator makes it
+                # for a first copy): empty, it holds no name either. One listing call per pass.
+                new = fsio.empty_dir(dst_fd)
             subdirs = self._entries(rel, src_fd, dst_fd, new)
             self.tally[C.DIRS_FOUND] += len(subdirs)
             mdts = self.spec.mdt_list if not rel and self.spec.mds_striped else ()  # first level: placed on MDTs
