@@ -70,32 +70,37 @@ def test_regular_file_created(env):
 
 def test_create_mode_grants_nobody_more_while_the_data_is_written():
     """Every mode: a file created with create_mode(perm) gives no one, until its final chown and chmod, more than
-    the finished copy gives them. Until then anyone (the final owner and the final group's members among them)
-    may be a member of the group of the moment (the creator's, or a set-group-ID directory's) or a named entry
-    of an ACL inherited from the directory's default ACL, limited by the group bits: at most group | other bits.
-    At the end the final owner has the owner bits, a member of the final group the group bits, anyone else the
-    other bits. And it is the file's own mode whenever that is safe: the chmod is saved for every such file."""
+    the finished copy gives them, and nobody but its creator may write it. Until then anyone (the final owner and
+    the final group's members among them) may be a member of the group of the moment (the creator's, or a
+    set-group-ID directory's) or a named entry of an ACL inherited from the directory's default ACL, limited by
+    the group bits: at most group | other bits. At the end the final owner has the owner bits, a member of the
+    final group the group bits, anyone else the other bits. A write before the final mtime would be hidden by
+    it: no one else writes until then. And it is the file's own mode whenever that is safe: the chmod is saved
+    for every such file."""
     own = 0
     for perm in range(0o10000):
         made = metadata.create_mode(perm)
         assert made in (perm, metadata.PRIVATE)
         during = (made >> 3 | made) & 0o7
         after = {"owner": perm >> 6 & 0o7, "group": perm >> 3 & 0o7, "other": perm & 0o7}
-        safe = made <= 0o777 and all(during & ~bits == 0 for bits in after.values())
+        safe = made <= 0o777 and not during & 0o2 and all(during & ~bits == 0 for bits in after.values())
         assert safe, oct(perm)
-        if perm <= 0o777 and all((perm >> 3 | perm) & 0o7 & ~bits == 0 for bits in after.values()):
+        could = (perm >> 3 | perm) & 0o7
+        if perm <= 0o777 and not could & 0o2 and all(could & ~bits == 0 for bits in after.values()):
             assert made == perm, oct(perm)  # safe as it is: created with it
             own += 1
-    assert own == 27  # group bits = other bits, within the owner bits: each bit of the 3 in none, o+g+u, or u alone
-    assert [metadata.create_mode(m) for m in (0o644, 0o755, 0o600, 0o700, 0o444, 0o555, 0o666, 0o777)] == \
-        [0o644, 0o755, 0o600, 0o700, 0o444, 0o555, 0o666, 0o777]
-    assert {metadata.create_mode(m) for m in (0o640, 0o664, 0o750, 0o604, 0o4755, 0o2755, 0o1777, 0o044)} == {0o600}
+    assert own == 18  # r and x each in none, all three or the owner's alone (3 x 3); the owner's w either way
+    assert [metadata.create_mode(m) for m in (0o644, 0o755, 0o600, 0o700, 0o444, 0o555, 0o711)] == \
+        [0o644, 0o755, 0o600, 0o700, 0o444, 0o555, 0o711]
+    assert {metadata.create_mode(m) for m in (0o640, 0o664, 0o666, 0o777, 0o750, 0o604, 0o4755, 0o2755, 0o1777,
+                                              0o044)} == {0o600}
 
 
-@pytest.mark.parametrize("mode,chmods", [(0o644, 0), (0o755, 0), (0o640, 1), (0o4755, 1)])
+@pytest.mark.parametrize("mode,chmods", [(0o644, 0), (0o755, 0), (0o640, 1), (0o666, 1), (0o4755, 1)])
 def test_new_file_is_chmodded_only_when_created_private_or_set_id(env, monkeypatch, mode, chmods):
     """A new file whose mode create_mode allows is created with it, chowned, and never chmodded (on Lustre, one
-    metadata round trip less per file); a file created 0600, or one whose set-id bits the chown cleared, is."""
+    metadata round trip less per file); a file created 0600 (group bits not the other bits, or writable by
+    others), or one whose set-id bits the chown cleared, is."""
     build(env.src, {"f": File(b"data", mode=mode, uid=1234, gid=5678, **T)})
     real, calls = os.fchmod, []
     monkeypatch.setattr(os, "fchmod", lambda fd, m: (calls.append(m), real(fd, m)))

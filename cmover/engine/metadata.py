@@ -34,13 +34,15 @@ def create_mode(perm: int) -> int:
     directory's group), and may carry the access ACL inherited from the directory's default ACL, whose named
     entries are limited by the group bits. ``perm`` is safe when its group bits equal its other bits (the
     group of the moment and the named entries get what everyone gets, which everyone keeps) and the other
-    bits are within the owner's (the final owner, one of "everyone" until the chown, loses nothing). No
-    set-id or sticky bit: set-id bits are given after the chown, which clears them. Then the final
-    :func:`apply_fd` finds the mode right and makes no ``chmod``: a file created 0644 or 0755 costs one
-    metadata operation less (one server round trip on Lustre) than one created 0600 and changed.
+    bits are within the owner's (the final owner, one of "everyone" until the chown, loses nothing). No write
+    bit but the owner's: a write by anyone else before the copy's mtime is set would be hidden by it (the mtime
+    is the commit marker); after it, it shows. No set-id or sticky bit: set-id bits are given after the chown,
+    which clears them. Then the final :func:`apply_fd` finds the mode right and makes no ``chmod``: a file
+    created 0644 or 0755 costs one metadata operation less (one server round trip on Lustre) than one created
+    0600 and changed.
     """
     other = perm & stat.S_IRWXO
-    if perm & ~0o777 or (perm >> 3) & 0o7 != other or (perm >> 6) & other != other:
+    if perm & ~0o777 or other & stat.S_IWOTH or (perm >> 3) & 0o7 != other or (perm >> 6) & other != other:
         return PRIVATE
     return perm
 
