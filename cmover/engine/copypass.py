@@ -442,7 +442,6 @@ class CopyPass:
             raise
         return fd, made
 
-
     def _mkdir(self, dst_parent: int, name: str, src: Record, mdt: int | None) -> bool:
         """Create target directory ``name`` (counted); False when the name is taken."""
         try:
