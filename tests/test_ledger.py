@@ -320,3 +320,47 @@ def test_task_ids_are_the_version_5_uuids_of_their_names():
         h = hashlib.sha1(b"\0".join(names)).hexdigest() if names else ""
         name = "copy-x" + "\0" + "files" + "\0" + rel.hex() + "\0" + str(index) + "\0" + h
         assert task_id("copy-x", "files", rel, index, names) == str(uuid.uuid5(uuid.UUID(bytes=_NS), name))
+
+
+@pytest.mark.parametrize("journal", [False, True], ids=["root task", "journal jobs"])
+def test_a_started_run_is_current_only_once_its_ledger_counts_a_task(run_id, journal, monkeypatch):
+    """`cmover start` (cmover.ops.start) makes its run the current one only once the ledger counts a task
+    of it, and sends nothing before: whatever `status` reads from then on, until the pass's tasks run, is
+    "1 or more outstanding", never a run without a ledger ("unknown": `status` exited 3 when run a moment
+    after a start) nor one with nothing counted ("complete" before anything was sent)."""
+    from cmover.core.passes import PassKind, PassSpec
+    from cmover.core.settings import Settings
+    from cmover.engine.jobs import DirJob, FilesJob
+    from cmover.ops import runs
+    from cmover.ops import start as startmod
+
+    mc_client().version()
+    settings = Settings(memcached="127.0.0.1:11211", username=f"t{run_id[-12:]}")  # its own current run
+    reader = MemcacheLedger(mc_client)  # another process's view
+    spec = PassSpec(run_id=run_id, kind=PassKind.COPY, src_root=b"/s", dst_root=b"/d")
+    seen: list[tuple[str, int | None]] = []
+    record_start = runs.record_start
+
+    def recording_start(*args, **kwargs):
+        seen.append(("current", reader.outstanding(run_id)))
+        record_start(*args, **kwargs)
+
+    def send(messages):
+        current = runs.current(settings, "copy")
+        assert current is not None and current.run_id == run_id, "a task was sent before its run was current"
+        seen.extend(("send", reader.outstanding(run_id)) for _ in messages)
+
+    monkeypatch.setattr(startmod, "check_broker", lambda settings: None)
+    monkeypatch.setattr(startmod, "_send", send)
+    monkeypatch.setattr(runs, "record_start", recording_start)
+    jobs = [DirJob(b"a"), FilesJob(b"", (b"x", b"y"), 0)] if journal else None
+    tid = startmod.start(settings, spec, jobs)
+    assert [what for what, _ in seen] == (["current", "send", "send"] if journal else ["current", "send"])
+    assert all(out is not None and out >= 1 for _, out in seen), seen
+    # Every job counted, and nothing else: the seeding's own count is given back once all are sent.
+    assert reader.outstanding(run_id) == (2 if journal else 1)
+    assert tid == ("" if journal else task_id(run_id, "dir", b"", 0))
+    if journal:
+        none = PassSpec(run_id=run_id + "-none", kind=PassKind.COPY, src_root=b"/s", dst_root=b"/d")
+        assert startmod.start(settings, none, []) == ""
+        assert reader.outstanding(none.run_id) == 0  # no job: complete at once

@@ -1,4 +1,4 @@
-"""Starting a distributed pass: record the run, then seed its root directory task on the broker."""
+"""Starting a distributed pass: count its first task in the ledger, record the run, then publish the task."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ def start(settings: Settings, spec: PassSpec, jobs: Sequence[Job] | None = None,
 
     check_broker(settings)
     try:
-        runs.record_start(settings, spec, how)
         # The site's ledger alone: a worker's whole context would bring the Celery app its error lists record through.
-        return seed(_send, spec, runs.ledger(settings), jobs)
+        # The run becomes the current one once its ledger counts its first task (see seed's ``announce``).
+        return seed(_send, spec, runs.ledger(settings), jobs, announce=lambda: runs.record_start(settings, spec, how))
     except (TimeoutError, OSError, LedgerLost) as exc:
         raise FatalError(f"memcached at {settings.memcached} is unreachable ({exc}); start it (memcached -M) "
                          "or fix MEMCACHED in config.py: passes cannot be tracked without it") from None

@@ -178,21 +178,34 @@ def job_task_id(spec: PassSpec, job: Job) -> str:
     return task_id(spec.run_id, kind, job.rel, job.index, job.ident())
 
 
-def seed(send: Send, spec: PassSpec, ledger: Ledger, jobs: Sequence[Job] | None = None, made: bool = False) -> str:
+def seed(send: Send, spec: PassSpec, ledger: Ledger, jobs: Sequence[Job] | None = None, made: bool = False,
+         announce: Callable[[], None] | None = None) -> str:
     """Open the run in ``ledger`` and send (``send``) the pass's root directory task; return its task id.
 
     With ``jobs`` (a journal-driven pass, :mod:`cmover.engine.changeplan`) those are sent instead,
     each counted in the ledger before it is sent, and "" is returned: a pass with no job is complete at once.
     ``made``: the command has just created the target root (:attr:`DirJob.made`).
+    ``announce``: makes the run visible to its readers (`cmover status`, ``--wait``); called once the ledger
+    counts at least one task of the run and before anything is sent, so that no reader ever finds the run
+    without its ledger (read as "unknown") or with nothing counted yet (read as "complete"). A journal-driven
+    pass holds a count of its own until every job is sent: a seeding cut short leaves the run stalled,
+    never complete.
     """
     ledger.open_run(spec.run_id)
     if jobs is not None:
+        hold = task_id(spec.run_id, "seed", spec.start, 0)
+        ledger.enqueue(spec.run_id, hold)
+        if announce is not None:
+            announce()
         emit = Emitter(spec.as_dict(), spec, ledger, send)
         for job in jobs:
             emit(job)
+        ledger.done(spec.run_id, hold)
         return ""
     tid = task_id(spec.run_id, "dir", spec.start, 0)
     ledger.enqueue(spec.run_id, tid)
+    if announce is not None:
+        announce()
     send([(TASK_NAMES[(spec.kind.value, "dir")], [spec.as_dict(), *DirJob(spec.start, made=made).wire_args()], tid)])
     return tid
 
