@@ -117,7 +117,9 @@ MEMCACHED = "127.0.0.1:11211"
 MAX_DELIVERIES = 5
 
 # Pool processes (not threads) of the embedded mode (`cmover copy` with no broker, or --embedded):
-# 0 = twice the number of cores. `cmover copy -j N` overrides it for one run (-j 0: this setting).
+# 0 = one per core, or two per core when SRC or DST is on a network filesystem (Lustre, NFS...), whose
+# metadata calls keep a process waiting for a server. `cmover copy -j N` overrides it for one run
+# (-j 0: this setting).
 LOCAL_JOBS = 0
 
 # Directory for node-local logs (relative paths are relative to this file's directory).

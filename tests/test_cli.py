@@ -406,9 +406,35 @@ def test_help_says_which_config_file_is_read_and_what_jobs_0_means(site):
     assert "--config, else by $CMOVER_CONFIG" in top and "./config.py in the current directory" in top
     assert f"else {PACKAGE_CONFIG} (beside the cmover package)" in top and "always validated" in top
     copy_help = " ".join(run(["copy", "--help"], work).stdout.split())
-    assert "0 (the default): LOCAL_JOBS, or 2 x cores" in copy_help
+    assert "0 (the default): LOCAL_JOBS, or when that is 0 too, one per core (two per core when SRC or DST is on a " \
+           "network filesystem" in copy_help
     res = run(["copy", "-j", "0", "-q", str(src), str(tmp / "dst")], work, config=cfg)
     assert res.returncode == 0, res.stderr
+
+
+def test_default_jobs_one_per_core_two_on_a_network_filesystem(tmp_path, monkeypatch):
+    """-j 0 and LOCAL_JOBS 0: one pool process per core on local disks (they keep the cores busy), two per core
+    when SRC or DST is on a network filesystem, whose metadata calls leave a process waiting for a server."""
+    import argparse
+    import os
+
+    from cmover.cli import passes
+    from cmover.core.settings import Settings
+    from cmover.lustre import detect
+
+    assert [passes.default_jobs(c, r) for c in (1, 2, 8) for r in (False, True)] == [1, 2, 2, 4, 8, 16]
+    args = argparse.Namespace(jobs=0, src=str(tmp_path), dst=str(tmp_path / "new"))
+    (tmp_path / "new").mkdir()
+    cores = os.cpu_count() or 1
+    assert detect.network_fs(os.fsencode(tmp_path)) is None  # a local filesystem, asked for real
+    assert passes.jobs_of(args, Settings()) == cores
+    assert passes.jobs_of(argparse.Namespace(jobs=3, src="/nowhere", dst="/nowhere"), Settings(local_jobs=5)) == 3
+    assert passes.jobs_of(argparse.Namespace(jobs=0, src="/nowhere", dst="/nowhere"), Settings(local_jobs=5)) == 5
+    # A network filesystem cannot be mounted here: the kernel's answer for the target is replaced, as Lustre's.
+    target = os.fsencode(tmp_path / "new")
+    monkeypatch.setattr(detect, "fs_type", lambda p: detect.LL_SUPER_MAGIC if p == target else 0xEF53)
+    assert detect.network_fs(target) == "Lustre"
+    assert passes.jobs_of(args, Settings()) == 2 * cores
 
 
 

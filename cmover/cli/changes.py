@@ -41,15 +41,11 @@ from cmover.core.paths import display, is_within
 from cmover.core.settings import Settings
 from cmover.engine.jobs import Job
 from cmover.journal.store import has_journal
-from cmover.lustre.detect import fs_type
+from cmover.lustre.detect import network_fs
 
 if TYPE_CHECKING:  # imported where a journal is read: a pass over a source without one needs none of them
     from cmover.journal.base import Reading, Rename
     from cmover.lustre.chjournal import LustreJournal
-
-#: Filesystems whose changes a local fanotify mark does not see (made on other nodes): never watched.
-_NETWORK_FS = {0x0BD00BD0: "Lustre", 0x6969: "NFS", 0xFF534D42: "CIFS", 0xFE534D42: "SMB2", 0x47504653: "GPFS",
-               0x65735546: "FUSE", 0x73757245: "Coda", 0x564C: "NCP", 0x00C36400: "Ceph", 0x013111A8: "IBRIX"}
 
 
 def add_changes_option(p: argparse.ArgumentParser) -> None:
@@ -117,7 +113,7 @@ def _driven(kind: PassKind, spec: PassSpec, settings: Settings, mode: str, now: 
     try:
         if isinstance(found, str):
             raise Untrusted(found)
-        kind_fs = _NETWORK_FS.get(fs_type(spec.src_root) or 0) if chl is None else None
+        kind_fs = network_fs(spec.src_root) if chl is None else None
         if kind_fs is not None:
             raise Untrusted(f"the source is on {kind_fs}, whose changes a local journal cannot see")
         if spec.leaves_entries_out:
@@ -272,7 +268,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise ConfigError(f"SRC {args.src} is not a directory; give the source root to watch")
     if not 0.05 <= args.heartbeat <= 60:
         raise ConfigError(f"--heartbeat {args.heartbeat} must be between 0.05 and 60 seconds")
-    kind = _NETWORK_FS.get(fs_type(src) or 0)
+    kind = network_fs(src)
     if kind is not None:
         raise ConfigError(f"SRC {args.src} is on {kind}: a local watcher does not see changes made on other nodes; "
                           "use the filesystem's own change log")

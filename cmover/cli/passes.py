@@ -63,8 +63,8 @@ def add_parsers(sub: Any, sync: Callable[[argparse.Namespace], int]) -> None:
         c.add_argument("src", metavar="SRC")
         c.add_argument("dst", metavar="DST")
         c.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
-                       help="pool processes of an embedded run; 0 (the default): LOCAL_JOBS, or 2 x cores when that "
-                       "is 0 too")
+                       help="pool processes of an embedded run; 0 (the default): LOCAL_JOBS, or when that is 0 too, "
+                       "one per core (two per core when SRC or DST is on a network filesystem: Lustre, NFS...)")
         c.add_argument("--embedded", action="store_true", help="run on this machine even when a broker is configured")
         c.add_argument("-q", "--quiet", action="store_true", help="no live progress")
         c.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -182,8 +182,22 @@ def check_jobs(args: argparse.Namespace) -> None:
 
 
 def jobs_of(args: argparse.Namespace, settings: Settings) -> int:
-    """Pool processes of an embedded run: -j, else LOCAL_JOBS, else twice the cores."""
-    return args.jobs or settings.local_jobs or 2 * (os.cpu_count() or 1)
+    """Pool processes of an embedded run: -j, else LOCAL_JOBS, else :func:`default_jobs` for this machine's cores
+    and the filesystems of SRC and DST (each asked once, with ``statfs``)."""
+    if args.jobs or settings.local_jobs:
+        return int(args.jobs or settings.local_jobs)
+    from cmover.lustre.detect import network_fs
+
+    remote = any(network_fs(os.fsencode(os.path.abspath(root))) for root in (args.src, args.dst))
+    return default_jobs(os.cpu_count() or 1, remote)
+
+
+def default_jobs(cores: int, remote: bool) -> int:
+    """Pool processes of an embedded run by default (pure): one per core, or two when SRC or DST is on a network
+    filesystem (``remote``: Lustre, NFS...), where every metadata call leaves its process waiting for a server.
+    On local disks a pass keeps its cores busy with as many: measured on 2 cores, 2 processes against 4, no-change
+    passes of 20,000 and 100,000 files 4% and 3% faster, full copies into a new XFS as fast."""
+    return 2 * cores if remote else cores
 
 
 def stop_on_signals(stack: contextlib.ExitStack) -> threading.Event:

@@ -298,8 +298,8 @@ def from_mapping(values: dict[str, Any], *, config_path: str = "", rabbitmq_dir:
     if kw["max_deliveries"] < 1:
         raise ConfigError("MAX_DELIVERIES must be >= 1; fix config.py")
     if not 0 <= kw["local_jobs"] <= MAX_LOCAL_JOBS:
-        raise ConfigError(f"LOCAL_JOBS must be between 0 and {MAX_LOCAL_JOBS} processes (0 = twice the number "
-                          "of cores); fix config.py")
+        raise ConfigError(f"LOCAL_JOBS must be between 0 and {MAX_LOCAL_JOBS} processes (0 = one per core, "
+                          "two on a network filesystem); fix config.py")
     host, _, port = kw["memcached"].rpartition(":")
     if not host or any(c.isspace() or c == "/" for c in host) or not (port.isascii() and port.isdigit()) \
             or len(port) > 5 or not 1 <= int(port) <= 65535:
