@@ -74,9 +74,10 @@ def test_done_twice_decrements_once(ledger, run_id):
     ledger.open_run(run_id)
     for t in ("t1", "t2", "t3"):
         ledger.enqueue(run_id, t)
-    ledger.done(run_id, "t1")
-    ledger.done(run_id, "t1")
+    assert ledger.done(run_id, "t1") == 2  # the count just after: the worker of the last task reports at once
+    assert ledger.done(run_id, "t1") is None  # not this call's to count
     assert ledger.outstanding(run_id) == 2
+    assert [ledger.done(run_id, t) for t in ("t3", "t2")] == [1, 0]
 
 
 def test_outstanding_zero_only_when_all_done(ledger, run_id):

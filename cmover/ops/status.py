@@ -277,7 +277,7 @@ def wait(settings: Settings, kind: str, run_id: str, poll: float = 1.0,
     """
     ledger = runs.ledger(settings)
     began = time.monotonic()
-    last = -poll
+    last = began  # the first full reading after `poll`, or as soon as the count drops to 0: a short pass needs one
     seen: int | None = -1
     unreadable_since: float | None = None
     while True:

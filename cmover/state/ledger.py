@@ -74,7 +74,10 @@ class Ledger(Protocol):
         """How many times ``finished`` was called for the run; None when it cannot be said."""
         ...
 
-    def done(self, run_id: str, tid: str) -> None: ...
+    def done(self, run_id: str, tid: str) -> int | None:
+        """Mark task ``tid`` done; the run's outstanding count just after, when this call marked it (None for a
+        task already done, or when the ledger does not say)."""
+        ...
 
     def outstanding(self, run_id: str) -> int | None:
         """Tasks published and not done, or None when the ledger cannot vouch for its count."""
@@ -156,14 +159,16 @@ class MemoryLedger:
         with self._lock:
             return self._finished.get(run_id)
 
-    def done(self, run_id: str, tid: str) -> None:
+    def done(self, run_id: str, tid: str) -> int | None:
         k = _key(tid)
         with self._lock:
             done = self._done.setdefault(run_id, set())
-            if k not in done:
-                done.add(k)
-                self._deliveries.get(run_id, {}).pop(k, None)  # a done task needs no delivery count
-                self._out[run_id] = self._out.get(run_id, 0) - 1
+            if k in done:
+                return None
+            done.add(k)
+            self._deliveries.get(run_id, {}).pop(k, None)  # a done task needs no delivery count
+            self._out[run_id] = left = self._out.get(run_id, 0) - 1
+            return left
 
     def outstanding(self, run_id: str) -> int | None:
         with self._lock:
@@ -263,11 +268,14 @@ class MemcacheLedger:
             return None
         return None if got is None else int(got)
 
-    def done(self, run_id: str, tid: str) -> None:
+    def done(self, run_id: str, tid: str) -> int | None:
         mc = self._mc()
-        first = mc.add(keys.done(run_id, tid), "1", expire=self.TTL, noreply=False)
-        if first and mc.decr(keys.run_key(run_id, "out"), 1) is None:
+        if not mc.add(keys.done(run_id, tid), "1", expire=self.TTL, noreply=False):
+            return None
+        left = mc.decr(keys.run_key(run_id, "out"), 1)
+        if left is None:
             raise LedgerLost(f"run {run_id}: outstanding counter missing from memcached")
+        return int(left)
 
     def claim(self, run_id: str, key: str, value: str) -> str:
         mc = self._mc()

@@ -354,7 +354,10 @@ def _run_task(name: str, tid: str, hostname: str, spec_d: Any, rel_wire: Any, bo
         except Exception as exc:  # the failures are in the log in any case
             log.error("could not record %d failure(s) in the error list: %s", len(failures), exc)
     if _LedgerGuard.mark(ctx.ledger, run_id):
-        _LedgerGuard.call(ctx.ledger.done, run_id, tid)
+        if _LedgerGuard.call(ctx.ledger.done, run_id, tid) == 0:
+            # The run's last task: `status` and `--wait` now wait for every count to be reported, so this
+            # process's go out at once rather than once it has been idle for REPORT_IDLE.
+            ctx.stats.flush()
     else:  # left outstanding: the run must not look complete while its mark is missing
         log.error("task %s of run %s left not done in the ledger: a task it published is uncounted", tid, run_id)
 
