@@ -112,7 +112,35 @@ def _wait_complete(dep: FaultDeployment, run_id: str, timeout: float,
         if tick is not None:
             tick()
         time.sleep(0.3)
-    pytest.fail(f"run {run_id} not complete after {timeout} s; last status {last}\n{dep.worker_logs()}")
+    pytest.fail(f"run {run_id} not complete after {timeout} s; last status {last}\n{_stuck(dep, run_id)}\n"
+                f"{dep.worker_logs()}")
+
+
+def _stuck(dep: FaultDeployment, run_id: str) -> str:
+    """What a run that does not complete is waiting for: each queue's ready and unacknowledged messages (a
+    message held by a consumer that does not run it is unacknowledged), and each task the ledger lists with
+    no done marker, with the worker log lines that name it (received, succeeded, requeued...)."""
+    from pymemcache.client.base import Client
+
+    from cmover.state import keys
+    from cmover.state.ledger import MemcacheLedger
+
+    lines = [f"queues (ready, unacked): {dep.rabbit.queues(dep.username)}"]
+    mc = Client(("127.0.0.1", dep.memcached.port), connect_timeout=5, timeout=10)
+    try:
+        shards = mc.get_many([keys.task_list(run_id, i) for i in range(MemcacheLedger.SHARDS)])
+        tids = {t for raw in shards.values() for t in raw.decode().split()}
+        marked = mc.get_many([keys.done(run_id, t) for t in tids])
+        left = sorted(t for t in tids if keys.done(run_id, t) not in marked)
+        starts = mc.get_many([keys.enqueued(run_id, t) for t in left])
+    finally:
+        mc.close()
+    lines.append(f"ledger: {len(tids)} task(s) listed, {len(left)} without a done marker")
+    for tid in left:
+        lines.append(f"  {tid}: deliveries started {starts.get(keys.enqueued(run_id, tid))!r}")
+        for w in dep.workers:
+            lines.extend(f"    {w.node}: {line}" for line in w.log_text().splitlines() if tid in line)
+    return "\n".join(lines)
 
 
 def _errors(dep: FaultDeployment, run_id: str) -> list[dict[str, Any]]:
