@@ -292,7 +292,7 @@ def test_striped_first_level_mdts(roots, make_spec, run_copy):
 
 def test_big_directory_split_into_batches(roots, make_spec, run_copy):
     src, dst = roots
-    names = {b"f%02d" % i for i in range(35)}
+    names = {b"f%02d" % i for i in range(45)}
     for n in names:
         build(src, {b"big/" + n: File(n, atime_ns=T_ATIME, mtime_ns=T_MTIME)})
     build(src, {b"big/subdir": Dir(mode=0o755)})
@@ -301,16 +301,41 @@ def test_big_directory_split_into_batches(roots, make_spec, run_copy):
     files_jobs = [j for j in res.emitted if j.kind == "files"]
     assert len(res.emitted) == 3 == len(files_jobs)
     assert [j.index for j in files_jobs] == [0, 1, 2]
-    assert all(j.rel == b"big" and len(j.names) == 10 for j in files_jobs)
+    # The batches of one listing grow (cmover.engine.walker.GROW_EVERY): 10, 10, then 20.
+    assert all(j.rel == b"big" for j in files_jobs) and [len(j.names) for j in files_jobs] == [10, 10, 20]
     batched = [n for j in files_jobs for n in j.names]
-    assert len(set(batched)) == 30 and set(batched) <= names
+    assert len(set(batched)) == 40 and set(batched) <= names
     inline = set(os.listdir(os.path.join(dst, b"big"))) - {b"subdir"}
     assert inline == names - set(batched) and len(inline) == 5
     assert res.tally[C.COPIED] == 5
     for j in files_jobs:
         sub = run_copy(spec, rel=j.rel, names=list(j.names))
-        assert sub.failures == [] and sub.emitted == [] and sub.tally[C.COPIED] == 10
+        assert sub.failures == [] and sub.emitted == [] and sub.tally[C.COPIED] == len(j.names)
     assert set(os.listdir(os.path.join(dst, b"big"))) == names | {b"subdir"}
+
+
+def test_a_grown_batch_whose_entries_are_slow_spreads_again(roots, make_spec, run_copy, monkeypatch):
+    """A batch of more than spec.batch names (grown, see above) that has worked SPREAD_SECONDS hands what lies
+    beyond its next spec.batch names out again, in batches of spec.batch: a big batch of files to copy does
+    not keep its names from idle processes. Every name is copied once, by the batch or by one of its jobs."""
+    from cmover.engine import copypass
+
+    src, dst = roots
+    names = [b"f%02d" % i for i in range(27)]
+    for n in names:
+        build(src, {b"big/" + n: File(n, atime_ns=T_ATIME, mtime_ns=T_MTIME)})
+    os.mkdir(os.path.join(dst, b"big"))  # made by the directory's task
+    spec = make_spec(batch=5)
+    monkeypatch.setattr(copypass, "SPREAD_SECONDS", 0.0)  # slow at once: spreads after its first name
+    res = run_copy(spec, rel=b"big", names=names)
+    assert [list(j.names) for j in res.emitted] == [names[6:11], names[11:16], names[16:21], names[21:26],
+                                                     names[26:]]
+    assert res.tally[C.COPIED] == 6 and sorted(os.listdir(os.path.join(dst, b"big"))) == names[:6]
+    for j in res.emitted:
+        assert run_copy(spec, rel=j.rel, names=list(j.names)).emitted == []  # batch-sized: no spreading again
+    assert sorted(os.listdir(os.path.join(dst, b"big"))) == names
+    monkeypatch.setattr(copypass, "SPREAD_SECONDS", 3600.0)
+    assert run_copy(spec, rel=b"big", names=names).emitted == []  # quick: the batch keeps its names
 
 
 @pytest.mark.parametrize("n, n_jobs, n_inline", [(10, 0, 10), (11, 1, 1), (20, 1, 10), (21, 2, 1)])

@@ -163,7 +163,8 @@ class ListingProbe:
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_purge_streams_a_huge_directory_in_batches(roots, delete_spec, monkeypatch, dry_run):
     """Invariant 6: a deleted directory of 100 files with batch 7 is removed batch by batch while it is
-    read; the task never holds more than one batch (+1 read ahead) of listed entries."""
+    read; the task never holds more than one batch (+1 read ahead) of listed entries. The batches of one listing
+    grow (cmover.engine.walker.GROW_EVERY): 7, 7, 14, 14, 28, 28, then the 2 left, so at most 28 + 1 are held."""
     src, dst = roots
     put(src, b"keep")
     put(dst, b"keep", *[b"gone/f%03d" % i for i in range(100)])
@@ -177,7 +178,7 @@ def test_purge_streams_a_huge_directory_in_batches(roots, delete_spec, monkeypat
     else:
         assert entries(dst) == {b"keep"}
         assert sum(what == "unlinked" for what, _ in probe.events) == 100
-        assert probe.most_held() <= 7 + 1, probe.events[:20]
+        assert probe.most_held() <= 28 + 1, probe.events[:20]
         first_unlink = next(i for i, (what, _) in enumerate(probe.events) if what == "unlinked")
         assert first_unlink < 20  # the first batch went before the rest of the listing was read
 

@@ -50,9 +50,11 @@ def files(root: bytes, rel: bytes, *names: bytes) -> None:
 
 
 def test_scan_hands_on_full_batches_while_reading(roots, make_spec):
-    """11 files with batch 3: three full batches go to on_batch during the listing, 2 stay for the caller."""
+    """Full batches go to on_batch during the listing, growing (a directory of millions of entries costs hundreds
+    of tasks); what is left, less than a batch, stays for the caller."""
     src, _ = roots
-    names = [b"f%02d" % i for i in range(11)]
+    # Batches of 3, twice as big every GROW_EVERY (2) of them, up to GROW_MAX (8) times: 3 3 6 6 12 12 24 24 24.
+    names = [b"f%03d" % i for i in range(3 + 3 + 6 + 6 + 12 + 12 + 24 + 24 + 24 + 5)]
     files(src, b"d", *names)
     os.makedirs(os.path.join(src, b"d/sub"))
     w, tally, failures = walker(make_spec(batch=3))
@@ -62,8 +64,10 @@ def test_scan_hands_on_full_batches_while_reading(roots, make_spec):
         listing = w.scan(b"d", fd, on_batch=lambda b, i: batches.append((i, [os.fsencode(e.name) for e in b])))
     finally:
         os.close(fd)
-    assert [i for i, _ in batches] == [0, 1, 2] and all(len(b) == 3 for _, b in batches)
-    assert len(listing.entries) == 2 and listing.subdirs == [b"sub"] and listing.complete
+    assert (walkermod.GROW_EVERY, walkermod.GROW_MAX) == (2, 8)
+    assert [(i, len(b)) for i, b in batches] == [(0, 3), (1, 3), (2, 6), (3, 6), (4, 12), (5, 12), (6, 24), (7, 24),
+                                                 (8, 24)]
+    assert len(listing.entries) == 5 and listing.subdirs == [b"sub"] and listing.complete
     seen = sorted([n for _, b in batches for n in b] + [os.fsencode(e.name) for e in listing.entries])
     assert seen == names
     assert failures == [] and tally == Counter()

@@ -7,9 +7,13 @@ keeps only what it does with a directory, a non-directory entry and a subdirecto
 * **Listing** (:meth:`Walker.scan`): ``os.scandir`` on the directory's descriptor, streamed.
   Subdirectories are returned by name; non-directory entries are held until there are more than
   ``spec.batch`` of them, and then each full batch goes to the ``on_batch`` callback while reading goes
-  on (the copy and delete passes publish it as a batch job, a purge removes it at once). Whatever the
-  directory's size, a task holds at most one batch of entries; the rest (up to one batch) is returned
-  and handled inline by the caller.
+  on (the copy and delete passes publish it as a batch job, a purge removes it at once). The batches of
+  one listing grow: twice as big every :data:`GROW_EVERY` batches, up to :data:`GROW_MAX` times
+  ``spec.batch``, so that a directory of millions of entries costs hundreds of tasks, not thousands (a
+  task's dispatch is milliseconds, a batch of unchanged entries not much more); a batch whose entries
+  prove slow spreads again (:meth:`cmover.engine.copypass.CopyPass.run_files`). Whatever the directory's
+  size, a task holds at most one batch of entries; the rest (up to one batch) is returned and handled
+  inline by the caller.
 * **Inline budget** (:meth:`Walker.start`, :meth:`Walker.charge`, :meth:`Walker.inline`): dispatching a
   task costs more than a small directory's work (design §8), so a task walks subdirectories inline
   while its budget lasts, ``spec.inline_entries`` entries charged by the engine and
@@ -65,6 +69,13 @@ T = TypeVar("T")
 #: inline with the entries the task has walked so far (see :func:`share_with`); None: nothing is known of other
 #: processes.
 _peer_waits: Callable[[int], bool] | None = None
+
+#: A listing's batches double in size every GROW_EVERY batches, up to GROW_MAX times ``spec.batch`` (see the
+#: module doc). Measured: 200,000 unchanged files in one directory, BATCH 1000, 2 worker processes, distributed
+#: no-change pass 1.30-1.44 s with batches of 1,000 (a worker process waits for the broker's next delivery
+#: after each), 0.91-0.94 s growing to 8,000; embedded 0.82-0.83 s and 0.80-0.81 s.
+GROW_EVERY = 2
+GROW_MAX = 8
 
 
 def share_with(peer_waits: Callable[[int], bool] | None) -> None:
@@ -245,7 +256,8 @@ class Walker:
         """Read directory ``rel``, open as ``fd`` on ``side``, streaming (see the module doc).
 
         ``on_batch(entries, index)`` receives each full batch of non-directory entries (``index`` 0, 1,
-        ...) while the listing is read; when it returns False reading stops (the listing is incomplete).
+        ...; ``spec.batch`` entries, twice as many every :data:`GROW_EVERY` batches up to :data:`GROW_MAX`
+        times as many) while the listing is read; when it returns False reading stops (the listing is incomplete).
         Without ``on_batch`` non-directories are skipped: only subdirectories are listed. ``excluded``
         (a relative path -> True to leave it out) drops entries, counted as excluded. A listing that
         fails part-way is reported ("list directory" on ``side``) and what was read is returned; what
@@ -284,6 +296,8 @@ class Walker:
                         handing_on = False
                         index += 1
                         del pending[:batch]
+                        if index % GROW_EVERY == 0 and batch < self.spec.batch * GROW_MAX:
+                            batch *= 2
         except OSError as exc:
             if handing_on:
                 raise
