@@ -68,6 +68,13 @@ def test_scan_hands_on_full_batches_while_reading(roots, make_spec):
     assert [(i, len(b)) for i, b in batches] == [(0, 3), (1, 3), (2, 6), (3, 6), (4, 12), (5, 12), (6, 24), (7, 24),
                                                  (8, 24)]
     assert len(listing.entries) == 5 and listing.subdirs == [b"sub"] and listing.complete
+    fixed: list[int] = []  # grow=False (the verify pass: its batches do not spread again): batches of 3 alone
+    fd = os.open(os.path.join(src, b"d"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        rest = w.scan(b"d", fd, on_batch=lambda b, i: fixed.append(len(b)), grow=False)
+    finally:
+        os.close(fd)
+    assert fixed == [3] * (len(names) // 3 - (len(names) % 3 == 0)) and 1 <= len(rest.entries) <= 3
     seen = sorted([n for _, b in batches for n in b] + [os.fsencode(e.name) for e in listing.entries])
     assert seen == names
     assert failures == [] and tally == Counter()

@@ -167,7 +167,9 @@ class VerifyPass:
             batched = True
             self.emit(FilesJob(rel, tuple(os.fsencode(e.name) for e in entries), index))
 
-        src = self.walk.scan(rel, src_fd, on_batch=on_batch, excluded=self.excluded)
+        # Batches of spec.batch, not growing: a verify batch that reads data (--content) does not hand its names
+        # out again when slow, as a copy batch does (CopyPass.run_files).
+        src = self.walk.scan(rel, src_fd, on_batch=on_batch, excluded=self.excluded, grow=False)
         if not batched:
             self.data.load_dir(rel)
         for entry in src.entries:

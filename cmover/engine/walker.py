@@ -252,14 +252,15 @@ class Walker:
 
     def scan(self, rel: bytes, fd: int, *, side: str = "source",
              on_batch: Callable[[Entries, int], object] | None = None,
-             excluded: Callable[[bytes], bool] | None = None) -> Listing:
+             excluded: Callable[[bytes], bool] | None = None, grow: bool = True) -> Listing:
         """Read directory ``rel``, open as ``fd`` on ``side``, streaming (see the module doc).
 
         ``on_batch(entries, index)`` receives each full batch of non-directory entries (``index`` 0, 1,
         ...; ``spec.batch`` entries, twice as many every :data:`GROW_EVERY` batches up to :data:`GROW_MAX`
-        times as many) while the listing is read; when it returns False reading stops (the listing is incomplete).
-        Without ``on_batch`` non-directories are skipped: only subdirectories are listed. ``excluded``
-        (a relative path -> True to leave it out) drops entries, counted as excluded. A listing that
+        times as many, or always ``spec.batch`` when not ``grow``) while the listing is read; when it returns
+        False reading stops (the listing is incomplete). Without ``on_batch`` non-directories are skipped: only
+        subdirectories are listed. ``excluded`` (a relative path -> True to leave it out) drops entries, counted
+        as excluded. A listing that
         fails part-way is reported ("list directory" on ``side``) and what was read is returned; what
         ``on_batch`` raises is not a listing failure and propagates (e.g. broker trouble while
         publishing: the task is then delivered again). Entries whose type cannot be told from the
@@ -296,7 +297,7 @@ class Walker:
                         handing_on = False
                         index += 1
                         del pending[:batch]
-                        if index % GROW_EVERY == 0 and batch < self.spec.batch * GROW_MAX:
+                        if grow and index % GROW_EVERY == 0 and batch < self.spec.batch * GROW_MAX:
                             batch *= 2
         except OSError as exc:
             if handing_on:
