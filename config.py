@@ -50,9 +50,10 @@ target_mount = "/mnt/target"
 # ---- New settings ---------------------------------------------------------------------------------
 
 # Entries per file-batch task. A directory with up to BATCH files is handled by its directory task
-# itself (one task fewer per directory); bigger directories are split into batches of BATCH, twice as
-# big every two batches up to 8 x BATCH (a directory of millions of entries: hundreds of tasks, not
-# thousands); a grown batch still running after a second hands its rest out again in batches of BATCH.
+# itself (one task fewer per directory); bigger directories are split into batches of BATCH, in the
+# copy and delete passes twice as big every two batches up to 8 x BATCH (a directory of millions of
+# entries: hundreds of tasks, not thousands); a grown copy batch still running after a second hands its
+# rest out again in batches of BATCH.
 BATCH = 1000
 
 # Work one directory task may do inline before it hands subdirectories to other workers: small
