@@ -188,7 +188,7 @@ def jobs_of(args: argparse.Namespace, settings: Settings) -> int:
         return int(args.jobs or settings.local_jobs)
     from cmover.lustre.detect import network_fs
 
-    remote = any(network_fs(os.fsencode(os.path.abspath(root))) for root in (args.src, args.dst))
+    remote = any(network_fs(os.fsencode(root)) for root in (args.src, args.dst))
     return default_jobs(os.cpu_count() or 1, remote)
 
 

@@ -147,14 +147,16 @@ class CopyPass:
             for pos, bname in enumerate(todo):
                 if pos == end:
                     break
-                if pos and spread_at is not None and time.monotonic() > spread_at:
-                    spread_at, end = None, pos + batch
-                    for i in range(end, len(todo), batch):
-                        self.emit(FilesJob(rel, tuple(todo[i:i + batch]), made=made))
-                if pos and time.monotonic() > deadline:
-                    # Long enough for one task (consumer timeout): the rest becomes a batch of its own.
-                    self.emit(FilesJob(rel, tuple(todo[pos:end]), made=made))
-                    break
+                if pos:
+                    now = time.monotonic()  # once per entry, for both limits
+                    if spread_at is not None and now > spread_at:
+                        spread_at, end = None, pos + batch
+                        for i in range(end, len(todo), batch):
+                            self.emit(FilesJob(rel, tuple(todo[i:i + batch]), made=made))
+                    if now > deadline:
+                        # Long enough for one task (consumer timeout): the rest becomes a batch of its own.
+                        self.emit(FilesJob(rel, tuple(todo[pos:end]), made=made))
+                        break
                 name = os.fsdecode(bname)
                 try:
                     st = os.stat(name, dir_fd=src_fd, follow_symlinks=False)

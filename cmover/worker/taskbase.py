@@ -179,7 +179,7 @@ def job_task_id(spec: PassSpec, job: Job) -> str:
 
 
 def seed(send: Send, spec: PassSpec, ledger: Ledger, jobs: Sequence[Job] | None = None, made: bool = False,
-         announce: Callable[[], None] | None = None) -> str:
+         announce: Callable[[], None] = lambda: None) -> str:
     """Open the run in ``ledger`` and send (``send``) the pass's root directory task; return its task id.
 
     With ``jobs`` (a journal-driven pass, :mod:`cmover.engine.changeplan`) those are sent instead,
@@ -195,8 +195,7 @@ def seed(send: Send, spec: PassSpec, ledger: Ledger, jobs: Sequence[Job] | None 
     if jobs is not None:
         hold = task_id(spec.run_id, "seed", spec.start, 0)
         ledger.enqueue(spec.run_id, hold)
-        if announce is not None:
-            announce()
+        announce()
         emit = Emitter(spec.as_dict(), spec, ledger, send)
         for job in jobs:
             emit(job)
@@ -204,8 +203,7 @@ def seed(send: Send, spec: PassSpec, ledger: Ledger, jobs: Sequence[Job] | None 
         return ""
     tid = task_id(spec.run_id, "dir", spec.start, 0)
     ledger.enqueue(spec.run_id, tid)
-    if announce is not None:
-        announce()
+    announce()
     send([(TASK_NAMES[(spec.kind.value, "dir")], [spec.as_dict(), *DirJob(spec.start, made=made).wire_args()], tid)])
     return tid
 
