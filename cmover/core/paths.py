@@ -38,8 +38,13 @@ def from_wire(obj: object) -> bytes:
         except UnicodeEncodeError as exc:  # lone surrogates: not produced by to_wire
             raise ConfinementError(f"name on the wire is not valid UTF-8: {obj!r}") from exc
     if isinstance(obj, dict) and set(obj) == {"b64"} and isinstance(obj["b64"], str):
+        text = obj["b64"]
+        # The decoder takes excess padding ("AAAA=") even with validate=True: only what to_wire writes,
+        # whole 4-character groups, is a name, so that one name has one spelling on the wire.
+        if len(text) % 4:
+            raise ConfinementError("name on the wire has invalid base64 (length not a multiple of 4)")
         try:
-            return base64.b64decode(obj["b64"].encode("ascii"), validate=True)
+            return base64.b64decode(text.encode("ascii"), validate=True)
         except (binascii.Error, UnicodeEncodeError) as exc:
             raise ConfinementError("name on the wire has invalid base64") from exc
     raise ConfinementError(f"name on the wire has an unexpected type: {type(obj).__name__}")
