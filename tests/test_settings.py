@@ -43,7 +43,7 @@ def test_defaults_from_empty_config(tmp_path):
     assert s.config_path == str(cfg.resolve())
     assert Path(s.rabbitmq_dir) == cfg.resolve().parent / "rabbitmq"
     assert s.broker_host is None and not s.broker_configured
-    assert s.log_path() == cfg.resolve().parent / "var/log"
+    assert s.log_path() == str(cfg.resolve().parent / "var/log")
 
 
 def test_values_are_read(tmp_path):

@@ -240,7 +240,7 @@ def prune_segments(settings: Settings, src_root: bytes) -> list[str]:
         return []
     journal = LocalJournal(settings.changes_path(), src_root)
     try:
-        return [p.name for p in prune(journal.directory, min(p.start_ns for p in passes))]
+        return prune(journal.directory, min(p.start_ns for p in passes))
     except OSError as exc:
         note(f"old journal segments of {display(src_root)} not removed: {exc}")
         return []

@@ -11,6 +11,7 @@ list in LOG_DIR.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -37,7 +38,7 @@ def _records(settings: Settings, run_id: str | None) -> tuple[str, list[HsmRecor
             path = files.path(run_id)
         except ValueError:
             raise ConfigError(f"--run {run_id!r} is not a run id; see `cmover status copy`") from None
-        if path.exists() or not settings.broker_configured:
+        if os.path.exists(path) or not settings.broker_configured:
             return run_id, files.read(run_id)
     elif not settings.broker_configured:
         runs = files.runs()

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import NamedTuple
 
 from cmover.core import statefile
@@ -46,26 +46,26 @@ def _key(kind: str, src_root: bytes, dst_root: bytes, start: bytes) -> str:
     return json.dumps([kind, to_wire(src_root), to_wire(dst_root), to_wire(start)])
 
 
-def last_clean(changes_dir: Path, kind: str, src_root: bytes, dst_root: bytes, start: bytes) -> CleanPass | None:
+def last_clean(changes_dir: str, kind: str, src_root: bytes, dst_root: bytes, start: bytes) -> CleanPass | None:
     """The last pass of ``kind`` over this tree that completed with no failure, or None."""
     return _read(changes_dir, _key(kind, src_root, dst_root, start))
 
 
-def last_walk(changes_dir: Path, kind: str, src_root: bytes, dst_root: bytes, start: bytes) -> CleanPass | None:
+def last_walk(changes_dir: str, kind: str, src_root: bytes, dst_root: bytes, start: bytes) -> CleanPass | None:
     """The last pass of ``kind`` over this tree that walked (see the module doc), or None."""
     return _read(changes_dir, _key("walk:" + kind, src_root, dst_root, start))
 
 
-def record_walk(changes_dir: Path, kind: str, src_root: bytes, dst_root: bytes, start: bytes, run_id: str,
+def record_walk(changes_dir: str, kind: str, src_root: bytes, dst_root: bytes, start: bytes, run_id: str,
                 start_ns: int) -> None:
     """Record that pass ``run_id`` of ``kind`` walks this tree from ``start_ns`` on."""
     record_clean(changes_dir, "walk:" + kind, src_root, dst_root, start, run_id, start_ns)
 
 
-def _records(changes_dir: Path) -> Iterator[tuple[str, bytes, bytes, bytes, CleanPass]]:
+def _records(changes_dir: str) -> Iterator[tuple[str, bytes, bytes, bytes, CleanPass]]:
     """Every readable record: (kind, source root, target root, start path, pass); damaged keys are skipped."""
     try:
-        with open(changes_dir / FILE) as f:
+        with open(os.path.join(changes_dir, FILE)) as f:
             doc = json.load(f)
     except FileNotFoundError:
         return
@@ -80,21 +80,21 @@ def _records(changes_dir: Path) -> Iterator[tuple[str, bytes, bytes, bytes, Clea
             yield (*parts, rec)
 
 
-def clean_starts(changes_dir: Path, kind: str, src_root: bytes, dst_root: bytes) -> list[tuple[bytes, CleanPass]]:
+def clean_starts(changes_dir: str, kind: str, src_root: bytes, dst_root: bytes) -> list[tuple[bytes, CleanPass]]:
     """Every start path of this source and target root with a last clean pass of ``kind``, and that pass."""
     return [(start, rec) for k, src, dst, start, rec in _records(changes_dir)
             if k == kind and src == src_root and dst == dst_root]
 
 
-def clean_of_source(changes_dir: Path, kinds: tuple[str, ...], src_root: bytes) -> list[CleanPass]:
+def clean_of_source(changes_dir: str, kinds: tuple[str, ...], src_root: bytes) -> list[CleanPass]:
     """The last clean pass of each of ``kinds`` of every tree (any target root, any start path) of ``src_root``."""
     return [rec for k, src, _dst, _start, rec in _records(changes_dir) if k in kinds and src == src_root]
 
 
-def _read(changes_dir: Path, key: str, doc: object = None) -> CleanPass | None:
+def _read(changes_dir: str, key: str, doc: object = None) -> CleanPass | None:
     if doc is None:
         try:
-            with open(changes_dir / FILE) as f:
+            with open(os.path.join(changes_dir, FILE)) as f:
                 doc = json.load(f)
         except FileNotFoundError:
             return None
@@ -106,7 +106,7 @@ def _read(changes_dir: Path, key: str, doc: object = None) -> CleanPass | None:
                      {str(k): int(v) for k, v in marks.items()} if isinstance(marks, dict) else {})
 
 
-def lowest_marks(changes_dir: Path, kinds: tuple[str, ...], src_root: bytes, dst_root: bytes,
+def lowest_marks(changes_dir: str, kinds: tuple[str, ...], src_root: bytes, dst_root: bytes,
                  start: bytes, *, highest: bool = False) -> dict[str, int]:
     """Per MDT, the lowest mark of the last clean passes of ``kinds`` over this tree that have one: how far
     every such pass's next journal reading is past (what may be cleared). A kind with no clean pass
@@ -123,13 +123,13 @@ def lowest_marks(changes_dir: Path, kinds: tuple[str, ...], src_root: bytes, dst
     return out
 
 
-def record_clean(changes_dir: Path, kind: str, src_root: bytes, dst_root: bytes, start: bytes, run_id: str,
+def record_clean(changes_dir: str, kind: str, src_root: bytes, dst_root: bytes, start: bytes, run_id: str,
                  start_ns: int, marks: dict[str, int] | None = None) -> None:
     """Record pass ``run_id`` of ``kind``, started at ``start_ns`` (having read the changelogs up to ``marks``),
     as the last clean one of this tree."""
-    changes_dir.mkdir(parents=True, exist_ok=True)
-    path = changes_dir / FILE
-    with open(changes_dir / ".clean-passes.lock", "a") as lock:
+    os.makedirs(changes_dir, exist_ok=True)
+    path = os.path.join(changes_dir, FILE)
+    with open(os.path.join(changes_dir, ".clean-passes.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             with open(path) as f:

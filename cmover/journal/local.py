@@ -25,7 +25,6 @@ import signal
 import time
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from cmover.core.paths import display, from_wire
@@ -77,7 +76,7 @@ def changes_of(rec: dict[str, Any], source: str) -> list[Change]:
 class LocalJournal:
     """The journal of source root ``src_root`` kept under CHANGES_DIR ``changes_dir``."""
 
-    def __init__(self, changes_dir: Path, src_root: bytes) -> None:
+    def __init__(self, changes_dir: str, src_root: bytes) -> None:
         self.src_root = src_root
         self.directory = journal_dir(changes_dir, src_root)
 
@@ -100,7 +99,8 @@ class LocalJournal:
             raise Untrusted(f"the watcher of {src} started {_ago(started)}, after the last clean pass began "
                             f"{_ago(since_ns)}: changes in between are not recorded")
         upto = self._drain(pid, str(state["generation"]))
-        seg = self.directory / str(state["segment"])
+        name = str(state["segment"])
+        seg = os.path.join(self.directory, name)
         source = f"fanotify:{state.get('fsid', '')}"
         changes: list[Change] = []
         latest = 0  # the index of the newest change recorded, whatever the instant asked for
@@ -110,7 +110,7 @@ class LocalJournal:
                     raise Untrusted(f"the journal of {src} has a gap at record {n}: damaged")
                 if n == 0:
                     if rec.get("ev") != "start" or rec.get("gen") != state["generation"]:
-                        raise Untrusted(f"the journal segment {seg.name} does not belong to the running watcher")
+                        raise Untrusted(f"the journal segment {name} does not belong to the running watcher")
                     continue
                 t = int(rec.get("t", 0))
                 ev = rec.get("ev")

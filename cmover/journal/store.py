@@ -25,7 +25,6 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from cmover.core import statefile
@@ -33,25 +32,25 @@ from cmover.core import statefile
 STATE = "state.json"
 
 
-def journal_dir(changes_dir: Path, src_root: bytes) -> Path:
+def journal_dir(changes_dir: str, src_root: bytes) -> str:
     """The journal directory of source root ``src_root`` under CHANGES_DIR."""
-    return changes_dir / f"fanotify-{hashlib.sha256(src_root).hexdigest()[:16]}"
+    return os.path.join(changes_dir, f"fanotify-{hashlib.sha256(src_root).hexdigest()[:16]}")
 
 
-def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
+def write_json_atomic(path: str, doc: dict[str, Any]) -> None:
     """Replace ``path`` by ``doc`` (JSON) atomically and durably."""
     statefile.replace(path, json.dumps(doc).encode())
 
 
-def has_journal(changes_dir: Path, src_root: bytes) -> bool:
+def has_journal(changes_dir: str, src_root: bytes) -> bool:
     """Whether source root ``src_root`` has a change journal under CHANGES_DIR (``cmover watch`` ran on it)."""
     return read_state(journal_dir(changes_dir, src_root)) is not None
 
 
-def read_state(directory: Path) -> dict[str, Any] | None:
+def read_state(directory: str) -> dict[str, Any] | None:
     """The watcher state of a journal directory, or None when there is none (never watched)."""
     try:
-        with open(directory / STATE) as f:
+        with open(os.path.join(directory, STATE)) as f:
             doc = json.load(f)
     except FileNotFoundError:
         return None
@@ -61,11 +60,12 @@ def read_state(directory: Path) -> dict[str, Any] | None:
 class SegmentWriter:
     """Appends records to a new segment of ``directory``; one per watcher run."""
 
-    def __init__(self, directory: Path, header: dict[str, Any]) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+    def __init__(self, directory: str, header: dict[str, Any]) -> None:
+        os.makedirs(directory, exist_ok=True)
         self.generation = os.urandom(8).hex()
         self.started_ns = time.time_ns()
-        self.path = directory / f"seg-{self.started_ns}-{self.generation}.jsonl"
+        self.name = f"seg-{self.started_ns}-{self.generation}.jsonl"
+        self.path = os.path.join(directory, self.name)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         statefile.fsync_dir(directory)
         self.next_index = 0
@@ -94,12 +94,16 @@ class SegmentWriter:
         os.close(self._fd)
 
 
-def segments(directory: Path) -> list[Path]:
-    """The segment files of a journal directory, oldest first."""
-    return sorted(directory.glob("seg-*.jsonl"), key=lambda p: int(p.name.split("-")[1]))
+def segments(directory: str) -> list[str]:
+    """The names of the segment files of a journal directory, oldest first."""
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith("seg-") and n.endswith(".jsonl")]
+    except FileNotFoundError:
+        return []
+    return sorted(names, key=lambda n: int(n.split("-")[1]))
 
 
-def prune(directory: Path, before_ns: int) -> list[Path]:
+def prune(directory: str, before_ns: int) -> list[str]:
     """Remove the segments of earlier runs of the watcher last written before ``before_ns``; return them.
 
     The segment the state names (the running or last watcher's) is always kept. A reading only ever reads
@@ -112,22 +116,23 @@ def prune(directory: Path, before_ns: int) -> list[Path]:
     if state is None:
         return []
     removed = []
-    for seg in segments(directory):
-        if seg.name == state.get("segment"):
+    for name in segments(directory):
+        if name == state.get("segment"):
             continue
+        seg = os.path.join(directory, name)
         try:
-            if seg.stat().st_mtime_ns >= before_ns:
+            if os.stat(seg).st_mtime_ns >= before_ns:
                 continue
-            seg.unlink()
+            os.unlink(seg)
         except FileNotFoundError:
             continue
-        removed.append(seg)
+        removed.append(name)
     if removed:
         statefile.fsync_dir(directory)
     return removed
 
 
-def read_segment(path: Path) -> Iterator[dict[str, Any]]:
+def read_segment(path: str) -> Iterator[dict[str, Any]]:
     """The records of a segment, in order; a torn last line (no newline) is dropped. A line that is not a
     JSON object raises ValueError (a damaged journal is never read past)."""
     with open(path, "rb") as f:

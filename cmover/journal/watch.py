@@ -26,7 +26,6 @@ import select
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from cmover.core.paths import to_wire
@@ -54,7 +53,7 @@ def event_record(ev: fanotify.Event, now_ns: int) -> dict[str, Any]:
 class Watcher:
     """One run of the watcher on source root ``src_root`` writing into journal ``directory``."""
 
-    def __init__(self, src_root: bytes, directory: Path, *, heartbeat: float = 1.0, unlimited: bool = False) -> None:
+    def __init__(self, src_root: bytes, directory: str, *, heartbeat: float = 1.0, unlimited: bool = False) -> None:
         self.src_root = src_root
         self.directory = directory
         self.heartbeat = heartbeat
@@ -70,7 +69,7 @@ class Watcher:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def state(self, *, running: bool = True) -> dict[str, Any]:
-        return {"pid": os.getpid(), "generation": self.writer.generation, "segment": self.writer.path.name,
+        return {"pid": os.getpid(), "generation": self.writer.generation, "segment": self.writer.name,
                 "src": to_wire(self.src_root), "fsid": self.fsid.hex(), "started_ns": self.writer.started_ns,
                 "heartbeat_ns": time.time_ns(), "heartbeat_s": self.heartbeat, "durable": self.writer.durable,
                 "drained_ns": self.drained_ns, "events": self.events, "overflows": self.overflows,
@@ -90,7 +89,7 @@ class Watcher:
         """Watch until SIGTERM/SIGINT (installed here: call from the main thread)."""
         for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        write_json_atomic(self.directory / STATE, self.state())
+        write_json_atomic(os.path.join(self.directory, STATE), self.state())
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
@@ -111,11 +110,11 @@ class Watcher:
                 if ready:
                     self._read_once()
                 if time.monotonic() - last_beat >= self.heartbeat:
-                    write_json_atomic(self.directory / STATE, self.state())
+                    write_json_atomic(os.path.join(self.directory, STATE), self.state())
                     last_beat = time.monotonic()
             self.drain()
             self.writer.append([{"ev": "stop", "t": time.time_ns()}])
-            write_json_atomic(self.directory / STATE, self.state(running=False))
+            write_json_atomic(os.path.join(self.directory, STATE), self.state(running=False))
         finally:
             self.writer.close()
             os.close(self.fd)
@@ -138,4 +137,4 @@ class Watcher:
         while self._read_once():
             pass
         self.drained_ns = began
-        write_json_atomic(self.directory / STATE, self.state())
+        write_json_atomic(os.path.join(self.directory, STATE), self.state())

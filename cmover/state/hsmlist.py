@@ -14,7 +14,6 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Protocol
 
 from cmover.core import statefile
@@ -51,17 +50,17 @@ class BrokerHsm:
 class HsmFile:
     """The list as a JSON-lines file per run in ``directory`` (the embedded mode's LOG_DIR)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: str) -> None:
         self.directory = directory
 
-    def path(self, run_id: str) -> Path:
+    def path(self, run_id: str) -> str:
         if not _RUN.match(run_id):
             raise ValueError(f"not a run id: {run_id!r}")
-        return self.directory / f"hsm-{run_id}.jsonl"
+        return os.path.join(self.directory, f"hsm-{run_id}.jsonl")
 
     def record(self, run_id: str, records: Sequence[HsmRecord]) -> None:
         data = "".join(json.dumps(r.as_dict(), separators=(",", ":")) + "\n" for r in records).encode()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        os.makedirs(self.directory, exist_ok=True)
         fd = os.open(self.path(run_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             statefile.write_all(fd, data)
@@ -71,15 +70,20 @@ class HsmFile:
 
     def read(self, run_id: str) -> list[HsmRecord]:
         try:
-            text = self.path(run_id).read_text()
+            with open(self.path(run_id)) as f:
+                text = f.read()
         except FileNotFoundError:
             return []
         return [HsmRecord.from_dict(json.loads(line)) for line in text.splitlines() if line.strip()]
 
     def runs(self) -> list[str]:
         """Run ids with a list here, newest first."""
-        files = sorted(self.directory.glob("hsm-*.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True)
-        return [p.name[len("hsm-"):-len(".jsonl")] for p in files]
+        try:
+            names = [n for n in os.listdir(self.directory) if n.startswith("hsm-") and n.endswith(".jsonl")]
+        except FileNotFoundError:
+            return []
+        names.sort(key=lambda n: os.stat(os.path.join(self.directory, n)).st_mtime, reverse=True)
+        return [n[len("hsm-"):-len(".jsonl")] for n in names]
 
 
 def rebind_lines(records: Iterable[HsmRecord]) -> list[str]:

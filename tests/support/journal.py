@@ -52,7 +52,7 @@ class WatchProcess:
 
     def __init__(self, src: Path, changes_dir: Path, env: dict[str, str]) -> None:
         self.src = src
-        self.dir = journal_dir(changes_dir, os.fsencode(src))
+        self.dir = Path(journal_dir(str(changes_dir), os.fsencode(src)))
         self.log = changes_dir / "watch.log"
         changes_dir.mkdir(parents=True, exist_ok=True)
         old = read_state(self.dir)
