@@ -48,7 +48,8 @@ def test_to_wire_shapes():
 
 @pytest.mark.parametrize("garbage", [
     None, 1, 1.5, True, b"bytes", ["a"], {}, {"b64": 1}, {"b64": "Y2Fm6Q==", "x": "y"}, {"B64": "YQ=="},
-    {"b64": "not base64!"}, {"b64": "YQ"}, {"b64": "AAAA="}, {"b64": "YQ==="}, {"b64": "\u00e9\u00e9\u00e9\u00e9"}, "lone \udce9 surrogate", "\ud800",
+    {"b64": "not base64!"}, {"b64": "YQ"}, {"b64": "AAAA="}, {"b64": "YQ==="}, {"b64": "\u00e9\u00e9\u00e9\u00e9"},
+    "lone \udce9 surrogate", "\ud800",
 ])
 def test_from_wire_rejects_garbage(garbage):
     with pytest.raises(ConfinementError):

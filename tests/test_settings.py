@@ -1,5 +1,6 @@
 """cmover.core.settings: defaults, validation of config.py, broker host and password files."""
 
+import os
 import urllib.parse
 from pathlib import Path
 
@@ -44,6 +45,18 @@ def test_defaults_from_empty_config(tmp_path):
     assert Path(s.rabbitmq_dir) == cfg.resolve().parent / "rabbitmq"
     assert s.broker_host is None and not s.broker_configured
     assert s.log_path() == str(cfg.resolve().parent / "var/log")
+
+
+def test_directories_are_taken_from_the_config_files_directory(tmp_path):
+    """LOG_DIR, CHANGES_DIR and STATE_DIR: absolute as given, relative from config.py's directory (empty: that
+    directory), and from the current directory when there is no config.py at all."""
+    cfg = write_config(tmp_path, 'LOG_DIR = ""\nCHANGES_DIR = "/srv/changes"\nSTATE_DIR = "state"\n')
+    s = load_settings(str(cfg))
+    here = cfg.resolve().parent
+    assert os.path.realpath(s.log_path()) == str(here) and s.changes_path() == "/srv/changes"
+    assert s.state_path() == str(here / "state")
+    bare = from_mapping({"LOG_DIR": "", "CHANGES_DIR": "c"})
+    assert (bare.log_path(), bare.changes_path()) == (".", "c")
 
 
 def test_values_are_read(tmp_path):
