@@ -365,3 +365,28 @@ def test_a_started_run_is_current_only_once_its_ledger_counts_a_task(run_id, jou
         none = PassSpec(run_id=run_id + "-none", kind=PassKind.COPY, src_root=b"/s", dst_root=b"/d")
         assert startmod.start(settings, none, []) == ""
         assert reader.outstanding(none.run_id) == 0  # no job: complete at once
+
+
+def test_a_task_settles_the_messages_its_process_still_holds(monkeypatch):
+    """A task that sent nothing still settles when its process's publisher holds an earlier task's messages
+    (given up on while the broker was gone): they reach the broker before this task is counted done. A task
+    that sent nothing in a process that holds nothing costs no round trip."""
+    from cmover.core.passes import PassKind, PassSpec
+    from cmover.worker import taskbase
+
+    class FakePublisher:
+        def __init__(self, holding: bool) -> None:
+            self.holding = holding
+            self.settled = 0
+
+        def settle(self) -> None:
+            self.settled += 1
+            self.holding = False
+
+    spec = PassSpec(run_id="copy-settle", kind=PassKind.COPY, src_root=b"/s", dst_root=b"/d")
+    emit = taskbase.Emitter(spec.as_dict(), spec, MemoryLedger())
+    for holding, settles in ((False, 0), (True, 1)):
+        pub = FakePublisher(holding)
+        monkeypatch.setattr(taskbase, "_publisher", (taskbase.pid(), pub))
+        emit.settle()
+        assert pub.settled == settles and not pub.holding

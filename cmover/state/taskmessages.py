@@ -22,7 +22,6 @@ confirmations once per task rather than once per message (:func:`cmover.worker.t
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import socket
@@ -48,6 +47,26 @@ CONNECT_TIMEOUT = 4.0
 #: What losing the connection raises: the operation is tried again on a new one (:meth:`Link.retrying`).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, amqp.exceptions.RecoverableConnectionError,
                                                      amqp.exceptions.ConnectionForced)
+
+
+#: How long a worker's :class:`Publisher` waits for a broker that went away to come back before it gives up on
+#: the task messages it holds: a broker restarted, a node rebooted, a network partition healed. Those messages
+#: are counted in the ledger: one that never reaches the broker leaves its run outstanding for good.
+OUTAGE_SECONDS = 600.0
+
+#: The longest pause between two attempts to reach the broker again while :data:`OUTAGE_SECONDS` last.
+OUTAGE_PAUSE = 2.0
+
+
+def outage_pauses(limit: float | None = None) -> Iterator[float]:
+    """The pause before each attempt to reach the broker again (0, then 0.2 s more each time, at most
+    :data:`OUTAGE_PAUSE`), until ``limit`` seconds (default :data:`OUTAGE_SECONDS`) have passed since the
+    first."""
+    deadline = time.monotonic() + (OUTAGE_SECONDS if limit is None else limit)
+    pause = 0.0
+    while time.monotonic() + pause < deadline:
+        yield pause
+        pause = min(pause + 0.2, OUTAGE_PAUSE)
 
 
 def retry_pauses() -> Iterator[float]:
@@ -151,10 +170,16 @@ class Publisher:
     :meth:`send` writes the messages on the process's channel at once (publisher confirms on, persistent, each
     to its task's queue, declared once per channel), :meth:`settle` returns once the broker has confirmed every
     message sent so far. A task settles before it is counted done, so a message it sent is the broker's
-    before the ledger can say the task's work is handed on, as when each publication waited. A connection lost
-    on the way is replaced and every message not yet confirmed sent again, as :data:`RETRY_POLICY` retries (a
-    message sent twice is a duplicate delivery, which the ledger ignores); past the retries, or when the broker
-    refuses a message, :class:`BrokerLost`. Not thread-safe: a pool process runs one task at a time.
+    before the ledger can say the task's work is handed on, as when each publication waited.
+
+    Every message given to :meth:`send` is counted in the ledger already, and the task that sent it, run again,
+    may not send it again (a directory walked inline on one delivery is handed out on the next: the budget
+    and idle peers decide, and the children's task ids follow). So no message is dropped: one not yet
+    confirmed when the connection is lost is held, and sent again on a new connection, for as long as the
+    broker takes to come back (:data:`OUTAGE_SECONDS`; a message sent twice is a duplicate delivery, which the
+    ledger ignores). Past that, or when the broker refuses a message, :class:`BrokerLost`, and the messages
+    stay held: the next :meth:`send` or :meth:`settle` of this process, a later task's, sends them first
+    (:attr:`holding`). Not thread-safe: a pool process runs one task at a time.
     """
 
     def __init__(self, url: str) -> None:
@@ -163,13 +188,20 @@ class Publisher:
         self._declared: set[str] = set()
         self._tag = 0  # the broker's number for the last message sent on the channel
         self._unconfirmed: dict[int, Message] = {}
-        self._lost: list[Message] = []  # sent on a connection that was lost before the broker confirmed them
+        # Messages to write, in order, before anything else: given to send and not yet written, or written on a
+        # connection that was lost before the broker confirmed them.
+        self._held: list[Message] = []
         self._refused = 0
+
+    @property
+    def holding(self) -> bool:
+        """Whether messages given to :meth:`send` are not yet confirmed by the broker."""
+        return bool(self._held or self._unconfirmed)
 
     def send(self, messages: Sequence[Message]) -> None:
         """Send task messages (each counted in the ledger already) without waiting for the broker's word."""
-        for message in messages:
-            self._retrying(functools.partial(self._write, message))
+        self._held.extend(messages)
+        self._retrying(lambda: None)
 
     def settle(self) -> None:
         """Return once every message sent is confirmed by the broker (:class:`BrokerLost`: see the class doc)."""
@@ -207,7 +239,9 @@ class Publisher:
             self._unconfirmed.pop(tag, None)
 
     def _refuse(self, tag: int, multiple: bool) -> None:
+        # The broker could not take them (an internal error of a queue): they are held, to be sent again.
         self._refused += 1
+        self._held += [m for t, m in sorted(self._unconfirmed.items()) if t == tag or (multiple and t <= tag)]
         self._confirmed(tag, multiple)
 
     def _wait(self) -> None:
@@ -226,20 +260,21 @@ class Publisher:
             raise BrokerLost("the broker refused task messages (nack)")
 
     def _retrying(self, work: Callable[[], None]) -> None:
-        """``work()``; when the connection is lost on the way, every message not yet confirmed is sent again on a
-        new one, then ``work()`` again, as :data:`RETRY_POLICY` retries."""
-        pauses = retry_pauses()
+        """Write the held messages, then ``work()``; when the connection is lost on the way, every message not
+        yet confirmed is held again, and all of it tried again on a new connection while :func:`outage_pauses`
+        lasts."""
+        pauses = outage_pauses()
         while True:
             try:
-                while self._lost:  # each stays listed until it is written again: none is lost on the way
-                    self._write(self._lost[0])
-                    del self._lost[0]
+                while self._held:  # each stays held until it is written: none is dropped on the way
+                    self._write(self._held[0])
+                    del self._held[0]
                 work()
                 return
             except BrokerLost:
                 raise
             except (*CONNECTION_ERRORS, amqp.exceptions.AMQPError) as exc:
-                self._lost = [m for _, m in sorted(self._unconfirmed.items())] + self._lost
+                self._held = [m for _, m in sorted(self._unconfirmed.items())] + self._held
                 self._unconfirmed = {}
                 self._link.drop()
                 self._ch = None

@@ -126,8 +126,10 @@ class Emitter:
         self.sent += 1
 
     def settle(self) -> None:
-        """Return once every job sent is the broker's (confirmed); ConnectionError when that cannot be had."""
-        if self.send is None and self.sent:
+        """Return once every job sent is the broker's (confirmed), and every one this process still holds from an
+        earlier task (:attr:`cmover.state.taskmessages.Publisher.holding`); ConnectionError when that cannot be
+        had."""
+        if self.send is None and (self.sent or _holding()):
             publisher().settle()
 
 
@@ -146,10 +148,20 @@ def publisher() -> Any:
     return _publisher[1]
 
 
+def _holding() -> bool:
+    """Whether this process's publisher holds task messages the broker has not confirmed (an earlier task's,
+    given up on with the broker gone for longer than its outage allowance)."""
+    return _publisher is not None and _publisher[0] == pid() and bool(_publisher[1].holding)
+
+
 def close_publisher() -> None:
-    """Close this process's publisher, if it made one (a pool process that exits)."""
+    """Close this process's publisher, if it made one (a pool process that exits). Messages it still holds are
+    said in the log: their run stays outstanding until a pass runs again."""
     global _publisher
     if _publisher is not None and _publisher[0] == pid():
+        if _publisher[1].holding:
+            log.error("a pool process exits with task messages the broker never confirmed: their run stays "
+                      "outstanding; run the pass again once the broker is back")
         _publisher[1].close()
     _publisher = None
 
