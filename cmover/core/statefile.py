@@ -39,3 +39,12 @@ def replace(path: str | os.PathLike[str], data: bytes) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(directory or ".")
+
+
+def names(directory: str | os.PathLike[str], prefix: str, suffix: str) -> list[str]:
+    """The names in ``directory`` that start with ``prefix`` and end with ``suffix``, in no order; none when the
+    directory does not exist (yet)."""
+    try:
+        return [n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(suffix)]
+    except FileNotFoundError:
+        return []

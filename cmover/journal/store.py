@@ -96,11 +96,7 @@ class SegmentWriter:
 
 def segments(directory: str) -> list[str]:
     """The names of the segment files of a journal directory, oldest first."""
-    try:
-        names = [n for n in os.listdir(directory) if n.startswith("seg-") and n.endswith(".jsonl")]
-    except FileNotFoundError:
-        return []
-    return sorted(names, key=lambda n: int(n.split("-")[1]))
+    return sorted(statefile.names(directory, "seg-", ".jsonl"), key=lambda n: int(n.split("-")[1]))
 
 
 def prune(directory: str, before_ns: int) -> list[str]:

@@ -56,6 +56,7 @@ class Watcher:
     def __init__(self, src_root: bytes, directory: str, *, heartbeat: float = 1.0, unlimited: bool = False) -> None:
         self.src_root = src_root
         self.directory = directory
+        self.state_file = os.path.join(directory, STATE)
         self.heartbeat = heartbeat
         self.fd, self.mask = fanotify.open_group(src_root, unlimited=unlimited)
         self.fsid = fanotify.fsid_of(src_root)
@@ -89,7 +90,7 @@ class Watcher:
         """Watch until SIGTERM/SIGINT (installed here: call from the main thread)."""
         for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        write_json_atomic(os.path.join(self.directory, STATE), self.state())
+        write_json_atomic(self.state_file, self.state())
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
@@ -110,11 +111,11 @@ class Watcher:
                 if ready:
                     self._read_once()
                 if time.monotonic() - last_beat >= self.heartbeat:
-                    write_json_atomic(os.path.join(self.directory, STATE), self.state())
+                    write_json_atomic(self.state_file, self.state())
                     last_beat = time.monotonic()
             self.drain()
             self.writer.append([{"ev": "stop", "t": time.time_ns()}])
-            write_json_atomic(os.path.join(self.directory, STATE), self.state(running=False))
+            write_json_atomic(self.state_file, self.state(running=False))
         finally:
             self.writer.close()
             os.close(self.fd)
@@ -137,4 +138,4 @@ class Watcher:
         while self._read_once():
             pass
         self.drained_ns = began
-        write_json_atomic(os.path.join(self.directory, STATE), self.state())
+        write_json_atomic(self.state_file, self.state())

@@ -78,10 +78,7 @@ class HsmFile:
 
     def runs(self) -> list[str]:
         """Run ids with a list here, newest first."""
-        try:
-            names = [n for n in os.listdir(self.directory) if n.startswith("hsm-") and n.endswith(".jsonl")]
-        except FileNotFoundError:
-            return []
+        names = statefile.names(self.directory, "hsm-", ".jsonl")
         names.sort(key=lambda n: os.stat(os.path.join(self.directory, n)).st_mtime, reverse=True)
         return [n[len("hsm-"):-len(".jsonl")] for n in names]
 

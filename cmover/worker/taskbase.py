@@ -141,28 +141,37 @@ def publisher() -> Any:
     """This process's :class:`cmover.state.taskmessages.Publisher`, to the broker the Celery app uses (made on
     first use in each process: a pool process never shares its parent's connection)."""
     global _publisher
-    if _publisher is None or _publisher[0] != pid():
+    own = _own_publisher()
+    if own is None:
         from cmover.state.taskmessages import Publisher
 
-        _publisher = (pid(), Publisher(_app().conf.broker_url))
-    return _publisher[1]
+        own = Publisher(_app().conf.broker_url)
+        _publisher = (pid(), own)
+    return own
+
+
+def _own_publisher() -> Any:
+    """This process's publisher if it made one, else None (a forked pool process does not own its parent's)."""
+    return _publisher[1] if _publisher is not None and _publisher[0] == pid() else None
 
 
 def _holding() -> bool:
     """Whether this process's publisher holds task messages the broker has not confirmed (an earlier task's,
     given up on with the broker gone for longer than its outage allowance)."""
-    return _publisher is not None and _publisher[0] == pid() and bool(_publisher[1].holding)
+    own = _own_publisher()
+    return own is not None and bool(own.holding)
 
 
 def close_publisher() -> None:
     """Close this process's publisher, if it made one (a pool process that exits). Messages it still holds are
     said in the log: their run stays outstanding until a pass runs again."""
     global _publisher
-    if _publisher is not None and _publisher[0] == pid():
-        if _publisher[1].holding:
+    own = _own_publisher()
+    if own is not None:
+        if own.holding:
             log.error("a pool process exits with task messages the broker never confirmed: their run stays "
                       "outstanding; run the pass again once the broker is back")
-        _publisher[1].close()
+        own.close()
     _publisher = None
 
 
