@@ -6,14 +6,18 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from cmover.cli.changes import changes_argv
-from cmover.journal import fanotify
-from cmover.journal.base import CHANGED, ENTERED, REMOVED, Change, Rename, What, touched
-from cmover.journal.local import changes_of
+from cmover.journal import fanotify, local
+from cmover.journal.base import CHANGED, ENTERED, REMOVED, Change, Rename, Untrusted, What, touched
+from cmover.journal.local import LocalJournal, changes_of
+from cmover.journal.store import STATE, write_json_atomic
 from cmover.journal.watch import event_record
 
 
@@ -304,3 +308,35 @@ def test_a_plan_from_what_an_earlier_plan_saw_asks_the_source_nothing_and_names_
     monkeypatch.setattr(fsio, "lstat_at", lambda fd, name: pytest.fail("the source was asked again"))
     delete = changeplan.plan_changes(spec(PassKind.DELETE), t, seen)
     assert named(delete) == [(b"a/b", (b"gone",))] and len(seen) == asked == 3
+
+
+def test_a_live_watcher_that_has_not_beaten_is_waited_for_and_a_dead_one_is_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped or starved watcher (alive, no heartbeat for STALE_BEATS beats) is running as soon as it beats
+    again; one that never beats again within the bound is refused as stopped or hung, and a dead one at once."""
+    journal = LocalJournal(str(tmp_path), b"/src")
+    os.makedirs(journal.directory)
+    state_file = os.path.join(journal.directory, STATE)
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        stale = {"pid": live.pid, "running": True, "heartbeat_s": 0.1, "heartbeat_ns": time.time_ns() - 10**10}
+        write_json_atomic(state_file, stale)
+        beat = threading.Timer(0.5, write_json_atomic, (state_file, dict(stale, heartbeat_ns=time.time_ns() + 10**9)))
+        beat.start()
+        t0 = time.monotonic()
+        assert journal._running(stale, "/src")["heartbeat_ns"] > stale["heartbeat_ns"]
+        assert 0.4 < time.monotonic() - t0 < 5
+        beat.join()
+
+        write_json_atomic(state_file, stale)
+        monkeypatch.setattr(local, "DRAIN_TIMEOUT", 0.5)
+        with pytest.raises(Untrusted, match=r"has not beaten for 0 s .*stopped or hung"):
+            journal._running(stale, "/src")
+        assert live.poll() is None  # waited for without a signal
+    finally:
+        live.kill()
+        live.wait()
+    t0 = time.monotonic()
+    with pytest.raises(Untrusted, match="is not running"):
+        journal._running(stale, "/src")
+    assert time.monotonic() - t0 < 0.2

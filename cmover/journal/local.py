@@ -5,7 +5,8 @@
 
 * a journal exists for this source root (``cmover watch SRC`` was run), for the same root;
 * its watcher is running now (state marked running, its process alive, a heartbeat within
-  ``STALE_BEATS`` beats) -- a watcher that died and was restarted started a new segment;
+  ``STALE_BEATS`` beats, waited for up to ``DRAIN_TIMEOUT`` while the process is alive) -- a watcher that
+  died and was restarted started a new segment;
 * the current segment started before the instant (the watcher ran the whole interval: one process,
   beating all along);
 * the watcher drains on request (:mod:`cmover.journal.watch`), so the reading is exact up to the moment
@@ -88,12 +89,8 @@ class LocalJournal:
             raise Untrusted(f"no change journal for {src}: start `cmover watch {src}` before a full pass")
         if from_wire(state.get("src")) != self.src_root:
             raise Untrusted(f"the journal in {self.directory} is of another source root")
-        pid = int(state.get("pid", 0))
-        beat = float(state.get("heartbeat_s", 1.0))
-        if not state.get("running") or not _alive(pid) \
-                or time.time_ns() - int(state.get("heartbeat_ns", 0)) > STALE_BEATS * beat * 1e9:
-            raise Untrusted(f"the watcher of {src} is not running (last heartbeat {_ago(state.get('heartbeat_ns'))}); "
-                            f"restart `cmover watch {src}`")
+        state = self._running(state, src)
+        pid = int(state["pid"])
         started = int(state["started_ns"])
         if started > since_ns:
             raise Untrusted(f"the watcher of {src} started {_ago(started)}, after the last clean pass began "
@@ -151,6 +148,29 @@ class LocalJournal:
             return known[dkey]
 
         return resolve, _memo[2]
+
+    def _running(self, state: dict[str, Any], src: str) -> dict[str, Any]:
+        """``state`` when its watcher is running; else the state once its process beats again; else Untrusted.
+
+        A process that is alive but has not beaten for ``STALE_BEATS`` beats is stopped, starved of CPU or
+        catching up with a long queue -- the kernel keeps its events (or records an overflow) meanwhile, so its
+        journal stays whole -- or it died and its pid went to another process. It is waited for, without a
+        signal (the default action of SIGUSR1 would end a stranger), up to ``DRAIN_TIMEOUT``."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while True:
+            pid = int(state.get("pid", 0))
+            beat = float(state.get("heartbeat_s", 1.0))
+            if not state.get("running") or not _alive(pid):
+                raise Untrusted(f"the watcher of {src} is not running (last heartbeat "
+                                f"{_ago(state.get('heartbeat_ns'))}); restart `cmover watch {src}`")
+            if time.time_ns() - int(state.get("heartbeat_ns", 0)) <= STALE_BEATS * beat * 1e9:
+                return state
+            if time.monotonic() >= deadline:
+                raise Untrusted(f"the watcher of {src} (pid {pid}) has not beaten for {DRAIN_TIMEOUT:.0f} s (last "
+                                f"heartbeat {_ago(state.get('heartbeat_ns'))}): it is stopped or hung; restart "
+                                f"`cmover watch {src}`")
+            time.sleep(min(beat / 4, 0.25))
+            state = read_state(self.directory) or {}
 
     def _drain(self, pid: int, generation: str) -> int:
         asked = time.time_ns()
