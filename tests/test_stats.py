@@ -249,6 +249,28 @@ def test_activity_and_estimate_are_pure():
     assert estimate({C.DIRS: 5, C.DIRS_FOUND: 4}, {})["seconds_left"] is None
 
 
+def test_a_run_looks_stalled_only_with_tasks_outstanding_nothing_queued_and_no_report_for_long():
+    from cmover.ops.status import STALLED_AFTER, stalled_for
+    from cmover.state.runstats import WorkerStats
+
+    now = 100_000.0
+    late = now - STALLED_AFTER - 30
+
+    def w(at: float) -> WorkerStats:
+        return WorkerStats("a:1", "copy_f@a", at, at - 60, {}, at - 60, {})
+
+    queues = {"cmover.copy.dirs": 0, "cmover.copy.files": 0}
+    assert stalled_for(3, queues, [w(late), w(late - 100)], late - 500, now) == STALLED_AFTER + 30
+    assert stalled_for(3, queues, [], late, now) == STALLED_AFTER + 30  # no worker ever reported
+    assert stalled_for(3, queues, [w(late), w(now - 5)], late, now) is None  # a process reported lately
+    assert stalled_for(3, queues, [w(late)], now - 5, now) is None  # started lately
+    assert stalled_for(3, {**queues, "cmover.copy.files": 1}, [w(late)], late, now) is None  # a message waits
+    assert stalled_for(0, queues, [w(late)], late, now) is None
+    assert stalled_for(None, queues, [w(late)], late, now) is None  # unknown counts prove nothing
+    assert stalled_for(3, None, [w(late)], late, now) is None
+    assert stalled_for(3, queues, [], None, now) is None
+
+
 def test_first_report_rate_counts_from_when_the_work_began(monkeypatch):
     import cmover.state.stats as stats
 

@@ -387,8 +387,16 @@ def wait_and_report(settings: Settings, kind: str, run_id: str, as_json: bool,
     from cmover.ops.broker import read_deleted, read_differences, read_list
     from cmover.ops.status import wait
 
+    stalled: list[str] = []
+
+    def on_progress(s: Any) -> None:
+        progress.update(s.totals, s.seconds)
+        if s.state == "running" and s.note and not stalled:  # said once: the wait goes on (see STALLED_AFTER)
+            stalled.append(s.note)
+            note(s.note, logging.WARNING)
+
     with Progress(sys.stderr.isatty() and not as_json) as progress:
-        st = wait(settings, kind, run_id, on_progress=lambda s: progress.update(s.totals, s.seconds))
+        st = wait(settings, kind, run_id, on_progress=on_progress)
     if st.state == "unknown":
         say_unknown(st)
     try:

@@ -41,6 +41,12 @@ REPORT_POLL = 0.005
 PROBE = 0.02
 PROBE_MIN = 0.002
 
+#: A running pass whose ledger counts tasks outstanding while no pass queue holds a message and no worker process
+#: has reported for this many seconds (nor was the run started more recently) is said to look stalled
+#: (:func:`stalled_for`): a task hung in a system call, or a message lost with a worker killed between counting a
+#: task and publishing it. Only said, never acted on: a Lustre server's recovery can hold a call for minutes.
+STALLED_AFTER = 600.0
+
 #: Longest time `wait` goes on reading while the broker cannot be read (restarted, unreachable, access
 #: refused) before it gives that "unknown" reading back. The pass itself goes on regardless.
 BROKER_PATIENCE = 60.0
@@ -50,9 +56,9 @@ BROKER_PATIENCE = 60.0
 class PassStatus:
     """One pass run as `cmover status` shows it. Counts are cumulative; rates per second.
 
-    ``note``: why the state is unknown, when that is more than the ledger's lost count (``why`` in
-    :meth:`as_dict`, only then). ``broker_unreadable``: unknown because the broker could not be read,
-    which may pass (`wait` reads again).
+    ``note``: why the state is unknown, when that is more than the ledger's lost count, or why a running pass
+    looks stalled (:func:`stalled_for`); ``why`` in :meth:`as_dict`, only then. ``broker_unreadable``: unknown
+    because the broker could not be read, which may pass (`wait` reads again).
     """
 
     run_id: str
@@ -87,6 +93,27 @@ class PassStatus:
         if self.how:
             doc["changes"] = self.how
         return doc
+
+
+def stalled_for(outstanding: int | None, queues: dict[str, int] | None, workers: list[WorkerStats],
+                started: float | None, now: float) -> float | None:
+    """Seconds a running pass has looked stalled (pure): tasks outstanding in the ledger, every pass queue empty
+    (no message ready), and neither a worker report nor the run's start within the last STALLED_AFTER seconds.
+    None when it does not look stalled, or cannot be told (a count or the queues unknown)."""
+    if not outstanding or queues is None or any(queues.values()):
+        return None
+    last = max([w.at for w in workers] + ([started] if started is not None else []), default=None)
+    if last is None or now - last < STALLED_AFTER:
+        return None
+    return now - last
+
+
+def _stalled_note(kind: str, outstanding: int, silent: float) -> str:
+    return (f"the pass looks stalled: {outstanding:,} task(s) outstanding, none queued, and no worker process has "
+            f"reported for {silent / 60:.0f} min; a task may be hung in a system call (the worker logs name the "
+            "tasks received and not finished), or its message was lost with a worker killed at the moment it "
+            f"published it; if no worker is busy, `cmover start {kind}` runs the pass again (what is done is "
+            "skipped)")
 
 
 def activity(workers: list[WorkerStats], now: float, report_interval: float) -> tuple[dict[str, float],
@@ -204,6 +231,7 @@ def status(settings: Settings, kind: str = "copy", run_id: str | None = None) ->
     workers = r.workers or []
     totals = r.totals
     now = time.time()
+    silent = stalled_for(out, r.queues, workers, run.started, now) if state == "running" else None
     rates, nodes = activity(workers, now, settings.report_interval)
     started = run.started if run.started is not None else now
     ended = now
@@ -216,7 +244,8 @@ def status(settings: Settings, kind: str = "copy", run_id: str | None = None) ->
     return PassStatus(run.run_id, kind, state, out, r.queues or {}, totals, max(ended - started, 0.0), run.spec,
                       rates=rates, nodes=nodes, dead_letters=r.dead_letters or 0,
                       estimate=estimate(totals, rates) if state in ("running", "paused") else None,
-                      note=_unknown_because(r) if state == "unknown" else None,
+                      note=_unknown_because(r) if state == "unknown" else
+                      _stalled_note(kind, out or 0, silent) if silent is not None else None,
                       broker_unreadable=r.broker_error is not None, how=run.how)
 
 

@@ -283,3 +283,52 @@ def test_a_task_published_uncounted_makes_the_run_unknown_for_good(
     assert (rc, st["state"]) == (3, "unknown"), st  # the mark outlives the run: its count was never whole
     assert (dst / "a").is_dir() and (dst / "b").is_dir()
     worker.uninstall()
+
+
+# -- a run that looks stalled ------------------------------------------------------------------------------------
+
+def test_a_counted_task_that_never_reached_a_queue_makes_the_run_look_stalled(
+        site: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A task the ledger counts whose message never reached the broker (its worker killed between the two):
+    the run stays "running" -- the ledger cannot tell it from a task still running -- and once neither a queue
+    holds a message nor a worker has reported for STALLED_AFTER, `status` says that it looks stalled and what
+    to do, and `--wait` says it once and waits on: the run completes when the task is done after all."""
+    import threading
+
+    from cmover.cli.passes import wait_and_report
+    from cmover.core.passes import PassKind, PassSpec
+    from cmover.core.settings import load_settings
+    from cmover.ops import runs
+    from cmover.ops import status as status_mod
+
+    settings = load_settings(str(site.config))
+    run_id = f"copy-stalled-{uuid.uuid4().hex[:8]}"
+    spec = PassSpec(run_id=run_id, kind=PassKind.COPY, src_root=os.fsencode(site.src),
+                    dst_root=os.fsencode(site.dst))
+    ledger = runs.ledger(settings)
+    ledger.open_run(run_id)
+    ledger.enqueue(run_id, "lost-task")
+    runs.record_start(settings, spec)
+    monkeypatch.setattr(status_mod, "STALLED_AFTER", 1.0)
+    st = status_mod.status(settings, "copy", run_id)
+    assert (st.state, st.outstanding, st.note) == ("running", 1, None)  # just started: nothing to say yet
+    time.sleep(1.2)
+    st = status_mod.status(settings, "copy", run_id)
+    assert (st.state, st.outstanding) == ("running", 1), st
+    assert st.note is not None and st.note.startswith("the pass looks stalled: 1 task(s) outstanding, none queued"), st
+    assert "`cmover start copy`" in st.as_dict()["why"]
+
+    done: list[tuple[int, dict[str, int]]] = []
+    waiting = threading.Thread(target=lambda: done.append(wait_and_report(settings, "copy", run_id, True)))
+    waiting.start()
+    try:
+        time.sleep(3)  # several readings: the warning is said once
+        assert waiting.is_alive()  # a stalled run is not given up on
+    finally:
+        ledger.begin(run_id, "lost-task")
+        ledger.done(run_id, "lost-task")  # the task ran after all (or its pass was started again)
+        ledger.finished(run_id)
+        waiting.join(60)
+    assert not waiting.is_alive() and done and done[0][0] == 0, done
+    err = capsys.readouterr().err
+    assert err.count("cmover: the pass looks stalled: 1 task(s) outstanding") == 1, err
