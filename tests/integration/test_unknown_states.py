@@ -288,7 +288,8 @@ def test_a_task_published_uncounted_makes_the_run_unknown_for_good(
 # -- a run that looks stalled ------------------------------------------------------------------------------------
 
 def test_a_counted_task_that_never_reached_a_queue_makes_the_run_look_stalled(
-        site: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        site: Deployment, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        request: pytest.FixtureRequest) -> None:
     """A task the ledger counts whose message never reached the broker (its worker killed between the two):
     the run stays "running" -- the ledger cannot tell it from a task still running -- and once neither a queue
     holds a message nor a worker has reported for STALLED_AFTER, `status` says that it looks stalled and what
@@ -296,12 +297,15 @@ def test_a_counted_task_that_never_reached_a_queue_makes_the_run_look_stalled(
     import threading
 
     from cmover.cli.passes import wait_and_report
+    from cmover.core import site as site_settings
     from cmover.core.passes import PassKind, PassSpec
     from cmover.core.settings import load_settings
-    from cmover.ops import runs
+    from cmover.ops import broker, runs
     from cmover.ops import status as status_mod
 
     settings = load_settings(str(site.config))
+    monkeypatch.setattr(site_settings, "_settings", settings)  # as the command installs those of its --config
+    request.addfinalizer(broker.close)  # this process's connection to the site's broker
     run_id = f"copy-stalled-{uuid.uuid4().hex[:8]}"
     spec = PassSpec(run_id=run_id, kind=PassKind.COPY, src_root=os.fsencode(site.src),
                     dst_root=os.fsencode(site.dst))
