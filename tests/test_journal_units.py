@@ -336,7 +336,8 @@ def test_a_live_watcher_that_has_not_beaten_is_waited_for_and_a_dead_one_is_not(
     finally:
         live.kill()
         live.wait()
+    monkeypatch.setattr(local, "DRAIN_TIMEOUT", 30.0)
     t0 = time.monotonic()
     with pytest.raises(Untrusted, match="is not running"):
         journal._running(stale, "/src")
-    assert time.monotonic() - t0 < 0.2
+    assert time.monotonic() - t0 < 5  # not waited for
