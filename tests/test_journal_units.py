@@ -341,3 +341,14 @@ def test_a_live_watcher_that_has_not_beaten_is_waited_for_and_a_dead_one_is_not(
     with pytest.raises(Untrusted, match="is not running"):
         journal._running(stale, "/src")
     assert time.monotonic() - t0 < 5  # not waited for
+    # A watcher that ended and that its parent has not reaped yet (a zombie) is gone all the same.
+    ended = subprocess.Popen(["true"])
+    try:
+        while Path(f"/proc/{ended.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z":
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        with pytest.raises(Untrusted, match="is not running"):
+            journal._running(dict(stale, pid=ended.pid), "/src")
+        assert time.monotonic() - t0 < 5
+    finally:
+        ended.wait()

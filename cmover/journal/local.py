@@ -216,6 +216,7 @@ class LocalJournal:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited: a zombie (ended, not yet reaped by its parent) is gone."""
     if pid <= 0:
         return False
     try:
@@ -223,8 +224,12 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc to tell: kill() found it
 
 
 def _ago(ns: Any) -> str:
