@@ -76,6 +76,7 @@ class PassStatus:
     note: str | None = None
     broker_unreadable: bool = False
     how: str = ""  # what drove a pass started with --changes (runs.RunRecord.how); "" otherwise
+    stalled_s: float | None = None  # how long a running pass has looked stalled (stalled_for); None: it does not
 
     @property
     def open_errors(self) -> int:
@@ -87,7 +88,7 @@ class PassStatus:
                "queues": self.queues, "totals": self.totals, "seconds": round(self.seconds, 1),
                "rates": {k: round(v, 3) for k, v in self.rates.items()}, "nodes": self.nodes,
                "errors": self.open_errors, "dead_letters": self.dead_letters,
-               "estimate": self.estimate}
+               "estimate": self.estimate, "stalled_s": None if self.stalled_s is None else round(self.stalled_s)}
         if self.note:
             doc["why"] = self.note
         if self.how:
@@ -246,7 +247,7 @@ def status(settings: Settings, kind: str = "copy", run_id: str | None = None) ->
                       estimate=estimate(totals, rates) if state in ("running", "paused") else None,
                       note=_unknown_because(r) if state == "unknown" else
                       _stalled_note(kind, out or 0, silent) if silent is not None else None,
-                      broker_unreadable=r.broker_error is not None, how=run.how)
+                      broker_unreadable=r.broker_error is not None, how=run.how, stalled_s=silent)
 
 
 def _paused(settings: Settings, kind: str) -> bool:

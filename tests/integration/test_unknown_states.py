@@ -315,12 +315,12 @@ def test_a_counted_task_that_never_reached_a_queue_makes_the_run_look_stalled(
     runs.record_start(settings, spec)
     monkeypatch.setattr(status_mod, "STALLED_AFTER", 1.0)
     st = status_mod.status(settings, "copy", run_id)
-    assert (st.state, st.outstanding, st.note) == ("running", 1, None)  # just started: nothing to say yet
+    assert (st.state, st.outstanding, st.note, st.as_dict()["stalled_s"]) == ("running", 1, None, None)  # just started
     time.sleep(1.2)
     st = status_mod.status(settings, "copy", run_id)
     assert (st.state, st.outstanding) == ("running", 1), st
     assert st.note is not None and st.note.startswith("the pass looks stalled: 1 task(s) outstanding, none queued"), st
-    assert "`cmover start copy`" in st.as_dict()["why"]
+    assert "`cmover start copy`" in st.as_dict()["why"] and st.as_dict()["stalled_s"] >= 1, st
 
     done: list[tuple[int, dict[str, int]]] = []
     waiting = threading.Thread(target=lambda: done.append(wait_and_report(settings, "copy", run_id, True)))
