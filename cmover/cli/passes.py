@@ -385,11 +385,11 @@ def wait_and_report(settings: Settings, kind: str, run_id: str, as_json: bool,
     it is reported without them.
     """
     from cmover.ops.broker import read_deleted, read_differences, read_list
-    from cmover.ops.status import wait
+    from cmover.ops.status import PassStatus, wait
 
     stalled: list[str] = []
 
-    def on_progress(s: Any) -> None:
+    def on_progress(s: PassStatus) -> None:
         progress.update(s.totals, s.seconds)
         if s.state == "running" and s.note and not stalled:  # said once: the wait goes on (see STALLED_AFTER)
             stalled.append(s.note)
