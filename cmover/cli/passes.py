@@ -387,12 +387,13 @@ def wait_and_report(settings: Settings, kind: str, run_id: str, as_json: bool,
     from cmover.ops.broker import read_deleted, read_differences, read_list
     from cmover.ops.status import PassStatus, wait
 
-    stalled: list[str] = []
+    said_stalled = False
 
     def on_progress(s: PassStatus) -> None:
+        nonlocal said_stalled
         progress.update(s.totals, s.seconds)
-        if s.state == "running" and s.note and not stalled:  # said once: the wait goes on (see STALLED_AFTER)
-            stalled.append(s.note)
+        if s.state == "running" and s.note and not said_stalled:  # said once: the wait goes on (STALLED_AFTER)
+            said_stalled = True
             note(s.note, logging.WARNING)
 
     with Progress(sys.stderr.isatty() and not as_json) as progress:

@@ -58,11 +58,10 @@ OUTAGE_SECONDS = 600.0
 OUTAGE_PAUSE = 2.0
 
 
-def outage_pauses(limit: float | None = None) -> Iterator[float]:
+def outage_pauses() -> Iterator[float]:
     """The pause before each attempt to reach the broker again (0, then 0.2 s more each time, at most
-    :data:`OUTAGE_PAUSE`), until ``limit`` seconds (default :data:`OUTAGE_SECONDS`) have passed since the
-    first."""
-    deadline = time.monotonic() + (OUTAGE_SECONDS if limit is None else limit)
+    :data:`OUTAGE_PAUSE`), until :data:`OUTAGE_SECONDS` have passed since the first."""
+    deadline = time.monotonic() + OUTAGE_SECONDS
     pause = 0.0
     while time.monotonic() + pause < deadline:
         yield pause
