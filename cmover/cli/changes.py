@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from cmover import lustre
 from cmover.cli._common import load, note
@@ -36,6 +36,7 @@ from cmover.core.cleanpasses import (
 )
 from cmover.core.counters import C
 from cmover.core.errors import EXIT_OK, ConfigError, PreflightError
+from cmover.core.frozen import NamedTuple
 from cmover.core.passes import DeleteOptions, PassKind, PassSpec
 from cmover.core.paths import display, is_within
 from cmover.core.settings import Settings

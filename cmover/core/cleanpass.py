@@ -50,10 +50,11 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from cmover.core import statefile
 from cmover.core.counters import C
+from cmover.core.frozen import NamedTuple
 from cmover.core.passes import PassKind, PassSpec
 from cmover.core.paths import components, from_wire, to_wire
 from cmover.core.privileges import Privileges

@@ -24,10 +24,10 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from typing import NamedTuple
 
 from cmover.core import statefile
 from cmover.core.errors import ConfinementError
+from cmover.core.frozen import NamedTuple
 from cmover.core.paths import from_wire, to_wire
 
 FILE = "clean-passes.json"

@@ -12,8 +12,9 @@ Lists written before deletions had a record of their own hold error-list records
 from __future__ import annotations
 
 import time
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
+from cmover.core.frozen import NamedTuple
 from cmover.core.origin import by_item, origin
 from cmover.core.paths import display, from_wire, to_wire
 

@@ -13,8 +13,9 @@ form is a JSON object::
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
+from cmover.core.frozen import NamedTuple
 from cmover.core.origin import by_item, origin
 from cmover.core.paths import display, from_wire, to_wire
 

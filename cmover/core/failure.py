@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import errno as _errno
 import time
-from typing import NamedTuple
 
 from cmover.core.errors import ItemError
+from cmover.core.frozen import NamedTuple
 from cmover.core.origin import by_item, origin
 from cmover.core.paths import display, from_wire, to_wire
 

@@ -12,8 +12,9 @@ The list is kept per run like the error list (distributed: the durable queue of 
 from __future__ import annotations
 
 import time
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
+from cmover.core.frozen import NamedTuple
 from cmover.core.origin import by_item, origin
 from cmover.core.paths import display, from_wire, to_wire
 

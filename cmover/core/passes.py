@@ -13,9 +13,10 @@ import enum
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from cmover.core.errors import ConfigError, ConfinementError
+from cmover.core.frozen import NamedTuple
 from cmover.core.idmap import NO_MAP, IdMap
 from cmover.core.paths import check_rel, from_wire, to_wire
 from cmover.core.policies import check_hsm_policy, check_policy

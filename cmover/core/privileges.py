@@ -29,7 +29,8 @@ import logging
 import os
 import stat
 from collections.abc import Callable
-from typing import NamedTuple
+
+from cmover.core.frozen import NamedTuple
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import fcntl
 import logging
 import struct
 from collections import Counter
-from typing import NamedTuple
 
 from cmover.core.counters import C
+from cmover.core.frozen import NamedTuple
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import enum
 import os
 import stat
-from typing import NamedTuple
+
+from cmover.core.frozen import NamedTuple
 
 
 class Kind(enum.Enum):

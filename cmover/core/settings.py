@@ -17,9 +17,10 @@ import math
 import os
 import re
 import types
-from typing import Any, NamedTuple
+from typing import Any
 
 from cmover.core.errors import ConfigError
+from cmover.core.frozen import NamedTuple
 from cmover.core.idmap import Pairs, from_config
 from cmover.core.logformat import LOG_FORMATS
 from cmover.core.policies import HSM_POLICIES, POLICIES

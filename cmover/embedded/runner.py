@@ -24,11 +24,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 from cmover.core import fsio
 from cmover.core.errors import FatalError
 from cmover.core.failure import Failure
+from cmover.core.frozen import NamedTuple
 from cmover.core.passes import PassKind, PassSpec
 from cmover.core.settings import Settings
 from cmover.engine import walker

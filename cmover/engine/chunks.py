@@ -31,12 +31,12 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 from cmover.core import fsio, projid, xattrs
 from cmover.core.counters import C
 from cmover.core.errors import ConfinementError, SourceChangedError
-from cmover.core.frozen import Frozen
+from cmover.core.frozen import Frozen, NamedTuple
 from cmover.core.idmap import NO_MAP, IdMap
 from cmover.core.paths import to_wire
 from cmover.core.privileges import current

@@ -13,8 +13,8 @@ from __future__ import annotations
 import enum
 import os
 import stat
-from typing import NamedTuple
 
+from cmover.core.frozen import NamedTuple
 from cmover.core.idmap import IdMap
 from cmover.core.privileges import ALL, Privileges
 from cmover.core.record import Kind, Record

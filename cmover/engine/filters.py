@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
+from cmover.core.frozen import NamedTuple
 from cmover.core.passes import PassSpec
 from cmover.core.record import Kind, Record
 

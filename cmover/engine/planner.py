@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import stat
 import time
-from typing import NamedTuple
 
 from cmover import lustre
 from cmover.core.errors import ConfigError, ConfinementError, PreflightError
+from cmover.core.frozen import NamedTuple
 from cmover.core.idmap import IdMap, Pairs, parse_text
 from cmover.core.passes import (
     DeleteOptions,

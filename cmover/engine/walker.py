@@ -51,12 +51,13 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cmover.core import fsio
 from cmover.core.counters import C
 from cmover.core.errors import ItemError, SourceChangedError
 from cmover.core.failure import Failure
+from cmover.core.frozen import NamedTuple
 from cmover.core.logformat import at
 from cmover.core.passes import PassSpec
 from cmover.core.paths import display, join

@@ -13,8 +13,9 @@ open directory descriptor; nothing follows a symlink.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
+from cmover.core.frozen import NamedTuple
 from cmover.lustre.layout import Layout
 
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -6,7 +6,7 @@ name and test a state without the library's ctypes binding imported (it is, only
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from cmover.core.frozen import NamedTuple
 
 # HS_* flags (lustre_user.h)
 HS_EXISTS = 0x01

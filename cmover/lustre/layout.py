@@ -28,8 +28,8 @@ Policies (``LUSTRE_LAYOUT`` in config.py, ``--layout`` on the command line):
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
+from cmover.core.frozen import NamedTuple
 from cmover.core.policies import POLICIES, check_policy  # noqa: F401 (re-exported)
 
 EOF = (1 << 64) - 1  # end of the last extent (LUSTRE_EOF)

@@ -14,9 +14,10 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from typing import Any, NamedTuple
+from typing import Any
 
 from cmover.core.counters import C
+from cmover.core.frozen import NamedTuple
 from cmover.core.origin import origin
 from cmover.state import keys
 
