@@ -20,13 +20,13 @@ from cmover.core.paths import dirs_from_wire, groups_from_wire, mdt_from_wire, n
 from cmover.engine.chunks import ChunkSpec
 from cmover.engine.claims import RunClaims
 from cmover.engine.copypass import CopyPass
-from cmover.engine.deletepass import DeletePass
-from cmover.engine.dirtimepass import DirtimePass
 from cmover.engine.jobs import DirJob
 from cmover.state.errorlist import deleted_list, differences_list
 from cmover.state.hsmlist import BrokerHsm
 
 if TYPE_CHECKING:
+    from cmover.engine.deletepass import DeletePass
+    from cmover.engine.dirtimepass import DirtimePass
     from cmover.engine.verifypass import VerifyPass
 
 Body = Callable[..., None]
@@ -49,12 +49,21 @@ def copy_engine(spec: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> Iterat
 
 def delete_run(spec: Any, ctx: Any, tally: Any, fail: Any, emit: Any, work: Callable[[DeletePass], None]) -> None:
     """Run ``work`` on a DeletePass; what it deleted goes to the run's deletion list in one record."""
+    from cmover.engine.deletepass import DeletePass  # here, as the dirtime and verify engines: not by a copy pass
+
     deleted: list[Deletion] = []
     try:
         work(DeletePass(spec, tally, fail, emit, RunClaims(ctx.ledger, spec.run_id), deleted.append))
     finally:
         if deleted:
             ctx.errors.record(deleted_list(spec.run_id), deleted)
+
+
+def dirtime_engine(spec: Any, tally: Any, fail: Any, emit: Any) -> DirtimePass:
+    """A DirtimePass for one task."""
+    from cmover.engine.dirtimepass import DirtimePass
+
+    return DirtimePass(spec, tally, fail, emit)
 
 
 def verify_run(spec: Any, ctx: Any, tally: Any, fail: Any, emit: Any, work: Callable[[VerifyPass], None]) -> None:
@@ -145,14 +154,14 @@ def delete_purge(tid: str, rel: Any, root: Any) -> Body:
 def dirtime_dir(tid: str, rel: Any, mdt: Any = None, also: Any = None) -> Body:
     def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
         job = dir_job(rel, mdt, also)
-        DirtimePass(spec_, tally, fail, emit).run_dirs([one.rel for one in job.members()])
+        dirtime_engine(spec_, tally, fail, emit).run_dirs([one.rel for one in job.members()])
     return body
 
 
 def dirtime_files(tid: str, rel: Any, names: Any, also: Any = None) -> Body:
     def body(spec_: Any, ctx: Any, tally: Any, fail: Any, emit: Any) -> None:
         groups = batch_groups(rel, names, also)
-        DirtimePass(spec_, tally, fail, emit).run_groups(groups)
+        dirtime_engine(spec_, tally, fail, emit).run_groups(groups)
     return body
 
 
