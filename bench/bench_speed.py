@@ -18,7 +18,9 @@ Last, the distributed no-change pass against the worker processes (1, 2, 4) and,
 peak RSS for a pass of 10^5 tasks.
 
 The distributed runs use a private vhost and user on the local RabbitMQ (`rabbitmq/rabbitmq_init.sh`,
-deleted at the end) and the local memcached; the script starts and stops its own workers. Run as root
+deleted at the end) and the local memcached. Their workers are the copy pass's as an operator starts them,
+`scripts/run.sh start` with its defaults (a dir worker of 4 processes, a file worker of 2 per core), started
+and stopped by the script; `--workers N` runs one worker of N processes on both queues instead. Run as root
 (owners, the vhost). Figures go to WORKDIR/results.json too.
 """
 
@@ -319,6 +321,7 @@ class Site:
         if r.returncode != 0:
             raise RuntimeError(f"rabbitmq_init.sh failed: {r.stderr[-2000:]}")
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.run_sh: list[int] = []  # the main pids of the workers scripts/run.sh started, while they run
 
     def start_workers(self, processes: int) -> list[int]:
         """One worker with ``processes`` pool processes; return its pids (main and pool) once it is ready."""
@@ -338,6 +341,33 @@ class Site:
         time.sleep(2.0)  # its consumer connected
         return [w.pid, *_children(w.pid)]
 
+    def start_run_sh(self) -> list[int]:
+        """The copy pass's workers as an operator starts them, ``scripts/run.sh start`` with its defaults (a dir
+        worker of CMOVER_DIR_CONCURRENCY processes, a file worker of CMOVER_FILE_CONCURRENCY); return their pids
+        (mains and pools) once every pool process is there."""
+        self.stop_workers()
+        env = {**self.env, "CMOVER_VAR": str(self.dir / "var"), "CMOVER_LOGLEVEL": "warning"}
+        r = subprocess.run(["bash", str(REPO / "scripts" / "run.sh"), "start"], env=env, capture_output=True,
+                           text=True, cwd=REPO)
+        if r.returncode != 0:
+            raise RuntimeError(f"scripts/run.sh start failed: {r.stdout[-1000:]}{r.stderr[-2000:]}")
+        self.run_sh = [int(p.read_text().strip() or "0") for p in sorted((self.dir / "var" / "run").glob("*.pid"))]
+        # run.sh's defaults (self.env holds no CMOVER_*_CONCURRENCY): 4 dir processes, 2 file processes per core.
+        expected = int(env.get("CMOVER_DIR_CONCURRENCY", 4)) + int(
+            env.get("CMOVER_FILE_CONCURRENCY", 2 * len(os.sched_getaffinity(0))))
+        deadline = time.monotonic() + 120
+        while sum(len(_children(pid)) for pid in self.run_sh) < expected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"scripts/run.sh workers did not start: {self.run_sh}")
+            time.sleep(0.2)
+        time.sleep(2.0)  # their consumers connected
+        return self.worker_pids()
+
+    def worker_pids(self) -> list[int]:
+        """Every process of the running workers: mains and pool processes."""
+        mains = [w.pid for w in self.workers] + self.run_sh
+        return [p for pid in mains for p in [pid, *_children(pid)]]
+
     def stop_workers(self) -> None:
         for w in self.workers:
             try:
@@ -350,6 +380,16 @@ class Site:
             except ProcessLookupError:
                 pass
         self.workers.clear()
+        if self.run_sh:
+            env = {**self.env, "CMOVER_VAR": str(self.dir / "var"), "CMOVER_STOP_WAIT": "30"}
+            subprocess.run(["bash", str(REPO / "scripts" / "run.sh"), "stop"], env=env, capture_output=True,
+                           cwd=REPO)
+            for pid in self.run_sh:
+                try:
+                    os.kill(pid, signal.SIGKILL)  # only if `stop` left it: a pass of a benchmark, nothing to finish
+                except ProcessLookupError:
+                    pass
+            self.run_sh = []
 
     def close(self) -> None:
         self.stop_workers()
@@ -431,7 +471,7 @@ def run_tree(name: str, work: Path, site: Site, targets: Targets, rounds: int, c
         print(f"  {name}: round {r + 1} done", flush=True)
     calls = {}
     for tool in NOCHANGE_TOOLS:
-        attach = [p for w in site.workers for p in [w.pid, *_children(w.pid)]] if "distributed" in tool else []
+        attach = site.worker_pids() if "distributed" in tool else []
         calls[tool] = syscalls(commands(tool, src, dst(tool), cmover), envf(tool), attach)
     peaks = {"cmover no-change": embedded_peaks(commands("cmover", src, dst("cmover"), cmover), env_emb)}
     if "cmover" in copy_tools:
@@ -592,13 +632,25 @@ def report(results: list[dict], scale: dict, hubs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _workers(text: str) -> str | int:
+    """``--workers``: run.sh, or a positive number of processes."""
+    if text == "run.sh":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give run.sh or a number of processes (1 or more)")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--full", action="store_true", help="also the 100k-file tree and the 10^6-entry cases")
     ap.add_argument("--trees", help="comma-separated tree names instead (" + ", ".join(TREES) + ")")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workdir", default=str(REPO / "bench" / "_work" / "speed"))
-    ap.add_argument("--workers", type=int, default=2, help="pool processes of the distributed worker (default 2)")
+    ap.add_argument("--workers", default="run.sh", type=_workers,
+                    help="the distributed pass's workers: run.sh (default: scripts/run.sh start, as an operator "
+                         "starts them: a dir and a file worker, CMOVER_DIR_CONCURRENCY and CMOVER_FILE_CONCURRENCY "
+                         "processes), or N: one worker of N processes on both queues")
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1/2/4 worker-process table")
     ap.add_argument("--target-fs", choices=("new", "same"), default="new",
                     help="new (default): every timed full copy writes to a new XFS filesystem (a loop-mounted "
@@ -638,7 +690,10 @@ def main(argv: list[str] | None = None) -> int:
     site = Site(work)
     results, hubs, scale = [], [], {}
     try:
-        site.start_workers(a.workers)
+        if a.workers == "run.sh":
+            site.start_run_sh()
+        else:
+            site.start_workers(a.workers)
         for name in names:
             results.append(run_tree(name, work, site, targets, a.rounds, cmover))
         if "20k files" in names and not a.no_scaling:
