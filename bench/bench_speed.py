@@ -346,15 +346,13 @@ class Site:
         worker of CMOVER_DIR_CONCURRENCY processes, a file worker of CMOVER_FILE_CONCURRENCY); return their pids
         (mains and pools) once every pool process is there."""
         self.stop_workers()
-        env = {**self.env, "CMOVER_VAR": str(self.dir / "var"), "CMOVER_LOGLEVEL": "warning"}
-        r = subprocess.run(["bash", str(REPO / "scripts" / "run.sh"), "start"], env=env, capture_output=True,
-                           text=True, cwd=REPO)
+        r = self._run_sh("start", CMOVER_LOGLEVEL="warning")
         if r.returncode != 0:
             raise RuntimeError(f"scripts/run.sh start failed: {r.stdout[-1000:]}{r.stderr[-2000:]}")
-        self.run_sh = [int(p.read_text().strip() or "0") for p in sorted((self.dir / "var" / "run").glob("*.pid"))]
+        pids = [p.read_text().strip() for p in sorted((self.dir / "var" / "run").glob("*.pid"))]
+        self.run_sh = [int(pid) for pid in pids if pid.isdigit() and int(pid) > 0]
         # run.sh's defaults (self.env holds no CMOVER_*_CONCURRENCY): 4 dir processes, 2 file processes per core.
-        expected = int(env.get("CMOVER_DIR_CONCURRENCY", 4)) + int(
-            env.get("CMOVER_FILE_CONCURRENCY", 2 * len(os.sched_getaffinity(0))))
+        expected = 4 + 2 * len(os.sched_getaffinity(0))
         deadline = time.monotonic() + 120
         while sum(len(_children(pid)) for pid in self.run_sh) < expected:
             if time.monotonic() > deadline:
@@ -362,6 +360,11 @@ class Site:
             time.sleep(0.2)
         time.sleep(2.0)  # their consumers connected
         return self.worker_pids()
+
+    def _run_sh(self, command: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """``scripts/run.sh COMMAND`` for this site (its config, its state under the site's var/), with ``env``."""
+        return subprocess.run(["bash", str(REPO / "scripts" / "run.sh"), command], capture_output=True, text=True,
+                              cwd=REPO, env={**self.env, "CMOVER_VAR": str(self.dir / "var"), **env})
 
     def worker_pids(self) -> list[int]:
         """Every process of the running workers: mains and pool processes."""
@@ -381,9 +384,7 @@ class Site:
                 pass
         self.workers.clear()
         if self.run_sh:
-            env = {**self.env, "CMOVER_VAR": str(self.dir / "var"), "CMOVER_STOP_WAIT": "30"}
-            subprocess.run(["bash", str(REPO / "scripts" / "run.sh"), "stop"], env=env, capture_output=True,
-                           cwd=REPO)
+            self._run_sh("stop", CMOVER_STOP_WAIT="30")
             for pid in self.run_sh:
                 try:
                     os.kill(pid, signal.SIGKILL)  # only if `stop` left it: a pass of a benchmark, nothing to finish

@@ -73,7 +73,7 @@ class _NamedTupleMeta(type):
     constants) are the class's; the annotations are kept as written."""
 
     def __new__(mcs, name: str, bases: tuple[type, ...], ns: dict[str, Any]) -> Any:
-        if ns.get("_root"):
+        if not bases:
             return super().__new__(mcs, name, bases, ns)  # the base itself (below)
         annotations: dict[str, Any] = ns.get("__annotations__", {})
         defaults: list[Any] = []
@@ -98,8 +98,6 @@ if TYPE_CHECKING:
 else:
     class NamedTuple(metaclass=_NamedTupleMeta):
         """Base of a named tuple class statement (see the module doc); not itself a class to instantiate."""
-
-        _root = True
 
 
 __all__ = ["Frozen", "NamedTuple"]
