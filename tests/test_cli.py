@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -542,13 +543,13 @@ def test_the_cyclic_collector_runs_during_the_command_and_after_it(monkeypatch):
     import importlib
 
     import cmover.cli
-    from cmover.cli import passes
+    from cmover.cli import operate
 
     entry = importlib.reload(cmover.cli).main  # the console script's function (the submodule shadows its name)
     seen = []
-    monkeypatch.setattr(passes, "cmd_pass", lambda args: seen.append((gc.isenabled(), gc.get_freeze_count())) or 0)
+    monkeypatch.setattr(operate, "cmd_status", lambda args: seen.append((gc.isenabled(), gc.get_freeze_count())) or 0)
     try:
-        assert entry(["copy", "/nowhere/src", "/nowhere/dst"]) == 0
+        assert entry(["status"]) == 0
         assert seen and seen[0][0] and seen[0][1] > 0
         assert gc.isenabled()
         with pytest.raises(SystemExit):
@@ -557,6 +558,38 @@ def test_the_cyclic_collector_runs_during_the_command_and_after_it(monkeypatch):
     finally:
         gc.unfreeze()
         cmover.cli.main = sys.modules["cmover.cli.main"]  # as the package was: the submodule under its name
+
+
+_COLLECTOR_PROBE = """
+import gc, os, sys, types
+from cmover.cli import passes
+
+def spy():
+    mods = [m for m in ("cmover.worker.bodies", "cmover.embedded.hub", "cmover.embedded.pool", "cmover.ops.start",
+                        "cmover.ops.status") if m in sys.modules]
+    print(gc.isenabled(), *mods, flush=True)
+    os._exit(0)
+
+passes.collect_from_now = spy
+passes.load = lambda args, optional=False: types.SimpleNamespace(broker_configured=sys.argv[1] == "broker")
+from cmover.cli import main
+main(["copy", "/nowhere/src", "/nowhere/dst"])
+"""
+
+
+@pytest.mark.parametrize("mode", ["embedded", "broker"])
+def test_a_pass_turns_the_collector_on_once_its_mode_is_imported(mode):
+    """A pass imports its mode's modules with the collector still off, so that they are frozen with the rest
+    (2 ms of a 10-file pass): the embedded runner, hub, pool and task bodies, or the broker's start and status
+    modules, never the other mode's. A new interpreter: this one has imported everything already."""
+    r = subprocess.run([sys.executable, "-c", _COLLECTOR_PROBE, mode], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    words = r.stdout.split()
+    assert words[0] == "False"
+    if mode == "embedded":
+        assert words[1:] == ["cmover.worker.bodies", "cmover.embedded.hub", "cmover.embedded.pool"]
+    else:
+        assert words[1:] == ["cmover.ops.start", "cmover.ops.status"]
 
 
 def test_the_parser_builds_only_the_subcommand_named():

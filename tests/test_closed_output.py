@@ -198,12 +198,17 @@ _CTRL_C_IN_ROOT_TASK = """
 import os, signal, sys
 class Hooks:
     def find_spec(self, name, path=None, target=None):
-        if name == "cmover.worker.bodies":
-            os.kill(os.getpid(), signal.SIGINT)
-        elif name == "celery":
+        if name == "celery":
             sys.stderr.write("celery imported\\n")
         return None
 sys.meta_path.insert(0, Hooks())
+from cmover.engine.copypass import CopyPass
+command, run_dirs = os.getpid(), CopyPass.run_dirs
+def ctrl_c_first(self, *args, **kwargs):  # the root directory task, in the command's own process
+    if os.getpid() == command:
+        os.kill(command, signal.SIGINT)
+    return run_dirs(self, *args, **kwargs)
+CopyPass.run_dirs = ctrl_c_first
 from cmover.cli import main
 sys.exit(main())
 """

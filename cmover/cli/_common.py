@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from typing import TYPE_CHECKING
@@ -35,6 +36,18 @@ def load(args: argparse.Namespace, *, optional: bool = False) -> Settings:
             note(f"no config file found ({settings.config_origin}); running on the default settings")
     site.install(settings)  # the Celery app, if the command needs it, must use the same file (broker, memcached)
     return settings
+
+
+def collect_from_now() -> None:
+    """Turn the cyclic collector back on (the entry point, :func:`cmover.cli.main`, turned it off for the
+    imports), with every object made so far moved to its permanent generation (gc.freeze): a collection never
+    walks them again, and a forked pool process never writes to their pages (copy-on-write keeps them shared).
+
+    Called once the command has imported what it runs: by the dispatch after parsing, or, for a pass
+    (``collects_later`` on its parser), by the pass once it knows its mode and has imported that mode's modules.
+    Calling it again changes nothing."""
+    gc.freeze()
+    gc.enable()
 
 
 _json_notes = False  # LOG_FORMAT = "json" in the settings the command loaded

@@ -15,7 +15,6 @@ reports for a command whose reader went away) a listing whose output was closed 
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import sys
@@ -23,7 +22,7 @@ import time
 from typing import Any, NoReturn
 
 from cmover.cli import changes, hsm, operate, output, passes, sync
-from cmover.cli._common import EXIT_UNKNOWN
+from cmover.cli._common import EXIT_UNKNOWN, collect_from_now
 from cmover.cli.output import EXIT_OUTPUT_GONE
 from cmover.core.errors import EXIT_FATAL, EXIT_INTERRUPTED, CmoverError
 from cmover.core.settings import PACKAGE_CONFIG
@@ -143,7 +142,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         words = changes.changes_argv(sys.argv[1:] if argv is None else argv)
         args = build_parser(_named_command(words)).parse_args(words)
-        _collect_from_now()
+        if not getattr(args, "collects_later", False):
+            collect_from_now()
         output.for_command(args.command)
         level = logging.WARNING - 10 * min(args.verbose, 2)
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -155,13 +155,6 @@ def _main(argv: list[str] | None) -> int:
         print(f"cmover: interrupted after {time.monotonic() - t0:.1f} s", file=sys.stderr)
         return EXIT_INTERRUPTED
 
-
-def _collect_from_now() -> None:
-    """Turn the cyclic collector back on (the entry point turned it off for the imports), with every object
-    made so far moved to its permanent generation (gc.freeze): a collection never walks them again, and a
-    forked pool process never writes to their pages (copy-on-write keeps them shared)."""
-    gc.freeze()
-    gc.enable()
 
 
 __all__ = ["main", "build_parser", "EXIT_UNKNOWN", "EXIT_OUTPUT_GONE"]

@@ -32,9 +32,14 @@ from cmover.core.failure import Failure
 from cmover.core.frozen import NamedTuple
 from cmover.core.passes import PassKind, PassSpec
 from cmover.core.settings import Settings
+from cmover.embedded.hub import HubLedger, embedded_context, start_hub, stop_hub
+from cmover.embedded.pool import HOSTNAME, Pool
 from cmover.engine import walker
 from cmover.engine.jobs import Job
 from cmover.state.errorlist import MEMORY_LIMIT
+from cmover.worker import bodies  # noqa: F401  what run_message runs, imported with the rest (see cmover.cli)
+from cmover.worker.context import contexts
+from cmover.worker.taskbase import Message, Rejected, run_message, seed
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +86,6 @@ class EmbeddedSession:
         self.pool: Any = None
 
     def __enter__(self) -> EmbeddedSession:
-        from cmover.embedded.hub import embedded_context, start_hub
-        from cmover.embedded.pool import Pool
-        from cmover.worker.context import contexts
-
         os.umask(0)  # every entry cmover creates gets an explicit mode; pool processes inherit this
         self._hub = start_hub(self.settings.state_path() if self.settings is not None else None)
         settings = self.settings
@@ -94,8 +95,6 @@ class EmbeddedSession:
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        from cmover.embedded.hub import stop_hub
-
         try:
             self.pool.stop(idle=et is None)
         finally:
@@ -114,10 +113,6 @@ class EmbeddedSession:
         state is then "interrupted", and a later pass of the session starts new ones. Raises FatalError when
         the pass cannot go on (its root task rejected, pool processes dying as they start).
         """
-        from cmover.embedded.pool import HOSTNAME
-        from cmover.worker.context import contexts
-        from cmover.worker.taskbase import Message, Rejected, run_message, seed
-
         ctx = contexts.get()
         t0 = time.monotonic()
         pool = self.pool
@@ -220,8 +215,6 @@ _TICK = 0.1
 def _wait_outstanding(ledger: Any, run_id: str) -> int | None:
     """The run's outstanding tasks, after waiting in the hub until there are none or :data:`_TICK` passed
     (no polling round trips; a pass ends as soon as its last task is done)."""
-    from cmover.embedded.hub import HubLedger
-
     if isinstance(ledger, HubLedger):
         return ledger.outstanding(run_id, _TICK)
     out = ledger.outstanding(run_id)
