@@ -579,9 +579,9 @@ main(["copy", "/nowhere/src", "/nowhere/dst"])
 
 @pytest.mark.parametrize("mode", ["embedded", "broker"])
 def test_a_pass_turns_the_collector_on_once_its_mode_is_imported(mode):
-    """A pass imports its mode's modules with the collector still off, so that they are frozen with the rest
-    (2 ms of a 10-file pass): the embedded runner, hub, pool and task bodies, or the broker's start and status
-    modules, never the other mode's. A new interpreter: this one has imported everything already."""
+    """A pass imports its mode's modules with the collector still off, so that they are frozen with the rest:
+    the embedded runner, hub, pool and task bodies, or the broker's start and status modules, never the other
+    mode's. A new interpreter: this one has imported everything already."""
     r = subprocess.run([sys.executable, "-c", _COLLECTOR_PROBE, mode], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     words = r.stdout.split()

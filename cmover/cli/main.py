@@ -156,7 +156,6 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_INTERRUPTED
 
 
-
 __all__ = ["main", "build_parser", "EXIT_UNKNOWN", "EXIT_OUTPUT_GONE"]
 
 if __name__ == "__main__":
