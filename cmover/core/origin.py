@@ -13,6 +13,7 @@ import socket
 from typing import TypeVar
 
 _pid = os.getpid()
+_host: str | None = None
 _origin: str | None = None
 
 
@@ -21,18 +22,26 @@ def pid() -> int:
     return _pid
 
 
+def host() -> str:
+    """This host's name as ``socket.gethostname()`` says it (a ``uname`` syscall), asked once per process."""
+    global _host
+    if _host is None:
+        _host = socket.gethostname()
+    return _host
+
+
 def origin() -> str:
-    """``host:pid`` of this process (the host as ``socket.gethostname()`` says it)."""
+    """``host:pid`` of this process."""
     global _origin
     if _origin is None:
-        _origin = f"{socket.gethostname()}:{_pid}"
+        _origin = f"{host()}:{_pid}"
     return _origin
 
 
 def _after_fork() -> None:
-    global _pid, _origin
+    global _pid, _host, _origin
     _pid = os.getpid()
-    _origin = None
+    _host = _origin = None
 
 
 os.register_at_fork(after_in_child=_after_fork)

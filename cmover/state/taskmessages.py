@@ -23,8 +23,6 @@ confirmations once per task rather than once per message (:func:`cmover.worker.t
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +31,7 @@ from typing import Any, TypeVar
 import amqp
 
 from cmover.core.errors import ConfigError
+from cmover.core.origin import host, pid
 from cmover.core.tasknames import ROUTES, Message, argsrepr
 
 T = TypeVar("T")
@@ -300,7 +299,7 @@ def task_message(name: str, args: list[Any], task_id: str) -> tuple[dict[str, An
     headers: dict[str, Any] = {
         "lang": "py", "task": name, "id": task_id, "shadow": None, "eta": None, "expires": None, "group": None,
         "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id, "parent_id": None,
-        "argsrepr": argsrepr(args[1:]), "kwargsrepr": "{}", "origin": f"gen{os.getpid()}@{socket.gethostname()}",
+        "argsrepr": argsrepr(args[1:]), "kwargsrepr": "{}", "origin": f"gen{pid()}@{host()}",
         "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
     }
     properties: dict[str, Any] = {"correlation_id": task_id, "reply_to": ""}
