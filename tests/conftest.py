@@ -5,7 +5,9 @@ What else the tests share is in the ``support`` package (trees, snapshots, the j
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -21,8 +23,11 @@ from cmover.core.passes import PassKind, PassSpec
 from cmover.engine.jobs import DirJob, FilesJob
 from cmover.lustre import llapi
 
-# Clean-pass records of the passes the tests run go to a directory of their own, never to the home directory.
-os.environ.setdefault("CMOVER_STATE_DIR", tempfile.mkdtemp(prefix="cmover-test-state-"))
+# Clean-pass records of the passes the tests run go to a directory of their own, never to the home directory;
+# removed when the test session ends (not one left in /tmp per session).
+if "CMOVER_STATE_DIR" not in os.environ:
+    os.environ["CMOVER_STATE_DIR"] = _state_dir = tempfile.mkdtemp(prefix="cmover-test-state-")
+    atexit.register(shutil.rmtree, _state_dir, ignore_errors=True)
 
 # A shell without job control starts a background command (`scripts/test.sh &`) with SIGINT ignored, and every
 # process the tests start would inherit that: the tests of Ctrl-C (SIGINT to a command, expecting exit 130)

@@ -199,21 +199,29 @@ def test_the_hub_answers_only_processes_of_its_own_user():
     shutil.rmtree(where)
 
 
-def test_the_hub_ends_with_its_runner(tmp_path):
+@pytest.mark.parametrize("spill_under", [False, True])
+def test_the_hub_ends_with_its_runner(tmp_path, spill_under):
     """A runner killed with SIGKILL (nobody left to stop its hub) takes its hub with it: no process is left
-    behind holding the run's queues."""
-    code = ("import sys\nfrom cmover.embedded import hub\np = hub.start_hub()\nprint(p.pid, flush=True)\n"
-            "sys.stdin.read()\n")
-    runner = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    behind holding the run's queues, and no file: the socket's directory and the spill directory (under
+    STATE_DIR, or in the socket's directory) are gone too."""
+    sockets, state = tmp_path / "tmp", tmp_path / "state"
+    sockets.mkdir()
+    code = ("import sys\nfrom cmover.embedded import hub\np = hub.start_hub(sys.argv[1] or None)\n"
+            "print(p.pid, flush=True)\nsys.stdin.read()\n")
+    runner = subprocess.Popen([sys.executable, "-c", code, str(state) if spill_under else ""], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(sockets)})
     try:
         hub_pid = int(runner.stdout.readline())
         assert hubmod.wire is wire and os.path.exists(f"/proc/{hub_pid}")
+        made = [p.name for p in sockets.iterdir()] + ([p.name for p in state.iterdir()] if spill_under else [])
+        assert len(made) == (2 if spill_under else 1), made  # cmover-*, and cmover-hub-* under STATE_DIR
         runner.kill()
         runner.wait()
         deadline = time.monotonic() + 10
         while _alive(hub_pid) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert not _alive(hub_pid), "the hub outlived its runner"
+        assert list(sockets.iterdir()) == [] and (not spill_under or list(state.iterdir()) == [])
     finally:
         runner.kill()
 

@@ -401,7 +401,8 @@ def _serve(listener: socket.socket, runner: int) -> None:
 
 
 def _end_with(runner: int) -> None:
-    """End the hub's process once process ``runner`` is gone (SIGKILL leaves no one to stop the hub)."""
+    """End the hub's process once process ``runner`` is gone (SIGKILL leaves no one to stop the hub), its socket
+    and spill files removed as :func:`stop_hub` would."""
     try:
         fd = os.pidfd_open(runner)
     except OSError:  # gone already, or a kernel without pidfds: look every second
@@ -409,7 +410,10 @@ def _end_with(runner: int) -> None:
             time.sleep(1.0)
     else:
         select.select([fd], [], [])  # readable once it has exited
-    os._exit(0)
+    try:
+        _remove_files()
+    finally:
+        os._exit(0)
 
 
 def _answer(hub: Hub, conn: socket.socket) -> None:
@@ -448,6 +452,12 @@ def stop_hub(process: Forked) -> None:
     if process.is_alive():
         os.kill(process.pid, signal.SIGKILL)
     process.join()
+    _remove_files()
+
+
+def _remove_files() -> None:
+    """Remove the run's hub socket and spill files (its queues, spilled): by :func:`stop_hub`, or by the hub itself
+    when its runner is gone."""
     if _spill_dir is not None:
         _remove_dir(_spill_dir)  # inside the socket's directory when it could not go under STATE_DIR
     if _address is not None:
