@@ -1,9 +1,10 @@
-"""This process's identity as records name it: its pid and ``host:pid``, each worked out once per process.
+"""This process's identity as records name it: its host, its pid and ``host:pid``, each worked out once per
+process.
 
-A forked child (a pool process) works them out again. Every list record (deletions, differences, failures,
-HSM files) and counter sink names its writer as ``host:pid``, and per-process state (kept roots, the worker
-context, memcached clients) is keyed by the pid: asked per record or per task, ``getpid()`` was a syscall
-each time (a delete pass of 10^6 entries made 10^6 of them).
+A forked child (a pool process) works out its pid and ``host:pid`` again; the host is its parent's. Every list
+record (deletions, differences, failures, HSM files) and counter sink names its writer as ``host:pid``, and
+per-process state (kept roots, the worker context, memcached clients) is keyed by the pid: asked per record or
+per task, ``getpid()`` was a syscall each time (a delete pass of 10^6 entries made 10^6 of them).
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def origin() -> str:
 
 
 def _after_fork() -> None:
-    global _pid, _host, _origin
+    global _pid, _origin
     _pid = os.getpid()
-    _host = _origin = None
+    _origin = None  # the host is the parent's: kept
 
 
 os.register_at_fork(after_in_child=_after_fork)
