@@ -480,8 +480,9 @@ def test_the_idle_board_is_shared_with_forked_processes_and_each_wait_is_claimed
     assert board.waiting_count() == 2
     assert board.claim() and board.claim() and not board.claim()
     board.waiting(1)
+    assert board.anyone_waits() and board.anyone_waits()  # asking claims nothing
     board.busy(1)
-    assert not board.claim()
+    assert not board.claim() and not board.anyone_waits()
 
 
 def test_a_big_subtree_spreads_over_the_pool_within_the_inline_budget(tmp_path: Path) -> None:

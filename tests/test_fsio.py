@@ -245,3 +245,18 @@ def test_copy_file_range_is_not_tried_again_between_filesystems_where_it_failed(
         finally:
             os.close(fin)
     assert attempts == [errno.EXDEV] * 3, "once with the devices known, then once per file without them"
+
+
+def test_a_directory_is_known_a_leaf_by_its_link_count_and_nothing_else_is(tmp_path: Path) -> None:
+    (tmp_path / "leaf").mkdir()
+    (tmp_path / "leaf" / "file").write_bytes(b"x")
+    (tmp_path / "parent" / "child").mkdir(parents=True)
+    (tmp_path / "to-leaf").symlink_to("leaf")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert fsio.leaf_dir(fd, "leaf") and fsio.leaf_dir(fd, b"parent/child")
+        assert not fsio.leaf_dir(fd, "parent")  # a subdirectory: 3 links
+        assert not fsio.leaf_dir(fd, "to-leaf")  # not followed: a symlink has 1 link
+        assert not fsio.leaf_dir(fd, "gone")  # cannot be told
+    finally:
+        os.close(fd)

@@ -250,6 +250,68 @@ def test_a_waiting_peer_gets_one_subdirectory_even_where_they_are_small(make_spe
     assert walked == names[:19]
 
 
+def test_a_waiting_peer_is_given_no_leaf_too_small_for_a_job(make_spec, sharing):
+    """With a least leaf, a subdirectory its engine calls a leaf goes to a waiting peer only when the task's
+    directories took that long each: a small one moves to the front of its level and is walked inline next, a
+    directory with subdirectories is handed out instead, each is asked about once; with nothing worth a job,
+    nothing is handed out and the peer is not claimed (it stays waiting)."""
+    w, _, _ = walker(make_spec(inline_entries=1000, inline_seconds=3600.0))
+    w.start()
+    claims: list[int] = []
+    asked: list[str] = []
+
+    def leaf(name: str) -> bool:
+        asked.append(name)
+        return name != "b"
+
+    sharing(lambda walked: claims.append(walked) is None, anyone_waits=lambda: True, least_leaf=3600.0)
+    out: list[str] = []
+    walked = list(w.subdirs(["a", "b", "c", "d"], out.append, None, leaf))
+    assert out == ["b"] and walked == ["a", "c", "d"] and len(claims) == 1
+    assert asked == ["d", "c", "b", "a"]  # d and c moved to the front, b given; then a, being walked
+
+    # A fast filesystem's leaves are worth a job once the task's directories take the least leaf each.
+    w.start()
+    sharing(lambda walked: True, anyone_waits=lambda: True, least_leaf=1e-9)
+    out = []
+    assert list(w.subdirs(["a", "b"], out.append, None, lambda name: True)) == [] and out == ["b", "a"]
+
+    # No one waits: nothing is asked of the engine.
+    asked.clear()
+    sharing(lambda walked: True, anyone_waits=lambda: False, least_leaf=3600.0)
+    assert list(w.subdirs(["a", "b"], out.append, None, leaf)) == ["a", "b"] and asked == []
+
+
+def test_without_anyone_waits_a_least_leaf_is_not_applied(make_spec, sharing):
+    w, _, _ = walker(make_spec(inline_entries=1000, inline_seconds=3600.0))
+    w.start()
+    sharing(lambda walked: True, least_leaf=3600.0)
+    out: list[str] = []
+    assert list(w.subdirs(["a", "b"], out.append, None, lambda name: True)) == [] and out == ["b", "a"]
+
+
+def test_a_distributed_pool_process_hands_its_peers_no_small_leaf(make_spec, sharing, monkeypatch):
+    """What a worker's pool process sets up (cmover.worker.hooks): a peer waiting on the worker's idle board
+    gets a directory with subdirectories, not a leaf while the task's directories take less than LEAST_LEAF."""
+    from cmover.worker import hooks
+
+    monkeypatch.setattr(hooks, "_idle", None)
+    monkeypatch.setattr(hooks, "_slot", None)
+    hooks._make_idle_board()
+    hooks._share_with_idle_processes()
+    board = hooks._idle
+    assert board is not None and hooks.LEAST_LEAF > 0
+    board.busy(hooks._slot)
+    w, _, _ = walker(make_spec(inline_entries=1000, inline_seconds=3600.0))
+    w.start()
+    out: list[str] = []
+    walked = []
+    for name in w.subdirs(["leaf1", "tree", "leaf2"], out.append, None, lambda name: name.startswith("leaf")):
+        walked.append(name)
+        board.waiting(5)
+    assert out == ["tree"] and walked == ["leaf1", "leaf2"] and board.anyone_waits()
+
+
 def test_dir_jobs_in_groups_keep_each_directory_and_its_mdt():
     one = [DirJob(b"a/x", 1), DirJob(b"a/y", None), DirJob(b"a/z", -1)]
     job = DirJob.group(one)
@@ -271,11 +333,16 @@ def _walk_a_random_tree(seed: int, make_spec, sharing) -> None:
     grow("", 0)
     w, _, _ = walker(make_spec(inline_entries=rng.randint(1, 60), inline_seconds=3600.0, batch=rng.randint(1, 8)))
     w.start()
-    sharing(lambda walked: rng.random() < 0.2)
+    least = rng.choice([0.0, 1e-9, 3600.0])
+    sharing(lambda walked: rng.random() < 0.2, anyone_waits=lambda: rng.random() < 0.5, least_leaf=least)
     listed, walked, handed = [""], [], []
 
+    def leaf(name: str) -> bool:
+        return not tree[name] or rng.random() < 0.3  # an engine may be wrong: the walk stays exact
+
     def walk(name: str) -> None:
-        for child in w.subdirs(tree[name], handed.append, handed.extend if rng.random() < 0.5 else None):
+        for child in w.subdirs(tree[name], handed.append, handed.extend if rng.random() < 0.5 else None,
+                               leaf if rng.random() < 0.7 else None):
             walked.append(child)
             listed.append(child)
             w.charge(1)

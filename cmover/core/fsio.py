@@ -354,6 +354,16 @@ def lstat_at(dir_fd: int, name: str | bytes) -> os.stat_result | None:
         return None
 
 
+def leaf_dir(dir_fd: int, name: str | bytes) -> bool:
+    """Whether directory ``name`` in ``dir_fd`` is known to hold no subdirectory: its link count is 2 (its name
+    and its own ``.``; each subdirectory's ``..`` adds one). False when that cannot be told: a link count of 1
+    (filesystems that do not count, a directory past their count's limit), or an ``lstat`` that fails."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_nlink == 2
+    except OSError:
+        return False
+
+
 def empty_dir(fd: int) -> bool:
     """Whether open directory ``fd`` holds no entry, read as far as its first one (one or two ``getdents``).
     ``fd`` keeps its place: the listing reads a duplicate, rewound when it is closed."""

@@ -46,6 +46,10 @@ class IdleBoard:
         self._map[found] = 0
         return True
 
+    def anyone_waits(self) -> bool:
+        """Whether a process waits now; its byte stays set (see :meth:`claim`)."""
+        return self._map.find(b"\x01") >= 0
+
     def waiting_count(self) -> int:
         """How many processes wait now (for tests and diagnostics)."""
         return self._map[:].count(1)

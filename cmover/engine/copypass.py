@@ -267,7 +267,8 @@ class CopyPass:
             mdts = self.spec.mdt_list if not rel and self.spec.mds_striped else ()  # first level: placed on MDTs
             children = [DirJob(join(rel, bname), mdts[i % len(mdts)] if mdts else None)
                         for i, bname in enumerate(subdirs)]
-            for job in self.walk.subdirs(children, self.emit, self._group):
+            leaf = partial(_leaf, src_fd) if children else None
+            for job in self.walk.subdirs(children, self.emit, self._group, leaf):
                 child, child_mdt = job.rel, job.mdt
                 child_fd = self.walk.open_child(src_fd, child)
                 if child_fd is not None:
@@ -491,6 +492,12 @@ class _Chain:
     def __call__(self, fd: int) -> None:
         if self.proven:
             self.proven = cleanpass.dir_proven(self.proof, True, os.fstat(fd).st_ctime_ns)
+
+
+def _leaf(src_fd: int, job: DirJob) -> bool:
+    """Whether subdirectory job ``job`` of the source directory open as ``src_fd`` holds no subdirectory (for
+    :meth:`~cmover.engine.walker.Walker.subdirs`: asked only while another process waits for work)."""
+    return fsio.leaf_dir(src_fd, job.rel.rpartition(b"/")[2])
 
 
 def _has_project(src_fd: int, dst_fd: int) -> bool:

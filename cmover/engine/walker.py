@@ -51,7 +51,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from cmover.core import fsio
 from cmover.core.counters import C
@@ -70,6 +70,10 @@ T = TypeVar("T")
 #: inline with the entries the task has walked so far (see :func:`share_with`); None: nothing is known of other
 #: processes.
 _peer_waits: Callable[[int], bool] | None = None
+#: Whether a process waits, without claiming it; and the seconds a subdirectory known to hold no subdirectory (a
+#: leaf) must be estimated to take for a waiting process to get it (see :func:`share_with`); 0: any subdirectory.
+_anyone_waits: Callable[[], bool] | None = None
+_least_leaf = 0.0
 
 #: A listing's batches double in size every GROW_EVERY batches, up to GROW_MAX times ``spec.batch`` (see the
 #: module doc). Measured: 200,000 unchanged files in one directory, BATCH 1000, 2 worker processes, distributed
@@ -79,14 +83,24 @@ GROW_EVERY = 2
 GROW_MAX = 8
 
 
-def share_with(peer_waits: Callable[[int], bool] | None) -> None:
+def share_with(peer_waits: Callable[[int], bool] | None, *, anyone_waits: Callable[[], bool] | None = None,
+               least_leaf: float = 0.0) -> None:
     """Set, for every walk of this process, what says whether another process of the run waits for work (None:
     nothing is known; the budget alone decides); it is given the entries the asking task has walked so far.
     Each time it says True, a task hands one subdirectory out as a job (:meth:`Walker.subdirs`): ``peer_waits``
     should count that one as given to the waiting process, so that one process waiting gets one job. Advisory
-    only: a subdirectory walked inline or handed out is copied the same way."""
-    global _peer_waits
+    only: a subdirectory walked inline or handed out is copied the same way.
+
+    ``least_leaf`` (seconds, with ``anyone_waits``, which says whether a process waits without counting it as
+    given): where a job costs more than a small directory's walk (a distributed worker's: a broker round trip,
+    its ledger and its counters, about 4 ms of CPU), a subdirectory that its engine knows to hold no
+    subdirectory is handed out only when the task's directories have taken that long each on average; one
+    with subdirectories, or of unknown kind, is handed out as before. The engine is asked (``leaf`` of
+    :meth:`Walker.subdirs`, one ``lstat``) only while a process waits, once per subdirectory."""
+    global _peer_waits, _anyone_waits, _least_leaf
     _peer_waits = peer_waits
+    _anyone_waits = anyone_waits if least_leaf > 0 else None
+    _least_leaf = least_leaf if anyone_waits is not None else 0.0
 
 
 class Listing(NamedTuple):
@@ -101,15 +115,17 @@ class _Level(Generic[T]):
     """The subdirectories of one directory left to walk (see :meth:`Walker.subdirs`), how they are handed out,
     and what the ones walked inline held: ``walked`` of them, ``entries`` charged while they were walked."""
 
-    __slots__ = ("items", "hand_out", "group", "walked", "entries")
+    __slots__ = ("items", "hand_out", "group", "leaf", "walked", "entries", "small")
 
     def __init__(self, items: deque[T], hand_out: Callable[[T], object],
-                 group: Callable[[list[T]], object] | None) -> None:
+                 group: Callable[[list[T]], object] | None, leaf: Callable[[T], bool] | None = None) -> None:
         self.items = items
         self.hand_out = hand_out
         self.group = group
+        self.leaf = leaf
         self.walked = 0
         self.entries = 0
+        self.small = 0  # items at the front found leaves too small to hand out (see Walker._worth_a_job)
 
     def per_job(self, spec: PassSpec, walked: int, entries: int) -> int:
         """How many of the subdirectories left make a job worth a task: about ``spec.inline_entries`` entries
@@ -143,7 +159,7 @@ class _Level(Generic[T]):
 class Walker:
     """The walk of one pass task over ``spec``'s roots; counts into ``tally``, reports through ``on_failure``."""
 
-    __slots__ = ("spec", "tally", "on_failure", "log", "_budget", "_deadline", "_levels", "_sizes")
+    __slots__ = ("spec", "tally", "on_failure", "log", "_budget", "_deadline", "_levels", "_sizes", "_began")
 
     def __init__(self, spec: PassSpec, tally: Counter[str], on_failure: Callable[[Failure], None],
                  logger: logging.Logger) -> None:
@@ -159,13 +175,15 @@ class Walker:
         self._levels: list[_Level[Any]] = []
         # The subdirectories this task walked inline (at any level) and the entries charged while they were.
         self._sizes = (0, 0)
+        self._began = 0.0
 
     # -- the inline budget -----------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the task's budget: ``spec.inline_entries`` entries and ``spec.inline_seconds`` from now."""
         self._budget = self.spec.inline_entries
-        self._deadline = time.monotonic() + self.spec.inline_seconds
+        self._began = time.monotonic()
+        self._deadline = self._began + self.spec.inline_seconds
 
     def charge(self, entries: int) -> None:
         """Count ``entries`` handled (or about to be) by this task against its budget."""
@@ -183,7 +201,8 @@ class Walker:
         return self._budget <= 0 or time.monotonic() >= self._deadline
 
     def subdirs(self, items: Iterable[T], hand_out: Callable[[T], object],
-                group: Callable[[list[T]], object] | None = None) -> Iterator[T]:
+                group: Callable[[list[T]], object] | None = None, leaf: Callable[[T], bool] | None = None
+                ) -> Iterator[T]:
         """The subdirectories ``items`` of a directory that this task walks inline, in order; each of the others
         goes to ``hand_out`` (which publishes it as a job of its own), or with others of them to ``group`` (which
         publishes them as one job), exactly once.
@@ -193,18 +212,22 @@ class Walker:
         while it walked none, and where each holds a budget or more). Within the budget, each time another
         process of the run waits for work (:func:`share_with`), one is handed out: the last one left at the
         shallowest level of the walk (this directory's, or an ancestor's still being walked), the farthest from
-        where the walk is, whose subtree is likely the biggest share left to give.
+        where the walk is, whose subtree is likely the biggest share left to give. ``leaf``: whether an item is
+        known to hold no subdirectory (see :func:`share_with`'s ``least_leaf``).
         """
-        level = _Level(deque(items), hand_out, group)
+        level = _Level(deque(items), hand_out, group, leaf)
         self._levels.append(level)
         left = level.items
         try:
             while left:
                 item = left.popleft()
+                judged = level.small > 0  # found a small leaf before (see _worth_a_job)
+                if judged:
+                    level.small -= 1
                 if self._over():
                     left.appendleft(item)
                     level.give(len(left), self.spec, self._sizes)  # the rest, in as many jobs as they are worth
-                elif self._share():
+                elif self._share(item, judged):
                     hand_out(item)  # a process waits and nothing is left above: it gets this one
                 else:
                     before = self._budget
@@ -230,24 +253,61 @@ class Walker:
             return
         yield from self.subdirs(items, hand_out, group)
 
-    def _share(self) -> bool:
+    def _share(self, current: Any = None, judged: bool = False) -> bool:
         """Give every process of the run waiting for work (:func:`share_with`) the last subdirectory left at the
         shallowest level of :meth:`subdirs` that has one; True when one waits and none is left: the caller hands
-        out the subdirectory it is about to walk."""
+        out the subdirectory it is about to walk (``current``; ``judged``: it was found a leaf before). With a least
+        leaf, a small leaf is passed over, and nothing is handed out when no subdirectory left is worth a job
+        (:meth:`_worth_a_job`)."""
         peer_waits = _peer_waits
         if peer_waits is None:
             return False
-        while peer_waits(self.spec.inline_entries - self._budget):
-            for level in self._levels:
-                if level.items:
-                    # One subdirectory, whatever the sizes: half of a level of small ones as one job made the
-                    # no-change pass over 10^5 directories of 10 files 8% slower (the tail of big shares), for
-                    # 3% on the full copy of such a tree.
-                    level.hand_out(level.items.pop())
-                    break
+        anyone_waits = _anyone_waits
+        while True:
+            if anyone_waits is None:
+                level = next((lv for lv in self._levels if lv.items), None)
+            elif not anyone_waits():
+                return False
             else:
+                found = self._worth_a_job(current, judged)  # a level whose last is worth a job, or `current` (None)
+                if found is False:
+                    return False
+                level = found
+            if not peer_waits(self.spec.inline_entries - self._budget):
+                return False
+            if level is None:
                 return True
-        return False
+            # One subdirectory, whatever the sizes: half of a level of small ones as one job made the no-change
+            # pass over 10^5 directories of 10 files 8% slower (the tail of big shares), for 3% on the full copy
+            # of such a tree.
+            level.hand_out(level.items.pop())
+
+    def _worth_a_job(self, current: Any, judged: bool) -> _Level[Any] | None | Literal[False]:
+        """With a least leaf (:func:`share_with`), what :meth:`_share` hands out next: the level whose last
+        subdirectory is worth a job, the shallowest first; None for ``current``, the one about to be walked;
+        False when none is. A leaf (its level's ``leaf`` says so) is not worth a job while this task's directories
+        have taken less than the least leaf on average (the ones walked inline and the one being walked): it holds
+        what its listing holds, no subtree, and handed out, costs more than its walk. A leaf found so moves to the
+        front of its level, to be walked inline next; each subdirectory is asked about once."""
+        per_dir = (time.monotonic() - self._began) / (self._sizes[0] + 1)
+        small = per_dir < _least_leaf
+        for level in self._levels:
+            items, leaf = level.items, level.leaf
+            if leaf is None:
+                if items:
+                    return level
+                continue
+            while level.small < len(items):
+                if not (small and leaf(items[-1])):
+                    return level
+                items.rotate(1)
+                level.small += 1
+        if current is None or not self._levels:
+            return None
+        leaf = self._levels[-1].leaf
+        if leaf is not None and small and (judged or leaf(current)):
+            return False
+        return None
 
     # -- listing ---------------------------------------------------------------------------------------
 
