@@ -103,9 +103,10 @@ IDLE_SLOTS = 256
 #: process, the worker's consumer, the broker and memcached; a leaf of 100 unchanged files takes about 2.5 ms
 #: to walk on a local disk. No-change pass over 100,000 files in 1,000 directories, the workers of
 #: `scripts/run.sh` on 2 cores: 51-78 tasks, half of them under 7 ms, when every subdirectory went to a waiting
-#: process; 35-46 with this (bench/README.md, "Work sharing"). On a filesystem whose lookups are server round
-#: trips, directories take longer each and their leaves go out as before.
-LEAST_LEAF = 0.02
+#: process; 37-46 with this, and 0.72-0.75x of the embedded pass's time against 0.76-0.79x (bench/README.md,
+#: "Work sharing"). 0.02 did no better. On a filesystem whose lookups are server round trips, directories take
+#: longer each and their leaves go out as before.
+LEAST_LEAF = 0.01
 
 #: This worker's idle board, made in its main process before the pool forks (None: not a prefork worker yet).
 _idle: IdleBoard | None = None

@@ -296,12 +296,13 @@ def test_a_worker_hands_subdirectories_to_its_idle_pool_processes(deployments: D
                                                                    tmp_path: Path) -> None:
     """With an inline budget that would let the root task walk the whole tree alone, the worker's other pool
     process waits (its byte in the worker's idle board): the root task hands it subdirectories, so more than
-    one task runs, and the copy is exact."""
+    one task runs, and the copy is exact. Each holds a subdirectory: a leaf as small as these would be walked
+    inline (cmover.worker.hooks.LEAST_LEAF; tests/test_walker.py)."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     for d in range(40):
-        (src / f"d{d:02d}").mkdir(parents=True)
+        (src / f"d{d:02d}" / "sub").mkdir(parents=True)
         for f in range(10):
-            (src / f"d{d:02d}" / f"f{f}").write_bytes(b"%d" % f)
+            (src / f"d{d:02d}" / "sub" / f"f{f}").write_bytes(b"%d" % f)
     dst.mkdir()
     dep = deployments.new("idle", src, dst, INLINE_ENTRIES=10**6, INLINE_SECONDS=3600)
     dep.init_broker()
