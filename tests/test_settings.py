@@ -221,6 +221,21 @@ def test_broker_url_quoting(tmp_path):
     assert parsed.hostname == "broker.example.org" and parsed.port == 5672
 
 
+def test_a_command_connects_with_the_login_the_url_carries(tmp_path):
+    """What a command connects with (the login, no URL built and parsed again) is what Celery's URL says."""
+    from cmover.state.taskmessages import Link
+
+    pw = "p@ss/w:rd%#?&+ "
+    cfg = write_config(tmp_path, 'USERNAME = "ops.user"\n', host="broker.example.org:5673\n",
+                       password=pw + "\n", username="ops.user")
+    s = load_settings(str(cfg))
+    assert s.broker_login() == ("broker.example.org:5673", "ops.user", pw.strip(), "ops.user")
+    assert Link(login=s.broker_login())._params == Link(s.broker_url())._params
+    for host in ("[::1]", "[::1]:5673"):
+        v6 = Settings(broker_host=host, rabbitmq_dir=s.rabbitmq_dir, username="ops.user")
+        assert Link(login=v6.broker_login())._params == Link(v6.broker_url())._params
+
+
 def test_broker_url_keeps_port(tmp_path):
     cfg = write_config(tmp_path, host="10.1.2.3:5673\n", password="secret")
     assert load_settings(str(cfg)).broker_url() == "amqp://cmover:secret@10.1.2.3:5673/cmover"

@@ -126,7 +126,16 @@ class Settings(NamedTuple):
         return os.path.join(self.rabbitmq_dir, f"rabbitmq_{self.username}.conf")
 
     def broker_url(self) -> str:
-        """The AMQP URL of the configured broker; ConfigError when the broker or password is missing."""
+        """The AMQP URL of the configured broker (:meth:`broker_login` as a URL, for Celery)."""
+        host, user, password, vhost = self.broker_login()
+        from urllib.parse import quote  # only a command that talks to the broker needs it
+
+        return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}/{quote(vhost, safe='')}"
+
+    def broker_login(self) -> tuple[str, str, str, str]:
+        """``(host:port, user, password, vhost)`` of the configured broker, read from its files; ConfigError
+        when the broker or the password is missing. A command connects with these as they are: building the
+        URL and parsing it again cost it urllib.parse and ipaddress, 2 ms of its start."""
         if self.broker_host is None:
             raise ConfigError(
                 f"no broker configured: {os.path.join(self.rabbitmq_dir, 'rabbitmq.conf')} is missing; "
@@ -152,9 +161,7 @@ class Settings(NamedTuple):
         host = self.broker_host
         if ":" not in host.rsplit("]", 1)[-1]:
             host += ":5672"
-        from urllib.parse import quote  # only a command that talks to the broker needs it
-        user = quote(self.username, safe="")
-        return f"amqp://{user}:{quote(password, safe='')}@{host}/{user}"
+        return host, self.username, password, self.username
 
     def log_path(self) -> str:
         """LOG_DIR, a relative path taken from the directory of config.py."""

@@ -60,7 +60,7 @@ def link() -> Iterator[taskmessages.Link]:
         if _link is None:
             # py-amqp alone: a command needs neither Celery nor kombu to reach the broker
             # (cmover.state.taskmessages); a broken config is the ConfigError of broker_url.
-            _link = taskmessages.Link(site.get().broker_url())
+            _link = taskmessages.Link(login=site.get().broker_login())
         try:
             yield _link
         except BaseException:
@@ -92,7 +92,7 @@ def _reason(exc: BaseException) -> str:
 
 def check_broker(settings: Settings) -> None:
     """Connect once to the broker; ConfigError with the fix when it cannot be reached."""
-    settings.broker_url()  # missing password file etc. -> ConfigError
+    settings.broker_login()  # missing password file etc. -> ConfigError
     try:
         with link() as conn:
             conn.connect()

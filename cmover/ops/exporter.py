@@ -193,7 +193,7 @@ def run(settings: Settings, host: str = DEFAULT_LISTEN, port: int = DEFAULT_PORT
     """
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port {port} must be a TCP port, 1 to 65535 (default {DEFAULT_PORT})")
-    settings.broker_url()  # no broker configured, or no password file: ConfigError with the fix
+    settings.broker_login()  # no broker configured, or no password file: ConfigError with the fix
     registry, collector = make_registry(lambda: read_passes(settings))
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())

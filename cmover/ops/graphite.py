@@ -32,6 +32,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Mapping
 
 import graphyte
 
@@ -64,7 +65,7 @@ def metric_word(name: str) -> str:
     return _UNSAFE.sub("_", name) or "_"
 
 
-def node_metrics(base: str, nodes: dict[str, dict[str, int]]) -> list[tuple[str, int]]:
+def node_metrics(base: str, nodes: Mapping[str, dict[str, int]]) -> list[tuple[str, int]]:
     """``(base.node.<host word>.<counter>, value)`` of ``nodes`` (:func:`cmover.ops.reading.node_totals`), hosts
     sorted.
 

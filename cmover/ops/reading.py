@@ -13,13 +13,13 @@ report the service as down.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from cmover.core.counters import C
 from cmover.core.errors import FatalError
+from cmover.core.frozen import NamedTuple
 from cmover.core.passes import PassKind
 from cmover.core.settings import Settings
 from cmover.ops import broker, runs
@@ -40,8 +40,7 @@ NODE_COUNTED: tuple[str, ...] = RATED + (C.KEPT, C.WOULD_DELETE, C.DIRS_MISSING)
 PASSES: tuple[str, ...] = tuple(k.value for k in PassKind)
 
 
-@dataclass(frozen=True)
-class RunReading:
+class RunReading(NamedTuple):
     """A run as read at one moment; None for what could not be read.
 
     ``outstanding``: the ledger's count of tasks published and not done, None while the ledger cannot
@@ -112,7 +111,7 @@ def read_run(run: RunRecord, mc: Any) -> RunReading:
 def reread_counters(reading: RunReading, mc: Any) -> RunReading:
     """``reading`` with its counters and worker records read again (the rest as it was)."""
     counters, workers = read_counters(mc, reading.run_id)
-    return dataclasses.replace(reading, counters=counters, workers=workers)
+    return reading._replace(counters=counters, workers=workers)
 
 
 # -- the exporters' view --------------------------------------------------------------------------------------
@@ -142,8 +141,7 @@ class ReadError(FatalError):
         self.service = service
 
 
-@dataclass(frozen=True)
-class PassReading:
+class PassReading(NamedTuple):
     """One pass kind's current run as the exporters send it: a complete :class:`RunReading`, flattened.
 
     ``totals`` holds every name of :data:`cmover.core.counters.C.ALL` (0 while a counter is still absent);
@@ -159,7 +157,7 @@ class PassReading:
     totals: dict[str, int]
     queues: dict[str, int]
     outstanding: int | None
-    nodes: dict[str, dict[str, int]] = field(default_factory=dict)
+    nodes: Mapping[str, dict[str, int]] = MappingProxyType({})
     paused: bool = False
 
     @classmethod

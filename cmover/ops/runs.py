@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from cmover.core.errors import ConfigError, FatalError
+from cmover.core.frozen import NamedTuple
 from cmover.core.passes import PassSpec
 from cmover.core.settings import Settings
 from cmover.state import keys
@@ -29,8 +29,7 @@ from cmover.worker.taskbase import UNTRUSTED
 TTL = 29 * 24 * 3600
 
 
-@dataclass(frozen=True)
-class RunRecord:
+class RunRecord(NamedTuple):
     """One run of a pass as the operator side knows it.
 
     ``spec`` is the pass spec as recorded (:meth:`PassSpec.as_dict`) and ``started`` the Unix time
@@ -40,7 +39,7 @@ class RunRecord:
 
     run_id: str
     kind: str
-    spec: dict[str, Any] = field(default_factory=dict)
+    spec: dict[str, Any]  # {} when not known
     started: float | None = None
     how: str = ""  # what drove the pass when --changes was given: the journal's one line, or why it walked
 
@@ -125,7 +124,7 @@ def resolve(settings: Settings, kind: str, run_id: str | None = None, *, detaile
             cur = None
         if cur is not None and cur.run_id == run_id:
             return cur
-    return RunRecord(run_id, kind)
+    return RunRecord(run_id, kind, {})
 
 
 def spec_of(settings: Settings, kind: str, run_id: str | None = None) -> PassSpec:

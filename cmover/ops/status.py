@@ -9,14 +9,14 @@ reason to look, never a reason to call a pass complete.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from cmover.core.counters import C
+from cmover.core.frozen import NamedTuple
 from cmover.core.settings import Settings
 from cmover.ops import runs
 from cmover.ops.reading import NODE_COUNTED, RATED, RunReading, ledger_count, read_run, reread_counters
@@ -52,8 +52,7 @@ STALLED_AFTER = 600.0
 BROKER_PATIENCE = 60.0
 
 
-@dataclass
-class PassStatus:
+class PassStatus(NamedTuple):
     """One pass run as `cmover status` shows it. Counts are cumulative; rates per second.
 
     ``note``: why the state is unknown, when that is more than the ledger's lost count, or why a running pass
@@ -68,9 +67,9 @@ class PassStatus:
     queues: dict[str, int]
     totals: dict[str, int]
     seconds: float = 0.0
-    spec: dict[str, Any] = field(default_factory=dict)
-    rates: dict[str, float] = field(default_factory=dict)
-    nodes: list[dict[str, Any]] = field(default_factory=list)
+    spec: Mapping[str, Any] = MappingProxyType({})
+    rates: Mapping[str, float] = MappingProxyType({})
+    nodes: Sequence[dict[str, Any]] = ()
     dead_letters: int = 0  # messages in the pass's dead-letter queue (every run of the pass)
     estimate: dict[str, Any] | None = None
     note: str | None = None
@@ -202,7 +201,7 @@ def status(settings: Settings, kind: str = "copy", run_id: str | None = None) ->
     ledger is read once more after them: lost meanwhile, the answer is "unknown". A broker that cannot
     be read makes a run's state "unknown" (``note`` says why); "none" (no run started) reads no broker.
     """
-    settings.broker_url()  # no broker configured, no password file: ConfigError with the fix
+    settings.broker_login()  # no broker configured, no password file: ConfigError with the fix
     run = runs.resolve(settings, kind, run_id, detailed=True)  # FatalError: memcached down and no run named
     if run is None:
         return PassStatus("", kind, "none", None, {}, {})
@@ -226,7 +225,7 @@ def status(settings: Settings, kind: str = "copy", run_id: str | None = None) ->
         if again is None:
             # memcached lost the run (or a worker marked it) while the totals were read: they prove nothing
             state, out = "unknown", None
-            r = dataclasses.replace(r, untrusted=untrusted)
+            r = r._replace(untrusted=untrusted)
     elif state == "running" and _paused(settings, kind):
         state = "paused"
     workers = r.workers or []

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -80,17 +79,27 @@ class Link:
     use, with publisher confirms; :meth:`drop` forgets a broken one (no I/O), :meth:`close` ends it with the
     protocol's close. Not thread-safe (:func:`cmover.ops.broker.link` serialises its users)."""
 
-    def __init__(self, url: str, *, confirm_each: bool = True) -> None:
-        """``confirm_each``: every publication waits for the broker's confirmation (py-amqp's
-        ``confirm_publish``); False for :class:`Publisher`, which waits for them together."""
-        u = urllib.parse.urlsplit(url)
-        if u.scheme != "amqp" or not u.hostname or u.username is None or u.password is None:
-            raise ConfigError(f"broker URL {u.scheme}://{u.hostname}... is not amqp://user:password@host:port/vhost")
+    def __init__(self, url: str | None = None, *, login: tuple[str, str, str, str] | None = None,
+                 confirm_each: bool = True) -> None:
+        """To ``url``, or to ``login``: ``(host:port, user, password, vhost)`` as
+        :meth:`cmover.core.settings.Settings.broker_login` gives them. ``confirm_each``: every publication waits
+        for the broker's confirmation (py-amqp's ``confirm_publish``); False for :class:`Publisher`, which waits
+        for them together."""
+        if login is None:
+            import urllib.parse  # a URL is Celery's (a worker has it loaded); a command passes the login
+
+            u = urllib.parse.urlsplit(url or "")
+            if u.scheme != "amqp" or not u.hostname or u.username is None or u.password is None:
+                raise ConfigError(f"broker URL {u.scheme}://{u.hostname}... is not "
+                                  "amqp://user:password@host:port/vhost")
+            port = u.port or 5672
+            login = (f"{u.hostname}:{port}" if ":" not in u.hostname else f"[{u.hostname}]:{port}",
+                     urllib.parse.unquote(u.username), urllib.parse.unquote(u.password),
+                     urllib.parse.unquote(u.path[1:]) or "/")
+        host, user, password, vhost = login
         self._params: dict[str, Any] = {
-            "host": f"{u.hostname}:{u.port or 5672}" if ":" not in u.hostname else f"[{u.hostname}]:{u.port or 5672}",
-            "userid": urllib.parse.unquote(u.username), "password": urllib.parse.unquote(u.password),
-            "virtual_host": urllib.parse.unquote(u.path[1:]) or "/", "connect_timeout": CONNECT_TIMEOUT,
-            "confirm_publish": confirm_each,
+            "host": host, "userid": user, "password": password, "virtual_host": vhost,
+            "connect_timeout": CONNECT_TIMEOUT, "confirm_publish": confirm_each,
         }
         self._conn: amqp.Connection | None = None
 
