@@ -9,6 +9,7 @@ import uuid
 import pytest
 from pymemcache.client.base import Client
 
+from cmover.state import keys
 from cmover.state.ledger import LedgerLost, MemcacheLedger, MemoryLedger, task_id
 
 # Some tests here read and write the real memcached: the module runs with the memcached group.
@@ -58,6 +59,32 @@ def test_enqueue_twice_counts_once(ledger, run_id):
     assert ledger.outstanding(run_id) == 1
     ledger.enqueue(run_id, "t2")
     assert ledger.outstanding(run_id) == 2
+
+
+def test_a_first_delivery_asks_one_thing_of_memcached_and_a_lost_count_is_still_checked(run_id):
+    """begin counts first and looks for the done marker only for a later delivery, or where the count is gone
+    (a memcached that evicted it may still hold the done marker)."""
+    calls: list[str] = []
+
+    class Counting:
+        def __init__(self, inner: Client) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str):
+            calls.append(name)
+            return getattr(self.inner, name)
+
+    client = mc_client()
+    led = MemcacheLedger(lambda: Counting(client))
+    led.open_run(run_id)
+    led.enqueue(run_id, "t1")
+    calls.clear()
+    assert led.begin(run_id, "t1") == 1 and calls == ["incr"]
+    assert led.begin(run_id, "t1") == 2 and calls == ["incr", "incr", "get"]
+    led.done(run_id, "t1")
+    assert led.begin(run_id, "t1") is None
+    client.delete(keys.enqueued(run_id, "t1"))  # the count evicted, the done marker kept
+    assert led.begin(run_id, "t1") is None
 
 
 def test_begin_counts_deliveries_and_none_after_done(ledger, run_id):
@@ -179,6 +206,7 @@ def test_memcache_crash_between_done_calls_is_settled_by_the_exact_scan(run_id):
     led.enqueue(run_id, a)
     led.enqueue(run_id, b)
     led.done(run_id, a)
+    assert led.begin(run_id, b) == 1
     mc_client().add(f"cm:{run_id}:d:{b}", "1")  # done marker written, then SIGKILL: no decrement
     assert led.outstanding(run_id) == 1
     assert led.begin(run_id, b) is None  # the redelivery sees it done
