@@ -215,8 +215,8 @@ def test_exporter_and_graphite_give_the_same_numbers(monkeypatch: pytest.MonkeyP
     site = from_mapping({"USERNAME": f"ex_{uuid.uuid4().hex[:12]}", "MEMCACHED": "127.0.0.1:11211",
                          "GRAPHITE_PREFIX": "p"})
     monkeypatch.setattr(broker, "check_broker", lambda s: None)
-    monkeypatch.setattr(broker, "queue_depths", lambda kind: {f"cmover.{kind}.dirs": 4, f"cmover.{kind}.files": 9})
-    monkeypatch.setattr(broker, "dead_letter_depth", lambda kind: 0)
+    monkeypatch.setattr(broker, "pass_depths",
+                        lambda kind: ({f"cmover.{kind}.dirs": 4, f"cmover.{kind}.files": 9}, 0))
     mc = keys.memcache_client(site)
     run_id = f"copy-ex-{uuid.uuid4().hex}"
     spec = PassSpec(run_id=run_id, kind=PassKind.COPY, src_root=b"/src", dst_root=b"/dst")

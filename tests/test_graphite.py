@@ -1,7 +1,7 @@
 """cmover.ops.graphite and send_graphite.py: settings, collect() against the real memcached (127.0.0.1:11211),
 the plaintext lines sent, and the one-line errors of the cron shim when a service cannot be reached.
 
-The broker is replaced here (check_broker, queue_depths); tests/integration/test_graphite.py runs the whole
+The broker is replaced here (check_broker, pass_depths); tests/integration/test_graphite.py runs the whole
 chain against real RabbitMQ and carbon-cache.
 """
 
@@ -127,16 +127,16 @@ def make_current(s: Settings, kind: str) -> str:
 
 
 def no_broker(monkeypatch: pytest.MonkeyPatch, depths: dict[str, dict[str, int]]) -> list[str]:
-    """Replace the broker: check_broker passes, queue_depths returns ``depths[kind]``; the calls are listed."""
+    """Replace the broker: check_broker passes, pass_depths returns ``depths[kind]`` (no dead letter); the calls
+    are listed."""
     calls: list[str] = []
     monkeypatch.setattr(broker, "check_broker", lambda s: calls.append("check"))
 
-    def fake_depths(kind: str) -> dict[str, int]:
+    def fake_depths(kind: str) -> tuple[dict[str, int], int]:
         calls.append(kind)
-        return depths[kind]
+        return depths[kind], 0
 
-    monkeypatch.setattr(broker, "queue_depths", fake_depths)
-    monkeypatch.setattr(broker, "dead_letter_depth", lambda kind: 0)
+    monkeypatch.setattr(broker, "pass_depths", fake_depths)
     return calls
 
 
@@ -306,10 +306,10 @@ def test_collect_reports_unreadable_queue_depths(memcached: None, site: Settings
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(broker, "check_broker", lambda s: None)
 
-    def broken(kind: str) -> dict[str, int]:
+    def broken(kind: str) -> tuple[dict[str, int], int]:
         raise broker.BrokerUnreadable(f"the {kind} queues", "connection reset by peer")
 
-    monkeypatch.setattr(broker, "queue_depths", broken)
+    monkeypatch.setattr(broker, "pass_depths", broken)
     make_current(site, "dirtime")
     with pytest.raises(FatalError, match=r"cannot read the dirtime queue depths from the broker .*connection "
                                          r"reset by peer.*start RabbitMQ there or fix rabbitmq/rabbitmq\.conf"):

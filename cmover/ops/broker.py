@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from amqp.exceptions import NotFound
 
@@ -100,40 +101,51 @@ def check_broker(settings: Settings) -> None:
         raise ConfigError(f"cannot reach the broker at {settings.broker_host} ({exc}); {FIX}") from None
 
 
-def _depth(conn: taskmessages.Link, queue: str) -> int:
-    """Ready messages in ``queue`` on ``conn``, 0 when it was never declared; anything else raises."""
-    ch = conn.channel()
+def _read_depths(conn: taskmessages.Link, queues: list[str]) -> dict[str, int]:
+    """Ready messages in each of ``queues`` on ``conn``, 0 for one never declared; anything else raises. One
+    channel for them all (each channel is two round trips more), a new one after a queue that is not there: the
+    broker closes the channel that asked for it."""
+    depths: dict[str, int] = {}
+    ch: Any = None
     try:
-        _, n, _ = ch.queue_declare(queue, passive=True)
-        return int(n)
-    except NotFound:  # the broker closes the channel: each queue is read on a channel of its own
-        return 0
+        for queue in queues:
+            if ch is None:
+                ch = conn.channel()
+            try:
+                _, n, _ = ch.queue_declare(queue, passive=True)
+                depths[queue] = int(n)
+            except NotFound:
+                depths[queue] = 0
+                ch = None  # closed by the broker
+            except Exception as exc:  # named: the one queue that cannot be read (held exclusively, say)
+                ch = None
+                raise BrokerUnreadable(queue, _reason(exc)) from None
     finally:
-        try:
-            ch.close()
-        except Exception:
-            pass  # closed by the broker already (NOT_FOUND) or with the connection: nothing to release
+        if ch is not None:
+            try:
+                ch.close()
+            except Exception:
+                pass  # closed with the connection: nothing to release
+    return depths
 
 
 def _depths(queues: list[str], what: str) -> dict[str, int]:
     try:
         with link() as conn:
-            return {q: _depth(conn, q) for q in queues}
+            return _read_depths(conn, queues)
+    except BrokerUnreadable:
+        raise
     except Exception as exc:
         raise BrokerUnreadable(what, _reason(exc)) from None
 
 
-def queue_depths(kind: str) -> dict[str, int]:
-    """Ready messages per queue of pass ``kind`` (``cmover.<kind>.dirs|files``); :class:`BrokerUnreadable`
+def pass_depths(kind: str) -> tuple[dict[str, int], int]:
+    """Ready messages per queue of pass ``kind`` (``cmover.<kind>.dirs|files``), and in its dead-letter queue
+    (``cmover.<kind>.dead``, of every run of the pass), 0 for a queue never declared; :class:`BrokerUnreadable`
     when any of them cannot be read."""
-    return _depths(pass_queues(kind), f"the {kind} queues")
-
-
-def dead_letter_depth(kind: str) -> int:
-    """Messages in ``cmover.<kind>.dead`` (0 when it was never declared); :class:`BrokerUnreadable` when it
-    cannot be read."""
-    name = queue_name(kind, "dead")
-    return _depths([name], name)[name]
+    queues, dead = pass_queues(kind), queue_name(kind, "dead")
+    depths = _depths([*queues, dead], f"the {kind} queues")
+    return {q: depths[q] for q in queues}, depths[dead]
 
 
 def read_list(name: str, limit: int = 10_000) -> tuple[list[Failure], int]:
@@ -187,5 +199,5 @@ def stop() -> None:
     appmod.app.control.broadcast("shutdown")
 
 
-__all__ = ["BrokerUnreadable", "link", "close", "check_broker", "queue_depths", "dead_letter_depth", "read_list",
+__all__ = ["BrokerUnreadable", "link", "close", "check_broker", "pass_depths", "read_list",
            "read_deleted", "read_differences", "stop", "FIX"]

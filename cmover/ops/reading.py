@@ -100,8 +100,7 @@ def read_run(run: RunRecord, mc: Any) -> RunReading:
     dead: int | None = None
     error: BrokerUnreadable | None = None
     try:
-        queues = broker.queue_depths(run.kind)
-        dead = broker.dead_letter_depth(run.kind)
+        queues, dead = broker.pass_depths(run.kind)
     except BrokerUnreadable as exc:
         queues, dead, error = None, None, exc
     counters, workers = read_counters(mc, run.run_id)

@@ -306,3 +306,34 @@ def test_the_distributed_command_path_imports_neither_celery_nor_kombu() -> None
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parent).stdout
     assert out.strip() == "[]"
+
+
+def test_queue_depths_are_read_on_one_channel_and_a_missing_queue_reads_0(site: Deployment) -> None:
+    """The depths a command reads for `status` (cmover.ops.broker): a queue never declared is 0, and the
+    broker's closing of the channel that asked for it costs the others nothing but a new channel."""
+    from cmover.ops import broker
+
+    link = taskmessages.Link(_url(site))
+    try:
+        ch = link.channel()
+        for name in ("depth.a", "depth.c"):
+            taskmessages.declare(ch, name)
+        for _ in range(2):
+            ch.basic_publish(amqp.Message(b"x"), exchange="", routing_key="depth.a")
+        ch.close()
+        time.sleep(0.2)  # the broker counts what it was sent
+        opened: list[int] = []
+        channel = link.channel
+
+        def counting() -> amqp.Channel:
+            opened.append(1)
+            return channel()
+
+        link.channel = counting  # type: ignore[method-assign]
+        assert broker._read_depths(link, ["depth.a", "depth.c", "depth.b", "depth.c"]) == \
+            {"depth.a": 2, "depth.c": 0, "depth.b": 0}
+        assert len(opened) == 2
+        assert broker._read_depths(link, ["depth.a", "depth.c"]) == {"depth.a": 2, "depth.c": 0}
+        assert len(opened) == 3
+    finally:
+        link.close()
