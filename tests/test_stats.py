@@ -294,23 +294,24 @@ def test_wait_looks_often_at_first_and_at_most_every_probe_later():
     assert waits == sorted(waits)
 
 
-def test_the_last_task_of_a_run_reports_its_counts_at_once(make_spec, roots):
+def test_the_last_tasks_of_a_run_report_their_counts_at_once(make_spec, roots):
     """A worker process holds its counts until it has been idle for REPORT_IDLE, and `status` waits for every
-    count of a complete run: the task whose done brings the run's count to 0 reports at once instead. Tasks
-    before it keep theirs (one report per quiet spell, not per task)."""
+    count of a complete run: a task whose done leaves fewer than REPORT_NOW_LEFT tasks outstanding reports at
+    once instead. Tasks before them keep theirs (one report per quiet spell, not per task)."""
     import os
 
     from cmover.state.errorlist import MemoryErrors
     from cmover.state.ledger import MemoryLedger
     from cmover.state.stats import BatchedStats
     from cmover.worker.context import WorkerContext, contexts
-    from cmover.worker.taskbase import run_message, seed
+    from cmover.worker.taskbase import REPORT_NOW_LEFT, run_message, seed
 
     src = os.fsdecode(roots[0])
-    os.mkdir(os.path.join(src, "sub"))
-    for name in ("a", "sub/b"):
-        with open(os.path.join(src, name), "w") as f:
-            f.write(name)
+    subdirs = REPORT_NOW_LEFT + 1
+    for i in range(subdirs):
+        os.mkdir(os.path.join(src, f"sub{i}"))
+        with open(os.path.join(src, f"sub{i}", "f"), "w") as f:
+            f.write(str(i))
     reported: list[tuple[str, dict[str, int]]] = []
 
     class Sink:
@@ -319,14 +320,17 @@ def test_the_last_task_of_a_run_reports_its_counts_at_once(make_spec, roots):
 
     ledger = MemoryLedger()
     stats = BatchedStats(Sink(), interval=3600, idle=3600)  # nothing would go out before the process ends
-    spec = make_spec(inline_entries=0)  # the subdirectory is a task of its own
+    spec = make_spec(inline_entries=0)  # each subdirectory is a task of its own
     queue: list = []
     with contexts.building(lambda: WorkerContext(ledger=ledger, stats=stats, errors=MemoryErrors())):
         seed(queue.extend, spec, ledger)
-        message = queue.pop(0)
-        run_message(message, "w@test", queue.extend)
-        assert ledger.outstanding(spec.run_id) == 1 and reported == []  # not the last: held
+        run_message(queue.pop(0), "w@test", queue.extend)  # the root: leaves one task per subdirectory
         run_message(queue.pop(0), "w@test", queue.extend)
-    assert queue == [] and ledger.outstanding(spec.run_id) == 0
-    assert [run_id for run_id, _ in reported] == [spec.run_id]  # one report, both tasks in it
-    assert reported[0][1][C.TASKS] == 2 and reported[0][1][C.COPIED] == 2
+        assert ledger.outstanding(spec.run_id) == REPORT_NOW_LEFT and reported == []  # held
+        run_message(queue.pop(0), "w@test", queue.extend)
+        assert [tally[C.TASKS] for _, tally in reported] == [3]  # what was held, with this task
+        while queue:
+            run_message(queue.pop(0), "w@test", queue.extend)
+    assert ledger.outstanding(spec.run_id) == 0 and {run_id for run_id, _ in reported} == {spec.run_id}
+    assert [tally[C.TASKS] for _, tally in reported] == [3] + [1] * (REPORT_NOW_LEFT - 1)
+    assert sum(tally.get(C.COPIED, 0) for _, tally in reported) == subdirs
