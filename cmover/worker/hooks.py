@@ -103,7 +103,7 @@ IDLE_SLOTS = 256
 #: process, the worker's consumer, the broker and memcached; a leaf of 100 unchanged files takes about 2.5 ms
 #: to walk on a local disk. No-change pass over 100,000 files in 1,000 directories, the workers of
 #: `scripts/run.sh` on 2 cores: 51-78 tasks, half of them under 7 ms, when every subdirectory went to a waiting
-#: process; 37-46 with this, and 0.72-0.75x of the embedded pass's time against 0.76-0.79x (bench/README.md,
+#: process; 37-48 with this, and the pass 0.76-0.79x of the embedded pass's speed instead of 0.72-0.75x (README,
 #: "Work sharing"). 0.02 did no better. On a filesystem whose lookups are server round trips, directories take
 #: longer each and their leaves go out as before.
 LEAST_LEAF = 0.01
