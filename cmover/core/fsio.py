@@ -359,9 +359,10 @@ def leaf_dir(dir_fd: int, name: str | bytes) -> bool:
     and its own ``.``; each subdirectory's ``..`` adds one). False when that cannot be told: a link count of 1
     (filesystems that do not count, a directory past their count's limit), or an ``lstat`` that fails."""
     try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_nlink == 2
+        st = lstat_at(dir_fd, name)
     except OSError:
         return False
+    return st is not None and st.st_nlink == 2
 
 
 def empty_dir(fd: int) -> bool:

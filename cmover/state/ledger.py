@@ -260,9 +260,10 @@ class MemcacheLedger:
                 return None
             mc.add(keys.enqueued(run_id, tid), "1", expire=self.TTL, noreply=False)
             return 1
-        if int(n) > 1 and mc.get(keys.done(run_id, tid)) is not None:
+        n = int(n)
+        if n > 1 and mc.get(keys.done(run_id, tid)) is not None:
             return None
-        return int(n)
+        return n
 
     def finished(self, run_id: str) -> None:
         # A missing key (run opened by an older cmover, or memcached lost it) stays missing: nothing
